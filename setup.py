@@ -1,0 +1,33 @@
+"""Install megatron-nitp. CPU machines: install torch==2.13.0 first (see README)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="megatron-nitp",
+    version="0.1.0",
+    description="Next Implicit Token Prediction (NITP) pretraining on megatron-core",
+    packages=find_packages(include=["megatron_nitp", "megatron_nitp.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        # A bare `torch` would pull a multi-GB CUDA build on CPU machines; any 2.x the
+        # machine already has satisfies this.
+        "torch>=2.4",
+        "megatron-core==0.16.1",
+        "numpy",
+        "sentencepiece",
+        "tokenizers",
+        "pyyaml",
+        "psutil",  # megatron-core's dist checkpointing imports it without declaring it
+        "safetensors",
+        "tqdm",
+        "wandb",
+        "tensorboard",
+        "matplotlib",
+    ],
+    extras_require={
+        # Transformer Engine; apex comes with the NVIDIA PyTorch container (see Dockerfile).
+        "gpu": ["transformer-engine[pytorch]"],
+        "hf": ["transformers>=4.45"],
+        "test": ["pytest", "pytest-timeout", "transformers>=4.45"],
+    },
+)
