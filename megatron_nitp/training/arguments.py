@@ -1,0 +1,292 @@
+"""Command line: Megatron-LM's flag names for what we share, plus --nitp-*, plus --config YAML.
+
+A YAML config is a flat mapping whose keys are the long flag names without the leading dashes
+(`num-layers: 24`, `nitp-target-layer: 5`); several `--config` files merge left to right and flags
+given on the command line override them. Unknown keys are an error (a typo must not be ignored).
+"""
+
+import argparse
+import os
+import sys
+
+import yaml
+
+
+def _add_model_args(p):
+    g = p.add_argument_group("model")
+    g.add_argument("--num-layers", type=int, default=4, help="Number of transformer layers.")
+    g.add_argument("--hidden-size", type=int, default=64, help="Model width d.")
+    g.add_argument("--ffn-hidden-size", type=int, default=None,
+                   help="Dense MLP width (default 4*hidden-size).")
+    g.add_argument("--num-attention-heads", type=int, default=4, help="Query heads.")
+    g.add_argument("--group-query-attention", action="store_true", help="Use GQA.")
+    g.add_argument("--num-query-groups", type=int, default=None,
+                   help="KV heads under GQA (default: num-attention-heads).")
+    g.add_argument("--kv-channels", type=int, default=None,
+                   help="Head dimension (default hidden-size / num-attention-heads).")
+    g.add_argument("--seq-length", type=int, default=128, help="Training sequence length.")
+    g.add_argument("--max-position-embeddings", type=int, default=None,
+                   help="Maximum positions (default seq-length).")
+    g.add_argument("--normalization", choices=["RMSNorm", "LayerNorm"], default="RMSNorm",
+                   help="Norm type.")
+    g.add_argument("--norm-epsilon", type=float, default=1e-6, help="Norm epsilon.")
+    g.add_argument("--swiglu", action=argparse.BooleanOptionalAction, default=True,
+                   help="SwiGLU MLPs (the paper's models use it).")
+    g.add_argument("--position-embedding-type", choices=["rope", "learned_absolute"],
+                   default="rope", help="Position embedding.")
+    g.add_argument("--rotary-base", type=int, default=10000, help="RoPE base.")
+    g.add_argument("--untie-embeddings-and-output-weights", action="store_true",
+                   help="Separate output layer weights.")
+    g.add_argument("--init-method-std", type=float, default=0.02, help="Weight init std.")
+    g.add_argument("--attention-dropout", type=float, default=0.0, help="Attention dropout.")
+    g.add_argument("--hidden-dropout", type=float, default=0.0, help="Hidden dropout.")
+    g.add_argument("--transformer-impl", choices=["local", "transformer_engine"], default=None,
+                   help="Layer implementation (default: transformer_engine on GPU if importable, "
+                        "else local).")
+    g.add_argument("--vocab-size", type=int, default=None,
+                   help="Vocabulary size (NullTokenizer, mock data; else from the tokenizer).")
+    g.add_argument("--make-vocab-size-divisible-by", type=int, default=128,
+                   help="Pad the vocabulary to a multiple of this times TP.")
+    g = p.add_argument_group("mixture of experts")
+    g.add_argument("--num-experts", type=int, default=None, help="Routed experts per MoE layer.")
+    g.add_argument("--moe-router-topk", type=int, default=2, help="Experts per token.")
+    g.add_argument("--moe-ffn-hidden-size", type=int, default=None, help="Routed expert width.")
+    g.add_argument("--moe-shared-expert-intermediate-size", type=int, default=None,
+                   help="Shared expert width (one shared expert, no gate).")
+    g.add_argument("--moe-layer-freq", default=1,
+                   help="1 = every layer MoE; N = every Nth; or a pattern like "
+                        "'([0]*1+[1]*15)' / list: 0 dense, 1 MoE.")
+    g.add_argument("--moe-router-load-balancing-type", default="aux_loss",
+                   choices=["aux_loss", "seq_aux_loss", "none"], help="Load balancing.")
+    g.add_argument("--moe-aux-loss-coeff", type=float, default=0.0, help="Aux loss weight.")
+    g.add_argument("--moe-token-dispatcher-type", choices=["allgather", "alltoall"],
+                   default="alltoall", help="Token dispatcher.")
+    g.add_argument("--moe-grouped-gemm", action="store_true", help="Grouped GEMM experts (GPU).")
+    g.add_argument("--moe-router-dtype", default=None, choices=[None, "fp32", "fp64"],
+                   help="Router compute dtype.")
+
+
+def _add_nitp_args(p):
+    g = p.add_argument_group("NITP (next implicit token prediction)")
+    g.add_argument("--nitp", action=argparse.BooleanOptionalAction, default=False,
+                   help="Enable the NITP objective (--no-nitp: the NTP baseline).")
+    g.add_argument("--nitp-target-layer", type=int, default=None,
+                   help="Global 1-based layer whose output is the implicit target; 0 = embedding "
+                        "output. Default: round(0.2 * num-layers).")
+    g.add_argument("--nitp-loss-weight", type=float, default=1.0, help="lambda.")
+    g.add_argument("--nitp-shift", type=int, default=1, choices=[0, 1],
+                   help="1: predict z_{t+1} (the method); 0: same position (ablation).")
+    g.add_argument("--nitp-loss-type", default="cosine",
+                   help="cosine | mse | smooth_l1 | kl | generic_cosine (the paper's generic "
+                        "cosine regularisation baseline: no target).")
+    g.add_argument("--nitp-no-stop-grad", action="store_true",
+                   help="Let gradients flow into the target path (ablation).")
+    g.add_argument("--nitp-start-step", type=int, default=0,
+                   help="Iteration at which the NITP loss starts to count.")
+    g.add_argument("--nitp-no-projector", action="store_true",
+                   help="Align h_t with the target directly (no SwiGLU head).")
+    g.add_argument("--nitp-head-ffn-multiplier", type=int, default=4,
+                   help="Head width = multiplier * hidden-size.")
+    g.add_argument("--nitp-head-recompute", action="store_true",
+                   help="Recompute the head's activations in backward (saves memory).")
+    g.add_argument("--nitp-metrics-interval", type=int, default=0,
+                   help="Measure effective rank / pair cosine every N iterations (0: never).")
+
+
+def _add_training_args(p):
+    g = p.add_argument_group("training")
+    g.add_argument("--micro-batch-size", type=int, default=2, help="Sequences per microbatch.")
+    g.add_argument("--global-batch-size", type=int, default=None,
+                   help="Sequences per step (default micro-batch-size * DP).")
+    g.add_argument("--train-iters", type=int, default=10, help="Training iterations.")
+    g.add_argument("--seed", type=int, default=1234, help="Random seed.")
+    g.add_argument("--bf16", action="store_true", help="bf16 mixed precision.")
+    g.add_argument("--calculate-per-token-loss", action="store_true",
+                   help="Normalise by the global token count instead of per microbatch.")
+    g.add_argument("--recompute-granularity", choices=["full", "selective"], default=None,
+                   help="Activation recompute.")
+    g.add_argument("--recompute-method", choices=["uniform", "block"], default=None,
+                   help="Full recompute method.")
+    g.add_argument("--recompute-num-layers", type=int, default=None,
+                   help="Layers per recompute unit (uniform) or recomputed layers (block).")
+    g.add_argument("--enable-cuda-graph", action="store_true",
+                   help="CUDA graphs (not supported with NITP: layer hooks never fire).")
+    g.add_argument("--moe-shared-expert-overlap", action="store_true",
+                   help="Overlap shared expert with dispatch.")
+    g.add_argument("--overlap-moe-expert-parallel-comm", action="store_true",
+                   help="MoE all-to-all overlap (not supported with NITP).")
+    g = p.add_argument_group("optimizer and schedule")
+    g.add_argument("--optimizer", choices=["adam"], default="adam", help="AdamW.")
+    g.add_argument("--lr", type=float, default=3e-4, help="Peak learning rate.")
+    g.add_argument("--min-lr", type=float, default=0.0, help="Final learning rate.")
+    g.add_argument("--lr-decay-style", default="cosine",
+                   choices=["constant", "linear", "cosine", "inverse-square-root", "WSD"],
+                   help="Decay schedule.")
+    g.add_argument("--lr-decay-iters", type=int, default=None, help="Default train-iters.")
+    g.add_argument("--lr-warmup-iters", type=int, default=0, help="Linear warmup.")
+    g.add_argument("--lr-wsd-decay-iters", type=int, default=None,
+                   help="WSD: length of the final decay phase.")
+    g.add_argument("--lr-wsd-decay-style", default="exponential",
+                   choices=["exponential", "linear", "cosine", "minus_sqrt"],
+                   help="WSD decay shape.")
+    g.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay.")
+    g.add_argument("--adam-beta1", type=float, default=0.9, help="AdamW beta1.")
+    g.add_argument("--adam-beta2", type=float, default=0.95, help="AdamW beta2.")
+    g.add_argument("--adam-eps", type=float, default=1e-8, help="AdamW epsilon.")
+    g.add_argument("--clip-grad", type=float, default=1.0, help="Global grad-norm clip.")
+    g.add_argument("--max-bad-steps", type=int, default=3,
+                   help="Stop after N consecutive non-finite steps (each is skipped).")
+
+
+def _add_parallel_args(p):
+    g = p.add_argument_group("parallelism")
+    g.add_argument("--tensor-model-parallel-size", type=int, default=1, help="TP.")
+    g.add_argument("--pipeline-model-parallel-size", type=int, default=1, help="PP.")
+    g.add_argument("--num-layers-per-virtual-pipeline-stage", type=int, default=None,
+                   help="Interleaved (virtual) pipeline chunk size.")
+    g.add_argument("--expert-model-parallel-size", type=int, default=1, help="EP.")
+    g.add_argument("--context-parallel-size", type=int, default=1, help="CP (needs TE).")
+    g.add_argument("--sequence-parallel", action="store_true", help="SP (needs TP > 1).")
+    g.add_argument("--use-distributed-optimizer", action="store_true",
+                   help="Shard optimizer state over DP.")
+    g.add_argument("--distributed-timeout-minutes", type=int, default=10, help="PG timeout.")
+
+
+def _add_data_args(p):
+    g = p.add_argument_group("data and tokenizer")
+    g.add_argument("--data-path", nargs="*", default=None,
+                   help="Indexed data prefixes, optionally weighted: 0.7 a 0.3 b.")
+    g.add_argument("--split", default="98,2,0", help="train,valid,test proportions.")
+    g.add_argument("--mock-data", action="store_true", help="Synthetic data (no files).")
+    g.add_argument("--demo-data", action="store_true",
+                   help="The embedded demo corpus (built and cached on first use).")
+    g.add_argument("--data-cache-path", default=None, help="Dataset index cache directory.")
+    g.add_argument("--tokenizer-type", default="NullTokenizer",
+                   choices=["NullTokenizer", "SentencePieceTokenizer", "HuggingFaceTokenizer"],
+                   help="Tokenizer.")
+    g.add_argument("--tokenizer-model", default=None,
+                   help="SentencePiece .model, HF tokenizer.json or directory.")
+
+
+def _add_io_args(p):
+    g = p.add_argument_group("checkpointing")
+    g.add_argument("--save", default=None, help="Checkpoint directory (none: nothing written).")
+    g.add_argument("--load", default=None, help="Resume from this checkpoint directory.")
+    g.add_argument("--save-interval", type=int, default=None, help="Save every N iterations.")
+    g.add_argument("--keep-last-n-checkpoints", type=int, default=None,
+                   help="Delete older checkpoints.")
+    g.add_argument("--exit-interval", type=int, default=None, help="Exit after N iterations.")
+    g.add_argument("--exit-duration-in-mins", type=float, default=None,
+                   help="Save and exit after this many minutes.")
+    g.add_argument("--exit-signal-handler", action="store_true",
+                   help="Save and exit 0 on SIGTERM (preemption).")
+    g = p.add_argument_group("evaluation and logging")
+    g.add_argument("--eval-interval", type=int, default=None, help="Evaluate every N iterations.")
+    g.add_argument("--eval-iters", type=int, default=2, help="Batches per evaluation.")
+    g.add_argument("--log-interval", type=int, default=1, help="Console/log every N iterations.")
+    g.add_argument("--log-jsonl", default=None, help="Append one JSON record per logged step.")
+    g.add_argument("--tensorboard-dir", default=None, help="TensorBoard event directory.")
+    g.add_argument("--wandb-project", default=None, help="wandb project (offline works).")
+    g.add_argument("--wandb-exp-name", default=None, help="wandb run name.")
+    g.add_argument("--wandb-save-dir", default=None, help="wandb directory.")
+    g.add_argument("--dry-run", action="store_true",
+                   help="Validate, print parameter counts and the parallel plan, exit.")
+    g.add_argument("--debug", action="store_true", help="Show tracebacks for config errors.")
+
+
+def build_parser(model_family="gpt"):
+    p = argparse.ArgumentParser(
+        description=f"NITP pretraining ({model_family}) on megatron-core.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--config", action="append", default=[],
+                   help="YAML file of the same options (flag names without dashes); repeatable, "
+                        "later files and command-line flags win.")
+    _add_model_args(p)
+    _add_nitp_args(p)
+    _add_training_args(p)
+    _add_parallel_args(p)
+    _add_data_args(p)
+    _add_io_args(p)
+    return p
+
+
+def _yaml_to_argv(path, parser):
+    """Turn a YAML mapping into flags so argparse applies the same types and choices."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"error: --config {path}: no such file")
+    with open(path) as f:
+        try:
+            data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise SystemExit(f"error: --config {path}: not valid YAML ({e})")
+    if not isinstance(data, dict):
+        raise SystemExit(f"error: --config {path}: expected a mapping of option: value")
+    known = {a.option_strings[0][2:]: a for a in parser._actions if a.option_strings
+             and a.option_strings[0].startswith("--")}
+    argv = []
+    for key, value in data.items():
+        name = str(key).replace("_", "-")
+        action = known.get(name)
+        if action is None or name == "config":
+            raise SystemExit(f"error: --config {path}: unknown option '{key}'")
+        if isinstance(action, argparse.BooleanOptionalAction):
+            argv.append(f"--{name}" if value else f"--no-{name}")
+        elif action.nargs == 0:  # store_true
+            if value:
+                argv.append(f"--{name}")
+        elif isinstance(value, list) and action.nargs in ("*", "+"):
+            argv += [f"--{name}"] + [str(v) for v in value]
+        elif value is not None:
+            argv += [f"--{name}", str(value)]
+    return argv
+
+
+def parse_args(argv=None, model_family="gpt"):
+    """Parse flags (and --config files) into a Namespace with Megatron-LM dest names."""
+    parser = build_parser(model_family)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre, _ = parser.parse_known_args(argv)
+    merged = []
+    for path in pre.config:
+        merged += _yaml_to_argv(path, parser)
+    args = parser.parse_args(merged + argv)
+    args.model_family = model_family
+    _fill_defaults(args)
+    return args
+
+
+def _parse_layer_freq(value, num_layers):
+    """Megatron-LM accepts an int or a Python-list pattern string like '([0]*1+[1]*15)'."""
+    if isinstance(value, (list, tuple)):
+        return [int(v) for v in value]
+    s = str(value).strip()
+    if s.lstrip("-").isdigit():
+        return int(s)
+    allowed = set("[]()+*0123456789, ")
+    if not set(s) <= allowed:
+        raise SystemExit(f"error: --moe-layer-freq {value!r}: expected an int or a pattern like "
+                         "'([0]*1+[1]*15)'")
+    try:
+        pattern = eval(s, {"__builtins__": {}}, {})  # charset restricted above
+    except Exception:
+        raise SystemExit(f"error: --moe-layer-freq {value!r}: cannot parse the pattern")
+    return [int(v) for v in pattern]
+
+
+def _fill_defaults(args):
+    if args.ffn_hidden_size is None:
+        args.ffn_hidden_size = 4 * args.hidden_size
+    if args.num_query_groups is None:
+        args.num_query_groups = args.num_attention_heads
+    if args.kv_channels is None and args.num_attention_heads:
+        args.kv_channels = args.hidden_size // args.num_attention_heads
+    if args.max_position_embeddings is None:
+        args.max_position_embeddings = args.seq_length
+    if args.nitp_target_layer is None:
+        args.nitp_target_layer = max(1, round(0.2 * args.num_layers))
+    if args.lr_decay_iters is None:
+        args.lr_decay_iters = args.train_iters
+    args.moe_layer_freq = _parse_layer_freq(args.moe_layer_freq, args.num_layers)
+    if args.moe_ffn_hidden_size is None and args.num_experts:
+        args.moe_ffn_hidden_size = args.ffn_hidden_size
