@@ -1,0 +1,157 @@
+"""Analytic parameter count of the GPT / MoE backbone megatron-core builds, plus the NITP head.
+
+Used by the paper configs' tests (sizes must match the model names), the FLOPs report and the
+config table in examples/README.md, so that a 45B config can be sized without allocating it.
+Input: an argparse.Namespace from `megatron_nitp.training.arguments.parse_args` or a plain dict
+with the same dest names; a field that is absent takes our CLI's default (arguments.py).
+
+The count is exact for megatron-core 0.16.1's GPTModel built from `get_gpt_decoder_block_spec`
+(local or Transformer Engine spec: TE fuses the norms into the following linear layers, but the
+norm weights still exist once each, so the count does not change):
+  embedding.word_embeddings   V_pad x d            (+ position_embeddings s_max x d if learned)
+  per layer: input_layernorm d, linear_qkv (nh + 2 ng) hd x d, linear_proj d x nh hd,
+             pre_mlp_layernorm d, and either a dense MLP or a MoE block
+  dense MLP:  fc1 (2 f | f) x d, fc2 d x f                 (2 f with SwiGLU)
+  MoE block:  router E x d, E experts as the dense MLP with f_moe, shared expert with f_shared
+  decoder.final_layernorm d;  output_layer V_pad x d unless tied to the embedding
+"""
+
+import math
+
+
+def _get(args, name, default=None):
+    if isinstance(args, dict):
+        value = args.get(name, default)
+    else:
+        value = getattr(args, name, default)
+    return default if value is None else value
+
+
+def moe_layer_pattern(moe_layer_freq, num_layers):
+    """0/1 per layer (1 = MoE), from an int N (every Nth layer, starting with layer 1), a list,
+    or Megatron-LM's pattern string such as '([0]*1+[1]*23)'. Mirrors megatron-core's
+    `get_gpt_decoder_block_spec`, which is what decides the layer types at build time."""
+    freq = moe_layer_freq
+    if isinstance(freq, str):
+        s = freq.strip()
+        if s.lstrip("-").isdigit():
+            freq = int(s)
+        else:
+            if not set(s) <= set("[]()+*0123456789, "):
+                raise ValueError(f"moe_layer_freq {freq!r}: not an int or a list pattern")
+            freq = eval(s, {"__builtins__": {}}, {})  # charset restricted above
+    if isinstance(freq, int):
+        return [1 if i % freq == 0 else 0 for i in range(num_layers)]
+    pattern = [int(v) for v in freq]
+    if len(pattern) != num_layers:
+        raise ValueError(f"moe_layer_freq has {len(pattern)} entries for {num_layers} layers")
+    return pattern
+
+
+def padded_vocab_size(vocab_size, make_vocab_size_divisible_by=128, tensor_model_parallel_size=1):
+    """Megatron-LM's `_vocab_size_with_padding`: round up to a multiple of divisor x TP, so each
+    TP rank holds an equal, aligned slice of the embedding and output layer."""
+    multiple = make_vocab_size_divisible_by * tensor_model_parallel_size
+    return int(math.ceil(vocab_size / multiple) * multiple)
+
+
+def _mlp_params(d, f, swiglu, bias):
+    fc1_out = 2 * f if swiglu else f
+    return fc1_out * d + d * f + ((fc1_out + d) if bias else 0)
+
+
+def count_parameters(args) -> dict:
+    """Parameter counts of the model described by `args` (dest names as in parse_args).
+
+    Returns a dict with
+      total      all backbone parameters (what an exported checkpoint holds; no NITP head)
+      active     parameters touched per token: attention, norms, dense MLPs, the router, the
+                 shared expert, top-k routed experts, the embedding and the output layer
+      embedding  the input embedding table (+ learned position table), counted once if tied
+      nitp_head  the NITP projection head (3 x mult x d^2), training only, not in `total`;
+                 0 when NITP is off or --nitp-no-projector
+    and a breakdown: attention, norms, dense_mlp, router, shared_experts, routed_experts,
+    routed_experts_active, output_layer, padded_vocab_size, num_moe_layers, num_dense_layers.
+    """
+    L = _get(args, "num_layers")
+    d = _get(args, "hidden_size")
+    nh = _get(args, "num_attention_heads")
+    f = _get(args, "ffn_hidden_size", 4 * d)
+    gqa = _get(args, "group_query_attention", False)
+    ng = _get(args, "num_query_groups", nh) if gqa else nh
+    hd = _get(args, "kv_channels", d // nh)
+    swiglu = _get(args, "swiglu", True)
+    layernorm_has_bias = _get(args, "normalization", "RMSNorm") == "LayerNorm"
+    # Our CLI has no bias flag and the model builder turns linear biases off (the paper's
+    # DeepSeek-V2 / Qwen-style backbones); accept Megatron-LM's spellings if they appear.
+    if _get(args, "disable_bias_linear", False):
+        bias = False
+    else:
+        bias = bool(_get(args, "add_bias_linear", False))
+    qkv_bias = bias or bool(_get(args, "add_qkv_bias", False))
+    qk_layernorm = bool(_get(args, "qk_layernorm", False))
+    tp = _get(args, "tensor_model_parallel_size", 1)
+    vocab = _get(args, "padded_vocab_size")
+    if not vocab:
+        if not _get(args, "vocab_size"):
+            raise ValueError("count_parameters needs vocab_size (or padded_vocab_size)")
+        vocab = padded_vocab_size(
+            _get(args, "vocab_size"), _get(args, "make_vocab_size_divisible_by", 128), tp)
+    tied = not _get(args, "untie_embeddings_and_output_weights", False)
+
+    num_experts = _get(args, "num_experts", 0)
+    if num_experts:
+        pattern = moe_layer_pattern(_get(args, "moe_layer_freq", 1), L)
+    else:
+        pattern = [0] * L
+    n_moe = sum(pattern)
+    n_dense = L - n_moe
+
+    norm = d * (2 if layernorm_has_bias else 1)
+    q_out, kv_out = nh * hd, ng * hd
+    attn_layer = (q_out + 2 * kv_out) * d + (q_out + 2 * kv_out if qkv_bias else 0)
+    attn_layer += q_out * d + (d if bias else 0)
+    qk_norm_layer = 2 * hd * (2 if layernorm_has_bias else 1) if qk_layernorm else 0
+
+    attention = L * attn_layer
+    norms = L * (2 * norm + qk_norm_layer) + norm  # + decoder.final_layernorm
+    dense_mlp = n_dense * _mlp_params(d, f, swiglu, bias)
+
+    router = shared = routed = routed_active = 0
+    if n_moe:
+        f_moe = _get(args, "moe_ffn_hidden_size", f)
+        topk = _get(args, "moe_router_topk", 2)
+        f_shared = _get(args, "moe_shared_expert_intermediate_size", 0)
+        expert = _mlp_params(d, f_moe, swiglu, bias)
+        router = n_moe * (num_experts * d + (num_experts if bias else 0))
+        routed = n_moe * num_experts * expert
+        routed_active = n_moe * topk * expert
+        if f_shared:
+            gate = d if _get(args, "moe_shared_expert_gate", False) else 0
+            shared = n_moe * (_mlp_params(d, f_shared, swiglu, bias) + gate)
+
+    embedding = vocab * d
+    if _get(args, "position_embedding_type", "rope") == "learned_absolute":
+        embedding += _get(args, "max_position_embeddings", _get(args, "seq_length")) * d
+    output_layer = 0 if tied else vocab * d
+
+    common = attention + norms + dense_mlp + router + shared + embedding + output_layer
+    nitp_on = _get(args, "nitp", False) and not _get(args, "nitp_no_projector", False)
+    mult = _get(args, "nitp_head_ffn_multiplier", 4)
+    return {
+        "total": common + routed,
+        "active": common + routed_active,
+        "embedding": embedding,
+        "nitp_head": 3 * mult * d * d if nitp_on else 0,
+        "attention": attention,
+        "norms": norms,
+        "dense_mlp": dense_mlp,
+        "router": router,
+        "shared_experts": shared,
+        "routed_experts": routed,
+        "routed_experts_active": routed_active,
+        "output_layer": output_layer,
+        "padded_vocab_size": vocab,
+        "num_moe_layers": n_moe,
+        "num_dense_layers": n_dense,
+    }

@@ -1,0 +1,119 @@
+"""count_parameters must equal the parameter count of a real megatron-core GPTModel.
+
+The tiny models are built in a subprocess (building needs torch.distributed and model-parallel
+state, which must not leak into the rest of the test session). Each case exercises one part of
+the formula: GQA + tied embedding, MoE with a dense first layer + shared expert + untied output,
+LayerNorm + linear biases + learned positions, and vocabulary padding under TP.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from megatron_nitp.models.param_count import count_parameters, moe_layer_pattern, padded_vocab_size
+
+CASES = {
+    "dense_gqa_tied": dict(num_layers=2, hidden_size=64, ffn_hidden_size=96, num_attention_heads=4,
+                           group_query_attention=True, num_query_groups=2, kv_channels=24,
+                           vocab_size=1000, untie_embeddings_and_output_weights=False),
+    "moe_dense_first_shared_untied": dict(
+        num_layers=3, hidden_size=64, ffn_hidden_size=96, num_attention_heads=4,
+        group_query_attention=True, num_query_groups=2, kv_channels=16, vocab_size=1000,
+        num_experts=6, moe_router_topk=2, moe_ffn_hidden_size=40,
+        moe_shared_expert_intermediate_size=24, moe_layer_freq="([0]*1+[1]*2)",
+        untie_embeddings_and_output_weights=True),
+    "layernorm_bias_learned_pos_gelu": dict(
+        num_layers=2, hidden_size=32, ffn_hidden_size=80, num_attention_heads=2,
+        vocab_size=500, normalization="LayerNorm", add_bias_linear=True, swiglu=False,
+        position_embedding_type="learned_absolute", max_position_embeddings=64,
+        num_experts=4, moe_router_topk=2, moe_ffn_hidden_size=16, moe_layer_freq=2),
+}
+
+_BUILD = textwrap.dedent("""
+    import json, os, sys, warnings
+    warnings.filterwarnings("ignore")
+    import torch, torch.distributed as dist
+    from megatron.core import parallel_state as ps
+    from megatron.core.transformer.transformer_config import TransformerConfig
+    from megatron.core.models.gpt import GPTModel
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_decoder_block_spec
+    from megatron_nitp.models.param_count import moe_layer_pattern, padded_vocab_size
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    ps.initialize_model_parallel(1, 1)
+    out = {}
+    for name, a in json.loads(sys.argv[1]).items():
+        gqa = a.get("group_query_attention", False)
+        kw = dict(num_layers=a["num_layers"], hidden_size=a["hidden_size"],
+                  ffn_hidden_size=a["ffn_hidden_size"], num_attention_heads=a["num_attention_heads"],
+                  num_query_groups=a["num_query_groups"] if gqa else None,
+                  kv_channels=a.get("kv_channels"), normalization=a.get("normalization", "RMSNorm"),
+                  gated_linear_unit=a.get("swiglu", True), add_bias_linear=a.get("add_bias_linear", False),
+                  use_cpu_initialization=True)
+        if a.get("num_experts"):
+            kw.update(num_moe_experts=a["num_experts"], moe_router_topk=a["moe_router_topk"],
+                      moe_ffn_hidden_size=a["moe_ffn_hidden_size"],
+                      moe_shared_expert_intermediate_size=a.get("moe_shared_expert_intermediate_size"),
+                      moe_layer_freq=moe_layer_pattern(a["moe_layer_freq"], a["num_layers"]))
+        cfg = TransformerConfig(**kw)
+        spec = get_gpt_decoder_block_spec(cfg, use_transformer_engine=False,
+                                          normalization=cfg.normalization)
+        model = GPTModel(cfg, spec, vocab_size=padded_vocab_size(a["vocab_size"]),
+                         max_sequence_length=a.get("max_position_embeddings", 64),
+                         position_embedding_type=a.get("position_embedding_type", "rope"),
+                         share_embeddings_and_output_weights=not a.get(
+                             "untie_embeddings_and_output_weights", False))
+        out[name] = sum(p.numel() for p in model.parameters())
+    print("RESULT" + json.dumps(out))
+""")
+
+
+@pytest.fixture(scope="module")
+def built_counts():
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29400 + os.getpid() % 500),
+               PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", _BUILD, json.dumps(CASES)], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT")][-1]
+    return json.loads(line[len("RESULT"):])
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_count_equals_built_megatron_model(name, built_counts):
+    assert count_parameters(CASES[name])["total"] == built_counts[name]
+
+
+def test_active_counts_topk_routed_experts_only():
+    a = CASES["moe_dense_first_shared_untied"]
+    c = count_parameters(a)
+    one_expert = 3 * a["hidden_size"] * a["moe_ffn_hidden_size"]
+    unused = 2 * (a["num_experts"] - a["moe_router_topk"]) * one_expert  # 2 MoE layers
+    assert c["total"] - c["active"] == unused
+
+
+def test_nitp_head_is_twelve_d_squared_and_not_in_total():
+    a = dict(CASES["dense_gqa_tied"], nitp=True)
+    with_head = count_parameters(a)
+    assert with_head["nitp_head"] == 12 * 64 * 64
+    assert with_head["total"] == count_parameters(CASES["dense_gqa_tied"])["total"]
+    assert count_parameters(dict(a, nitp_no_projector=True))["nitp_head"] == 0
+
+
+def test_vocab_padding_follows_megatron_divisor_times_tp():
+    assert padded_vocab_size(151646, 128, 1) == 151680
+    assert padded_vocab_size(151936, 128, 2) == 152064
+    assert padded_vocab_size(152064, 128, 4) == 152064
+    assert padded_vocab_size(152064, 128, 8) == 152576
+
+
+def test_moe_layer_pattern_accepts_megatron_forms():
+    assert moe_layer_pattern("([0]*1+[1]*3)", 4) == [0, 1, 1, 1]
+    assert moe_layer_pattern(2, 4) == [1, 0, 1, 0]
+    assert moe_layer_pattern([0, 1], 2) == [0, 1]
+    with pytest.raises(ValueError):
+        moe_layer_pattern("__import__('os')", 4)
