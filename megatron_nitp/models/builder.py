@@ -1,0 +1,110 @@
+"""From arguments to megatron-core configs and NITP model chunks (one per virtual stage)."""
+
+import torch
+import torch.nn.functional as F
+from megatron.core import parallel_state
+from megatron.core.transformer import TransformerConfig
+
+from ..nitp.config import NITPConfig
+from .gpt_nitp import NITPGPTModel
+from .specs import get_layer_spec, resolve_transformer_impl
+
+
+def padded_vocab_size(vocab_size: int, divisible_by: int, tp: int) -> int:
+    """Megatron-LM's padding: a multiple of divisible_by * TP so the output layer shards evenly."""
+    multiple = divisible_by * tp
+    return ((vocab_size + multiple - 1) // multiple) * multiple
+
+
+def virtual_pipeline_size(args):
+    if not args.num_layers_per_virtual_pipeline_stage:
+        return None
+    per_stage = args.num_layers // args.pipeline_model_parallel_size
+    return per_stage // args.num_layers_per_virtual_pipeline_stage
+
+
+def transformer_config_from_args(args) -> TransformerConfig:
+    dtype = torch.bfloat16 if args.bf16 else torch.float32
+    moe = {}
+    if args.num_experts:
+        moe = dict(
+            num_moe_experts=args.num_experts,
+            moe_router_topk=args.moe_router_topk,
+            moe_ffn_hidden_size=args.moe_ffn_hidden_size,
+            moe_shared_expert_intermediate_size=args.moe_shared_expert_intermediate_size,
+            moe_layer_freq=args.moe_layer_freq,
+            # DeepSeek-V2 routing: softmax over all experts, then top-k (no renormalisation).
+            moe_router_pre_softmax=True,
+            moe_router_load_balancing_type=args.moe_router_load_balancing_type,
+            moe_aux_loss_coeff=args.moe_aux_loss_coeff,
+            moe_token_dispatcher_type=args.moe_token_dispatcher_type,
+            moe_grouped_gemm=args.moe_grouped_gemm,
+            moe_router_dtype=args.moe_router_dtype,
+            moe_shared_expert_overlap=args.moe_shared_expert_overlap,
+        )
+    return TransformerConfig(
+        num_layers=args.num_layers,
+        hidden_size=args.hidden_size,
+        ffn_hidden_size=args.ffn_hidden_size,
+        num_attention_heads=args.num_attention_heads,
+        num_query_groups=args.num_query_groups,
+        kv_channels=args.kv_channels,
+        normalization=args.normalization,
+        layernorm_epsilon=args.norm_epsilon,
+        gated_linear_unit=args.swiglu,
+        activation_func=F.silu if args.swiglu else F.gelu,
+        add_bias_linear=False,
+        add_qkv_bias=False,
+        hidden_dropout=args.hidden_dropout,
+        attention_dropout=args.attention_dropout,
+        init_method_std=args.init_method_std,
+        tensor_model_parallel_size=args.tensor_model_parallel_size,
+        pipeline_model_parallel_size=args.pipeline_model_parallel_size,
+        virtual_pipeline_model_parallel_size=virtual_pipeline_size(args),
+        context_parallel_size=args.context_parallel_size,
+        expert_model_parallel_size=args.expert_model_parallel_size,
+        sequence_parallel=args.sequence_parallel,
+        params_dtype=dtype,
+        pipeline_dtype=dtype,
+        bf16=args.bf16,
+        recompute_granularity=args.recompute_granularity,
+        recompute_method=args.recompute_method,
+        recompute_num_layers=args.recompute_num_layers,
+        calculate_per_token_loss=args.calculate_per_token_loss,
+        # Fusions are CUDA kernels; the unfused paths compute the same function.
+        bias_activation_fusion=False,
+        masked_softmax_fusion=False,
+        apply_rope_fusion=False,
+        gradient_accumulation_fusion=False,
+        persist_layer_norm=False,
+        deallocate_pipeline_outputs=True,
+        enable_cuda_graph=getattr(args, "enable_cuda_graph", False),
+        **moe,
+    )
+
+
+def build_model_chunks(args, config: TransformerConfig, nitp_config: NITPConfig):
+    """One NITPGPTModel per virtual pipeline stage of this rank (unwrapped)."""
+    impl = resolve_transformer_impl(args.transformer_impl)
+    vp = config.virtual_pipeline_model_parallel_size
+    pp_rank = parallel_state.get_pipeline_model_parallel_rank()
+    chunks = []
+    for vp_stage in (range(vp) if vp else [None]):
+        pre = parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
+        post = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
+        model = NITPGPTModel(
+            config,
+            get_layer_spec(config, impl, vp_stage=vp_stage, pp_rank=pp_rank),
+            vocab_size=args.padded_vocab_size,
+            max_sequence_length=args.max_position_embeddings,
+            nitp_config=nitp_config,
+            use_transformer_engine=impl == "transformer_engine",
+            pre_process=pre,
+            post_process=post,
+            share_embeddings_and_output_weights=not args.untie_embeddings_and_output_weights,
+            position_embedding_type=args.position_embedding_type,
+            rotary_base=args.rotary_base,
+            vp_stage=vp_stage,
+        )
+        chunks.append(model)
+    return chunks

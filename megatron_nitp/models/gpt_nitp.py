@@ -1,0 +1,98 @@
+"""NITPGPTModel: megatron-core's GPTModel (dense or MoE) plus the NITP objective.
+
+Forward on the last pipeline chunk returns, when NITP is on and labels are given,
+(lm_loss [b, s], nitp_loss [b, s], nitp_valid [b, s]) for `nitp_loss_func`; otherwise exactly
+what GPTModel returns. The head exists only on the last chunk; the target hook only on the chunk
+that holds layer k; everything between them carries z next to h (parallel/pipeline.py).
+"""
+
+from typing import Optional
+
+import torch
+from megatron.core import parallel_state
+from megatron.core.models.gpt import GPTModel
+
+from ..nitp.config import NITPConfig
+from ..nitp.head import NITPHead, get_nitp_head_spec
+from ..nitp.objective import nitp_token_losses
+from ..nitp.target import ImplicitTargetCapture
+from ..parallel.pipeline import AFTER, BEFORE, OWNER, chunk_role, target_is_carried
+
+
+class NITPGPTModel(GPTModel):
+    def __init__(self, config, transformer_layer_spec, vocab_size, max_sequence_length,
+                 nitp_config: Optional[NITPConfig] = None, nitp_head_spec=None,
+                 use_transformer_engine: bool = False, **kwargs):
+        super().__init__(config, transformer_layer_spec, vocab_size, max_sequence_length,
+                         **kwargs)
+        self.nitp_config = nitp_config or NITPConfig()
+        cfg = self.nitp_config
+        self.nitp_head = None
+        self._capture = ImplicitTargetCapture()
+        self._carried = False
+        self._role = None
+        self._carried_target = None
+        self.record_hidden = False  # set by the trainer on metric iterations
+        self.last_hidden = None
+        if not cfg.uses_target and not cfg.enabled:
+            return
+        if self.post_process and cfg.uses_head:
+            spec = nitp_head_spec or get_nitp_head_spec(use_transformer_engine)
+            self.nitp_head = NITPHead(config, spec, cfg.head_ffn_multiplier, cfg.head_recompute)
+        if cfg.uses_target:
+            pp_rank = self.pg_collection.pp.rank() if self.pg_collection.pp is not None else 0
+            self._carried = (config.pipeline_model_parallel_size > 1
+                             and target_is_carried(config, cfg.target_layer))
+            self._role = chunk_role(config, cfg.target_layer, pp_rank, self.vp_stage)
+            if cfg.target_layer > 0 and self._role == OWNER:
+                found = self._capture.attach(self.decoder, cfg.target_layer)
+                assert found, f"layer {cfg.target_layer} not built on its owner chunk"
+
+    # -- pipeline: split [h; z] received from the previous stage -------------------------------
+    def set_input_tensor(self, input_tensor):
+        if isinstance(input_tensor, list):
+            input_tensor = input_tensor[0]
+        if self._carried and input_tensor is not None:
+            h, z = input_tensor.chunk(2, dim=0)
+            self._carried_target, input_tensor = z, h
+        super().set_input_tensor(input_tensor)
+
+    def forward(self, *args, **kwargs):
+        self._capture.arm()
+        try:
+            return super().forward(*args, **kwargs)
+        finally:
+            self._capture.disarm()
+            self._capture.take()
+            self._carried_target = None
+
+    def _implicit_target(self, decoder_input):
+        if self._role == OWNER:
+            return decoder_input if self.nitp_config.target_layer == 0 else self._capture.take()
+        if self._role == AFTER:
+            return self._carried_target
+        return None
+
+    def _postprocess(self, hidden_states, *args, **kwargs):
+        cfg = self.nitp_config
+        target = self._implicit_target(kwargs.get("decoder_input")) if cfg.uses_target else None
+        if not self.post_process:
+            out = super()._postprocess(hidden_states, *args, **kwargs)
+            if self._carried:
+                if self._role == BEFORE:
+                    target = torch.zeros_like(out)
+                out = torch.cat([out, target.to(out.dtype)], dim=0)
+            return out
+        if self.record_hidden:
+            self.last_hidden = hidden_states.detach()
+        labels = kwargs.get("labels", args[2] if len(args) > 2 else None)
+        lm = super()._postprocess(hidden_states, *args, **kwargs)
+        if not cfg.enabled or labels is None:
+            return lm
+        assert cfg.loss_type == "generic_cosine" or target is not None, "implicit target missing"
+        per_tok, valid = nitp_token_losses(
+            hidden_states, target, kwargs.get("loss_mask"), self.nitp_head, cfg,
+            seq_length=labels.size(1) * self.cp_group.size(),
+            sequence_parallel=self.config.sequence_parallel,
+            tp_group=self.tp_group, cp_group=self.cp_group)
+        return lm, per_tok, valid

@@ -1,0 +1,61 @@
+"""Layer specs: dense or MoE, local (CPU-capable) or Transformer Engine, chosen by config.
+
+MoE models with dense first layers use megatron-core's decoder *block* spec, which picks the
+dense or MoE layer spec per layer from `moe_layer_freq`. The local path swaps megatron's torch
+norm wrapper (which asserts sequence_parallel is off) for an SP-aware RMSNorm.
+"""
+
+from megatron.core.models.gpt.gpt_layer_specs import (
+    get_gpt_decoder_block_spec,
+    get_gpt_layer_local_spec,
+)
+from megatron.core.transformer.torch_norm import WrappedTorchNorm
+from megatron.core.transformer.transformer_block import (
+    TransformerBlockSubmodules,
+    get_num_layers_to_build,
+)
+
+from ..parallel.norms import use_sequence_parallel_norms
+
+
+def transformer_engine_available() -> bool:
+    try:
+        import transformer_engine  # noqa: F401
+        from megatron.core.extensions import transformer_engine as _te  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def resolve_transformer_impl(requested):
+    """None -> TE when importable (GPU containers), else local. 'transformer_engine' without TE
+    installed is an error the caller reports against --transformer-impl."""
+    if requested is None:
+        return "transformer_engine" if transformer_engine_available() else "local"
+    if requested == "transformer_engine" and not transformer_engine_available():
+        raise ValueError("--transformer-impl transformer_engine: Transformer Engine is not "
+                         "importable here; use --transformer-impl local")
+    return requested
+
+
+def get_layer_spec(config, transformer_impl: str, vp_stage=None, pp_rank=None):
+    """A TransformerBlockSubmodules for this pipeline chunk (dense, MoE, or mixed)."""
+    use_te = transformer_impl == "transformer_engine"
+    if config.num_moe_experts:
+        block = get_gpt_decoder_block_spec(config, use_transformer_engine=use_te,
+                                           normalization=config.normalization,
+                                           vp_stage=vp_stage, pp_rank=pp_rank)
+    elif use_te:
+        from megatron.core.models.gpt.gpt_layer_specs import (
+            get_gpt_layer_with_transformer_engine_spec,
+        )
+
+        return get_gpt_layer_with_transformer_engine_spec()
+    else:
+        n = get_num_layers_to_build(config, vp_stage=vp_stage, pp_rank=pp_rank)
+        layer = get_gpt_layer_local_spec(normalization=config.normalization)
+        block = TransformerBlockSubmodules(layer_specs=[layer] * n, layer_norm=None)
+    if use_te:
+        return block
+    return use_sequence_parallel_norms(
+        TransformerBlockSubmodules(layer_specs=block.layer_specs, layer_norm=WrappedTorchNorm))

@@ -1,0 +1,139 @@
+"""One training step on megatron-core: batch -> forward_step -> schedule -> finalize -> optimizer.
+
+Shared by the engine loop and the equivalence tests, so what the tests prove is what trains.
+"""
+
+from functools import partial
+
+import torch
+from megatron.core import parallel_state
+from megatron.core.distributed import DistributedDataParallel as DDP
+from megatron.core.distributed import DistributedDataParallelConfig, finalize_model_grads
+from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+from megatron.core.pipeline_parallel import get_forward_backward_func
+from megatron.core.utils import get_batch_on_this_cp_rank
+
+from ..nitp.loss import nitp_loss_func
+from ..parallel.pipeline import schedule_seq_length, target_is_carried
+
+BATCH_KEYS = ("tokens", "labels", "loss_mask", "position_ids")
+
+
+def get_batch(data_iterator, device):
+    """Next microbatch on this CP rank (megatron's load-balanced chunk order)."""
+    batch = next(data_iterator)
+    batch = {k: batch[k].to(device) for k in BATCH_KEYS if k in batch}
+    if parallel_state.get_context_parallel_world_size() > 1:
+        batch = get_batch_on_this_cp_rank(batch)
+    return batch
+
+
+def make_forward_step(nitp_weight: float, calculate_per_token_loss: bool, device="cpu"):
+    """megatron forward_step_func: (data_iterator, model) -> (output, loss_func)."""
+
+    def forward_step(data_iterator, model):
+        batch = get_batch(data_iterator, device) if data_iterator is not None else {}
+        output = model(batch.get("tokens"), batch.get("position_ids"), None,
+                       labels=batch.get("labels"), loss_mask=batch.get("loss_mask"))
+        return output, partial(nitp_loss_func, batch.get("loss_mask"), nitp_weight,
+                               calculate_per_token_loss)
+
+    return forward_step
+
+
+def wrap_ddp(chunks, config, use_distributed_optimizer: bool):
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True,
+        overlap_grad_reduce=False,
+        use_distributed_optimizer=use_distributed_optimizer,
+    )
+    wrapped = [DDP(config, ddp_config, chunk, disable_bucketing=(i > 0))
+               for i, chunk in enumerate(chunks)]
+    for w in wrapped:
+        w.broadcast_params()
+    config.no_sync_func = [w.no_sync for w in wrapped]
+    if len(wrapped) == 1:
+        config.no_sync_func = config.no_sync_func[0]
+    config.finalize_model_grads_func = finalize_model_grads
+    return wrapped
+
+
+def build_optimizer(args, model_chunks, config):
+    opt_config = OptimizerConfig(
+        optimizer="adam",
+        lr=args.lr,
+        min_lr=args.min_lr,
+        weight_decay=args.weight_decay,
+        adam_beta1=args.adam_beta1,
+        adam_beta2=args.adam_beta2,
+        adam_eps=args.adam_eps,
+        clip_grad=args.clip_grad,
+        bf16=args.bf16,
+        params_dtype=config.params_dtype,
+        use_distributed_optimizer=args.use_distributed_optimizer,
+    )
+    optimizer = get_megatron_optimizer(opt_config, model_chunks)
+    scheduler = OptimizerParamScheduler(
+        optimizer,
+        init_lr=0.0 if args.lr_warmup_iters else args.lr,
+        max_lr=args.lr,
+        min_lr=args.min_lr,
+        lr_warmup_steps=args.lr_warmup_iters,
+        lr_decay_steps=args.lr_decay_iters,
+        lr_decay_style=args.lr_decay_style,
+        start_wd=args.weight_decay,
+        end_wd=args.weight_decay,
+        wd_incr_steps=args.train_iters,
+        wd_incr_style="constant",
+        wsd_decay_steps=args.lr_wsd_decay_iters,
+        lr_wsd_decay_style=args.lr_wsd_decay_style,
+    )
+    return optimizer, scheduler
+
+
+def reduce_losses(losses_per_microbatch):
+    """{name: [sum, count]} over microbatches and DP (x CP) ranks -> {name: global mean}."""
+    if not parallel_state.is_pipeline_last_stage(ignore_virtual=True):
+        return {}
+    totals = {}
+    for record in losses_per_microbatch:
+        for name, value in record.items():
+            totals[name] = totals.get(name, 0) + value.detach().float()
+    out = {}
+    group = parallel_state.get_data_parallel_group(with_context_parallel=True)
+    for name in sorted(totals):
+        t = totals[name].clone()
+        torch.distributed.all_reduce(t, group=group)
+        out[name] = (t[0] / t[1].clamp(min=1)).item()
+    return out
+
+
+def forward_backward(args, model, config, nitp_config, data_iterators, num_microbatches,
+                     iteration, forward_only=False):
+    weight = nitp_config.weight_at(iteration) if nitp_config.enabled else 0.0
+    carried = (nitp_config.uses_target and args.pipeline_model_parallel_size > 1
+               and target_is_carried(config, nitp_config.target_layer))
+    return get_forward_backward_func()(
+        forward_step_func=make_forward_step(weight, config.calculate_per_token_loss),
+        data_iterator=data_iterators,
+        model=model,
+        num_microbatches=num_microbatches,
+        seq_length=schedule_seq_length(args.seq_length, carried),
+        micro_batch_size=args.micro_batch_size,
+        forward_only=forward_only,
+    )
+
+
+def train_step(args, model, optimizer, scheduler, config, nitp_config, data_iterators,
+               num_microbatches, iteration):
+    """Returns (losses {name: global mean}, grad_norm, update_successful)."""
+    for chunk in model:
+        chunk.zero_grad_buffer()
+    optimizer.zero_grad()
+    losses = forward_backward(args, model, config, nitp_config, data_iterators,
+                              num_microbatches, iteration)
+    update_successful, grad_norm, _ = optimizer.step()
+    if update_successful:
+        scheduler.step(increment=1)  # schedule lengths are in iterations
+    return reduce_losses(losses), grad_norm, update_successful
