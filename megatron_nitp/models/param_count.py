@@ -19,7 +19,8 @@ norm weights still exist once each, so the count does not change):
 import math
 
 
-def _get(args, name, default=None):
+def get_arg(args, name, default=None):
+    """args.name or args[name]; `default` when absent or None (a Namespace or a dict)."""
     if isinstance(args, dict):
         value = args.get(name, default)
     else:
@@ -60,6 +61,12 @@ def _mlp_params(d, f, swiglu, bias):
     return fc1_out * d + d * f + ((fc1_out + d) if bias else 0)
 
 
+def nitp_uses_head(args):
+    """The head exists unless --nitp-no-projector or the generic cosine baseline (no target)."""
+    return not get_arg(args, "nitp_no_projector", False) and \
+        get_arg(args, "nitp_loss_type", "cosine") != "generic_cosine"
+
+
 def count_parameters(args) -> dict:
     """Parameter counts of the model described by `args` (dest names as in parse_args).
 
@@ -69,39 +76,39 @@ def count_parameters(args) -> dict:
                  shared expert, top-k routed experts, the embedding and the output layer
       embedding  the input embedding table (+ learned position table), counted once if tied
       nitp_head  the NITP projection head (3 x mult x d^2), training only, not in `total`;
-                 0 when NITP is off or --nitp-no-projector
+                 0 when NITP is off, --nitp-no-projector or the generic cosine baseline
     and a breakdown: attention, norms, dense_mlp, router, shared_experts, routed_experts,
     routed_experts_active, output_layer, padded_vocab_size, num_moe_layers, num_dense_layers.
     """
-    L = _get(args, "num_layers")
-    d = _get(args, "hidden_size")
-    nh = _get(args, "num_attention_heads")
-    f = _get(args, "ffn_hidden_size", 4 * d)
-    gqa = _get(args, "group_query_attention", False)
-    ng = _get(args, "num_query_groups", nh) if gqa else nh
-    hd = _get(args, "kv_channels", d // nh)
-    swiglu = _get(args, "swiglu", True)
-    layernorm_has_bias = _get(args, "normalization", "RMSNorm") == "LayerNorm"
+    L = get_arg(args, "num_layers")
+    d = get_arg(args, "hidden_size")
+    nh = get_arg(args, "num_attention_heads")
+    f = get_arg(args, "ffn_hidden_size", 4 * d)
+    gqa = get_arg(args, "group_query_attention", False)
+    ng = get_arg(args, "num_query_groups", nh) if gqa else nh
+    hd = get_arg(args, "kv_channels", d // nh)
+    swiglu = get_arg(args, "swiglu", True)
+    layernorm_has_bias = get_arg(args, "normalization", "RMSNorm") == "LayerNorm"
     # Our CLI has no bias flag and the model builder turns linear biases off (the paper's
     # DeepSeek-V2 / Qwen-style backbones); accept Megatron-LM's spellings if they appear.
-    if _get(args, "disable_bias_linear", False):
+    if get_arg(args, "disable_bias_linear", False):
         bias = False
     else:
-        bias = bool(_get(args, "add_bias_linear", False))
-    qkv_bias = bias or bool(_get(args, "add_qkv_bias", False))
-    qk_layernorm = bool(_get(args, "qk_layernorm", False))
-    tp = _get(args, "tensor_model_parallel_size", 1)
-    vocab = _get(args, "padded_vocab_size")
+        bias = bool(get_arg(args, "add_bias_linear", False))
+    qkv_bias = bias or bool(get_arg(args, "add_qkv_bias", False))
+    qk_layernorm = bool(get_arg(args, "qk_layernorm", False))
+    tp = get_arg(args, "tensor_model_parallel_size", 1)
+    vocab = get_arg(args, "padded_vocab_size")
     if not vocab:
-        if not _get(args, "vocab_size"):
+        if not get_arg(args, "vocab_size"):
             raise ValueError("count_parameters needs vocab_size (or padded_vocab_size)")
         vocab = padded_vocab_size(
-            _get(args, "vocab_size"), _get(args, "make_vocab_size_divisible_by", 128), tp)
-    tied = not _get(args, "untie_embeddings_and_output_weights", False)
+            get_arg(args, "vocab_size"), get_arg(args, "make_vocab_size_divisible_by", 128), tp)
+    tied = not get_arg(args, "untie_embeddings_and_output_weights", False)
 
-    num_experts = _get(args, "num_experts", 0)
+    num_experts = get_arg(args, "num_experts", 0)
     if num_experts:
-        pattern = moe_layer_pattern(_get(args, "moe_layer_freq", 1), L)
+        pattern = moe_layer_pattern(get_arg(args, "moe_layer_freq", 1), L)
     else:
         pattern = [0] * L
     n_moe = sum(pattern)
@@ -119,25 +126,25 @@ def count_parameters(args) -> dict:
 
     router = shared = routed = routed_active = 0
     if n_moe:
-        f_moe = _get(args, "moe_ffn_hidden_size", f)
-        topk = _get(args, "moe_router_topk", 2)
-        f_shared = _get(args, "moe_shared_expert_intermediate_size", 0)
+        f_moe = get_arg(args, "moe_ffn_hidden_size", f)
+        topk = get_arg(args, "moe_router_topk", 2)
+        f_shared = get_arg(args, "moe_shared_expert_intermediate_size", 0)
         expert = _mlp_params(d, f_moe, swiglu, bias)
         router = n_moe * (num_experts * d + (num_experts if bias else 0))
         routed = n_moe * num_experts * expert
         routed_active = n_moe * topk * expert
         if f_shared:
-            gate = d if _get(args, "moe_shared_expert_gate", False) else 0
+            gate = d if get_arg(args, "moe_shared_expert_gate", False) else 0
             shared = n_moe * (_mlp_params(d, f_shared, swiglu, bias) + gate)
 
     embedding = vocab * d
-    if _get(args, "position_embedding_type", "rope") == "learned_absolute":
-        embedding += _get(args, "max_position_embeddings", _get(args, "seq_length")) * d
+    if get_arg(args, "position_embedding_type", "rope") == "learned_absolute":
+        embedding += get_arg(args, "max_position_embeddings", get_arg(args, "seq_length")) * d
     output_layer = 0 if tied else vocab * d
 
     common = attention + norms + dense_mlp + router + shared + embedding + output_layer
-    nitp_on = _get(args, "nitp", False) and not _get(args, "nitp_no_projector", False)
-    mult = _get(args, "nitp_head_ffn_multiplier", 4)
+    nitp_on = get_arg(args, "nitp", False) and nitp_uses_head(args)
+    mult = get_arg(args, "nitp_head_ffn_multiplier", 4)
     return {
         "total": common + routed,
         "active": common + routed_active,

@@ -1,0 +1,119 @@
+"""Training FLOPs per token of the NTP baseline and of NITP's additions (paper App. G).
+
+Shared by tools/flops_report.py, tools/list_configs.py and the overhead benchmark, so that the
+numbers in the README, the report and the benchmark come from one set of formulas.
+
+Convention (App. G, after Kaplan et al. / Hoffmann et al.): training FLOPs = 6 x the parameters a
+token passes through (2 forward + 4 backward), counting only matrix multiplies:
+  attention projections (Q, K, V, O with GQA)     6 x their parameters
+  MLP: dense SwiGLU layers, or the shared expert + top-k routed experts of a MoE layer
+  output layer                                    6 V d (tied or not: the matmul happens anyway)
+The input embedding is a lookup (0 FLOPs). Norms, the router (6 d E per MoE layer) and the
+attention score matmuls (12 s d per layer, no causal skipping) are reported separately and are
+not in the headline, which is the paper-comparable number. Model FLOPs: activation recompute is
+not counted (it is hardware FLOPs, not model FLOPs).
+
+NITP adds the head P (3 mult d^2 parameters -> 72 d^2 at mult 4; 96 d^2 with head recompute,
+whose forward runs twice) and the loss (~6 d operations forward, x3 with backward -> 18 d; every
+loss type is O(d) per token, so the paper's cosine estimate is used for all). The target needs no
+FLOPs (stop-gradient; without it the gradient just adds into an existing backward). The shift is
+a one-row halo exchange (communication, no FLOPs). Under pipeline parallelism the target rides
+next to the hidden state on every stage boundary (megatron_nitp/parallel/pipeline.py): that is
+communication volume, reported in bytes, not FLOPs.
+"""
+
+from megatron_nitp.models.param_count import count_parameters, get_arg, nitp_uses_head
+
+
+def paper_g3_flops(d, de, k, L, V, mult=4):
+    """Eq. (28)-(31) literally: every layer MoE with k active experts of width de, attention
+    as 3 d^2 parameters (8 query heads, 4 KV heads, head dim d/8). App. G.3: d=1280, de=640,
+    k=9, L=24, V=152064 -> NITP ~1.18e8, NTP ~5.06e9, ~2.3%."""
+    baseline = L * (18 * d * d + 18 * k * d * de) + 6 * V * d
+    nitp = 18 * mult * d * d + 18 * d
+    return {
+        "baseline_flops_per_token": baseline,
+        "nitp_flops_per_token": nitp,
+        "overhead_pct": 100.0 * nitp / baseline,
+    }
+
+
+def _pipeline_chunks(args):
+    """(number of model chunks, layers per chunk) for megatron's even split, or (n, None)."""
+    L = get_arg(args, "num_layers")
+    pp = get_arg(args, "pipeline_model_parallel_size", 1)
+    per_vstage = get_arg(args, "num_layers_per_virtual_pipeline_stage")
+    chunks = pp * (L // (pp * per_vstage) if per_vstage else 1)
+    return chunks, (L // chunks if L % chunks == 0 else None)
+
+
+def nitp_head_params(args):
+    """3 mult d^2 (gate, up, down; no bias), or 0 when there is no head."""
+    d = get_arg(args, "hidden_size")
+    return 3 * get_arg(args, "nitp_head_ffn_multiplier", 4) * d * d if nitp_uses_head(args) else 0
+
+
+def nitp_head_flops(args):
+    """6 x head parameters; 8 x when the head's forward is recomputed in backward."""
+    return (8 if get_arg(args, "nitp_head_recompute", False) else 6) * nitp_head_params(args)
+
+
+def training_flops_per_token(args) -> dict:
+    """Per-token training FLOPs of `args` (a parse_args Namespace or a dict of dest names).
+
+    Returns baseline_flops_per_token (NTP), nitp_flops_per_token (what NITP adds; computed
+    whether or not args.nitp is set, so a config can be compared with its own baseline),
+    overhead_pct, and the parts: attention_proj, mlp, output_layer, router (not in the
+    baseline), attention_score (not in the baseline), nitp_head, nitp_loss, and the pipeline
+    carry of the target: pipeline_carry_boundaries, pipeline_carry_bytes_per_token_per_boundary
+    (forward; the same again backward, since the gradient buffer has the doubled shape too) and
+    pipeline_carry_bytes_per_microbatch_per_boundary.
+    """
+    c = count_parameters(args)
+    d = get_arg(args, "hidden_size")
+    s = get_arg(args, "seq_length")
+    nh = get_arg(args, "num_attention_heads")
+    hd = get_arg(args, "kv_channels", d // nh)
+    L = get_arg(args, "num_layers")
+
+    attention_proj = 6 * c["attention"]
+    mlp = 6 * (c["dense_mlp"] + c["shared_experts"] + c["routed_experts_active"])
+    output_layer = 6 * c["padded_vocab_size"] * d
+    baseline = attention_proj + mlp + output_layer
+
+    head = nitp_head_flops(args)
+    loss = 18 * d
+    nitp = head + loss
+
+    chunks, per_chunk = _pipeline_chunks(args)
+    target = get_arg(args, "nitp_target_layer", max(1, round(0.2 * L)))
+    uses_target = get_arg(args, "nitp_loss_type", "cosine") != "generic_cosine"
+    if chunks == 1 or not uses_target:
+        boundaries = 0
+    elif per_chunk is None:
+        boundaries = None  # uneven split: megatron-core would need explicit stage sizes
+    else:
+        owner = 0 if target == 0 else (target - 1) // per_chunk
+        # pipeline.py doubles every boundary once z has to travel at all (one p2p shape).
+        boundaries = chunks - 1 if owner != chunks - 1 else 0
+    dtype_bytes = 2 if get_arg(args, "bf16", False) else 4
+    mbs = get_arg(args, "micro_batch_size", 1)
+    return {
+        "baseline_flops_per_token": baseline,
+        "nitp_flops_per_token": nitp,
+        "overhead_pct": 100.0 * nitp / baseline,
+        "attention_proj_flops_per_token": attention_proj,
+        "mlp_flops_per_token": mlp,
+        "output_layer_flops_per_token": output_layer,
+        "router_flops_per_token": 6 * c["router"],
+        "attention_score_flops_per_token": 12 * L * s * nh * hd,
+        "nitp_head_flops_per_token": head,
+        "nitp_loss_flops_per_token": loss,
+        "pipeline_carry_boundaries": boundaries,
+        "pipeline_carry_bytes_per_token_per_boundary": d * dtype_bytes if boundaries else 0,
+        "pipeline_carry_bytes_per_microbatch_per_boundary":
+            s * mbs * d * dtype_bytes if boundaries else 0,
+        "total_params": c["total"],
+        "active_params": c["active"],
+        "nitp_head_params": nitp_head_params(args),
+    }
