@@ -78,6 +78,11 @@ def transformer_config_from_args(args) -> TransformerConfig:
         gradient_accumulation_fusion=False,
         persist_layer_norm=False,
         deallocate_pipeline_outputs=True,
+        # gloo matches point-to-point messages per peer in posting order; megatron's batched
+        # p2p posts both directions to the same peer when PP=2 (interleaved schedule), so
+        # activations can land in gradient buffers. The unbatched path puts the two
+        # directions on different communicators. NCCL groups batched ops correctly.
+        batch_p2p_comm=torch.cuda.is_available(),
         enable_cuda_graph=getattr(args, "enable_cuda_graph", False),
         **moe,
     )
