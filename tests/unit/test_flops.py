@@ -1,0 +1,104 @@
+"""Training FLOPs per token (paper App. G) and the flops_report tool's output."""
+
+import contextlib
+import io
+import json
+import os
+import sys
+
+import pytest
+
+from megatron_nitp.nitp.flops import paper_g3_flops, training_flops_per_token
+from megatron_nitp.training.arguments import parse_args
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(REPO, "tools"))
+
+import flops_report  # noqa: E402
+
+NINE_B = os.path.join(REPO, "examples", "configs", "moe_9b_a1b.yaml")
+PAPER_OVERHEAD_PCT = 2.3  # App. G.3, eq. (31)
+
+
+def nine_b(*flags):
+    return parse_args(["--config", NINE_B, *flags])
+
+
+def test_paper_g3_worked_example_is_reproduced():
+    r = paper_g3_flops(d=1280, de=640, k=9, L=24, V=152064)
+    assert r["nitp_flops_per_token"] == pytest.approx(1.18e8, rel=0.005)
+    assert r["baseline_flops_per_token"] == pytest.approx(5.06e9, rel=0.002)
+    assert r["overhead_pct"] == pytest.approx(PAPER_OVERHEAD_PCT, abs=0.05)
+
+
+def test_9b_config_overhead_within_0p2_points_of_the_paper():
+    r = training_flops_per_token(nine_b())
+    assert abs(r["overhead_pct"] - PAPER_OVERHEAD_PCT) <= 0.2
+    assert r["nitp_head_flops_per_token"] == 72 * 1280 ** 2
+    assert r["nitp_loss_flops_per_token"] == 18 * 1280
+
+
+def test_all_moe_9b_equals_equation_28_exactly():
+    # With every layer MoE, the layer-exact count is App. G's formula term by term
+    # (8 heads / 4 KV heads of d/8 make the projections exactly 3 d^2).
+    r = training_flops_per_token(nine_b("--moe-layer-freq", "1"))
+    assert r["baseline_flops_per_token"] == paper_g3_flops(1280, 640, 9, 24, 152064)[
+        "baseline_flops_per_token"]
+
+
+def test_head_variants_change_only_the_head_term():
+    base = training_flops_per_token(nine_b())
+    recompute = training_flops_per_token(nine_b("--nitp-head-recompute"))
+    assert recompute["nitp_head_flops_per_token"] == 96 * 1280 ** 2  # forward runs twice
+    for flags in (["--nitp-no-projector"], ["--nitp-loss-type", "generic_cosine"]):
+        r = training_flops_per_token(nine_b(*flags))
+        assert r["nitp_head_flops_per_token"] == 0 and r["nitp_head_params"] == 0
+        assert r["baseline_flops_per_token"] == base["baseline_flops_per_token"]
+    wide = training_flops_per_token(nine_b("--nitp-head-ffn-multiplier", "2"))
+    assert wide["nitp_head_flops_per_token"] == 36 * 1280 ** 2
+
+
+def test_pipeline_carry_counts_boundaries_when_the_target_is_not_on_the_last_chunk():
+    assert training_flops_per_token(nine_b())["pipeline_carry_boundaries"] == 0
+    r = training_flops_per_token(nine_b("--pipeline-model-parallel-size", "4"))
+    assert r["pipeline_carry_boundaries"] == 3
+    assert r["pipeline_carry_bytes_per_token_per_boundary"] == 1280 * 2  # bf16
+    assert r["pipeline_carry_bytes_per_microbatch_per_boundary"] == 8192 * 1280 * 2
+    # Target on the last stage (layer 20 of 24, PP2 -> stage 1): nothing to carry.
+    r = training_flops_per_token(nine_b("--pipeline-model-parallel-size", "2",
+                                        "--nitp-target-layer", "20"))
+    assert r["pipeline_carry_boundaries"] == 0
+    # Interleaved: 2 stages x 3 virtual chunks of 4 layers; layer 5 is in chunk 1 of 6.
+    r = training_flops_per_token(nine_b("--pipeline-model-parallel-size", "2",
+                                        "--num-layers-per-virtual-pipeline-stage", "4"))
+    assert r["pipeline_carry_boundaries"] == 5
+
+
+def run_report(*argv):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert flops_report.main(list(argv)) == 0
+    return out.getvalue()
+
+
+def test_json_report_schema_for_all_examples():
+    records = json.loads(run_report("--all-examples", "--paper-g3", "--json"))
+    names = [r["name"] for r in records]
+    assert len(records) == 8 and "moe_9b_a1b" in names and names[-1].startswith("paper_app_g3")
+    for r in records:
+        assert isinstance(r["name"], str)
+        for key in ("baseline_flops_per_token", "nitp_flops_per_token"):
+            assert isinstance(r[key], int) and r[key] > 0
+        assert r["overhead_pct"] == pytest.approx(
+            100 * r["nitp_flops_per_token"] / r["baseline_flops_per_token"])
+        assert 1.0 < r["overhead_pct"] < 3.0
+    g3 = records[-1]
+    assert abs(g3["overhead_pct"] - PAPER_OVERHEAD_PCT) <= 0.2
+
+
+def test_markdown_report_for_a_config_with_flags():
+    text = run_report("--config", NINE_B, "--pipeline-model-parallel-size", "2")
+    lines = text.strip().splitlines()
+    assert lines[0].startswith("| config |") and len(lines) == 3
+    assert lines[2].startswith("| moe_9b_a1b |") and "2.28%" in lines[2]
+    assert "1 boundaries x 2560 B/token" in lines[2]
