@@ -14,7 +14,7 @@ from megatron.core.models.gpt import GPTModel
 
 from ..nitp.config import NITPConfig
 from ..nitp.head import NITPHead, get_nitp_head_spec
-from ..nitp.objective import nitp_token_losses
+from ..nitp.objective import nitp_token_losses, tp_rows
 from ..nitp.target import ImplicitTargetCapture
 from ..parallel.pipeline import AFTER, BEFORE, OWNER, chunk_role, target_is_carried
 
@@ -34,6 +34,7 @@ class NITPGPTModel(GPTModel):
         self._carried_target = None
         self.record_hidden = False  # set by the trainer on metric iterations
         self.last_hidden = None
+        self.last_valid = None
         if not cfg.uses_target and not cfg.enabled:
             return
         if self.post_process and cfg.uses_head:
@@ -83,8 +84,12 @@ class NITPGPTModel(GPTModel):
                     target = torch.zeros_like(out)
                 out = torch.cat([out, target.to(out.dtype)], dim=0)
             return out
-        if self.record_hidden:
+        if self.record_hidden:  # for the representation metrics (effective rank, pair cos)
             self.last_hidden = hidden_states.detach()
+            mask = kwargs.get("loss_mask")
+            if mask is not None:
+                self.last_valid = tp_rows(mask.T.bool(), self.tp_group,
+                                          self.config.sequence_parallel)
         labels = kwargs.get("labels", args[2] if len(args) > 2 else None)
         lm = super()._postprocess(hidden_states, *args, **kwargs)
         if not cfg.enabled or labels is None:

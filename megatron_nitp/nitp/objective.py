@@ -21,7 +21,7 @@ def _size(group):
     return group.size() if group is not None else 1
 
 
-def _tp_rows(mask_sb, tp_group, sequence_parallel):
+def tp_rows(mask_sb, tp_group, sequence_parallel):
     """Slice [s_cp, b] to this TP rank's SP rows."""
     if not sequence_parallel or tp_group is None or tp_group.size() == 1:
         return mask_sb
@@ -47,7 +47,7 @@ def nitp_token_losses(hidden, target, loss_mask, head, config, seq_length,
         if shift:
             valid[:, seq_length - shift:] = 0
     valid = valid.bool()
-    valid_local = _tp_rows(valid.T, tp_group, sequence_parallel)  # [s_local, b]
+    valid_local = tp_rows(valid.T, tp_group, sequence_parallel)  # [s_local, b]
 
     if config.loss_type == "generic_cosine":
         groups = [g for g in (sp_group, cp_group) if _size(g) > 1]

@@ -1,0 +1,142 @@
+"""Save and resume full training state with megatron-core's distributed checkpointing.
+
+Model (every virtual chunk), optimizer (`fully_reshardable`, so TP/PP/DP may change between save
+and load), scheduler, iteration, consumed samples, NITP config and args. Written to
+`iter_XXXXXXX.tmp` and renamed only when every rank has finished, then the tracker moves: a run
+killed mid-save resumes from the previous complete checkpoint.
+"""
+
+import os
+import shutil
+import time
+
+import torch
+from megatron.core import dist_checkpointing, parallel_state
+
+from .checkpoint_io import (
+    RUN_CONFIG,
+    TRACKER,
+    CheckpointError,
+    iteration_dir,
+    json_safe_args,
+    latest_iteration,
+    read_run_config,
+)
+
+SHARDING = "fully_reshardable"
+HEAD_PREFIX = "nitp_head."
+
+
+def _model_state(chunks, drop_head=False):
+    state = {}
+    for i, chunk in enumerate(chunks):
+        sd = chunk.sharded_state_dict()
+        if drop_head:
+            sd = {k: v for k, v in sd.items() if not k.startswith(HEAD_PREFIX)}
+        state[f"model{i}"] = sd
+    return state
+
+
+def _optimizer_state(optimizer, model_state, is_loading):
+    """Only the distributed optimizer takes a sharding type (fully_reshardable: any TP/PP/DP)."""
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    parts = getattr(optimizer, "chained_optimizers", [optimizer])
+    kwargs = ({"sharding_type": SHARDING}
+              if any(isinstance(o, DistributedOptimizer) for o in parts) else {})
+    return optimizer.sharded_state_dict(model_state, is_loading=is_loading, **kwargs)
+
+
+def _rank0():
+    return torch.distributed.get_rank() == 0
+
+
+def _write_atomic(path, text):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_checkpoint(ckpt_dir, iteration, chunks, optimizer, scheduler, consumed_samples, args,
+                    nitp_config, tokenizer_info, keep_last_n=None, log=print):
+    import json
+
+    final = iteration_dir(ckpt_dir, iteration)
+    tmp = final + ".tmp"
+    if _rank0():
+        os.makedirs(ckpt_dir, exist_ok=True)
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp)
+        os.makedirs(tmp)
+    torch.distributed.barrier()
+    start = time.time()
+    model_state = _model_state(chunks)
+    state = dict(model_state)
+    state["optimizer"] = _optimizer_state(optimizer, model_state, is_loading=False)
+    state["opt_param_scheduler"] = scheduler.state_dict()
+    state["iteration"] = iteration
+    state["consumed_samples"] = consumed_samples
+    dist_checkpointing.save(state, tmp)
+    slow = float(os.environ.get("MEGATRON_NITP_TEST_SLOW_SAVE", "0"))
+    if slow:  # test hook: widen the window in which a kill lands mid-save
+        time.sleep(slow)
+    torch.distributed.barrier()
+    if _rank0():
+        run_config = dict(args=json_safe_args(args), nitp=nitp_config.to_dict(),
+                          iteration=iteration, consumed_samples=consumed_samples,
+                          tokenizer=tokenizer_info)
+        _write_atomic(os.path.join(tmp, RUN_CONFIG), json.dumps(run_config, indent=1))
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _write_atomic(os.path.join(ckpt_dir, TRACKER), str(iteration))
+        if keep_last_n:
+            _prune(ckpt_dir, keep_last_n)
+    torch.distributed.barrier()
+    log(f"saved checkpoint iteration {iteration} to {final} in {time.time() - start:.1f} s")
+
+
+def _prune(ckpt_dir, keep):
+    its = sorted(int(d[5:]) for d in os.listdir(ckpt_dir)
+                 if d.startswith("iter_") and d[5:].isdigit())
+    for it in its[:-keep]:
+        shutil.rmtree(iteration_dir(ckpt_dir, it), ignore_errors=True)
+
+
+def load_checkpoint(ckpt_dir, chunks, optimizer, scheduler, nitp_config, log=print):
+    """Restore state in place; returns (iteration, consumed_samples)."""
+    iteration = latest_iteration(ckpt_dir)
+    if iteration is None:
+        raise CheckpointError(f"--load {ckpt_dir}: no checkpoint found")
+    path = iteration_dir(ckpt_dir, iteration)
+    saved = read_run_config(ckpt_dir, iteration)
+    saved_head = saved.get("nitp", {}).get("enabled") and saved["nitp"].get(
+        "projector", "swiglu") == "swiglu" and saved["nitp"].get("loss_type") != "generic_cosine"
+    fresh_head = nitp_config.uses_head and not saved_head
+    model_only = saved.get("model_only", False)
+    model_state = _model_state(chunks, drop_head=fresh_head)
+    state = dict(model_state)
+    load_optimizer = not fresh_head and not model_only
+    if load_optimizer:
+        state["optimizer"] = _optimizer_state(optimizer, model_state, is_loading=True)
+    try:
+        loaded = dist_checkpointing.load(state, path)
+    except Exception as e:  # corrupt or partial: say so in one line
+        raise CheckpointError(f"--load {path}: cannot read the checkpoint "
+                              f"({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+    for i, chunk in enumerate(chunks):
+        chunk.load_state_dict(loaded[f"model{i}"], strict=not fresh_head)
+    if fresh_head:
+        log("notice: the checkpoint has no NITP head (an NTP run); starting a fresh head and a "
+            "fresh optimizer state")
+    if load_optimizer:
+        optimizer.load_state_dict(loaded["optimizer"])
+        # megatron's scheduler state omits the WSD fields: ours come from the current args.
+        scheduler.load_state_dict(loaded["opt_param_scheduler"])
+    elif model_only:
+        log("notice: model-only checkpoint (e.g. converted from HF); fresh optimizer")
+        return 0, 0
+    return loaded.get("iteration", iteration), loaded.get("consumed_samples", 0)

@@ -1,0 +1,390 @@
+"""The training engine behind pretrain_gpt_nitp.py and pretrain_moe_nitp.py.
+
+arguments -> validation (no process groups yet) -> distributed init -> tokenizer + data ->
+model chunks (DDP) + optimizer + scheduler -> resume -> loop (train_step, metrics, eval, logs,
+checkpoints, exits) .
+"""
+
+import math
+import os
+import signal
+import sys
+import time
+import traceback
+
+import torch
+
+from ..nitp.config import NITPConfig
+from .arguments import parse_args
+from .checkpoint_io import CheckpointError, latest_iteration, read_run_config
+from .validation import ConfigError, validate_args
+
+ARCH_FIELDS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
+               "num_query_groups", "kv_channels", "num_experts", "moe_ffn_hidden_size",
+               "moe_shared_expert_intermediate_size", "moe_layer_freq", "moe_router_topk",
+               "untie_embeddings_and_output_weights", "normalization", "swiglu",
+               "position_embedding_type", "padded_vocab_size")
+
+
+def _fail(msg, debug=False):
+    if debug:
+        traceback.print_exc()
+    print(f"error: {msg}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def _check_resume_target(args, vocab_size_known):
+    """--load sanity before heavy work: empty dirs, architecture mismatches."""
+    if not args.load:
+        return
+    if not os.path.isdir(args.load):
+        if args.save and os.path.abspath(args.load) == os.path.abspath(args.save):
+            print(f"notice: --load {args.load} holds no checkpoint yet (same as --save): "
+                  "starting fresh", flush=True)
+            args.load = None
+            return
+        raise ConfigError(f"--load {args.load}: no such directory")
+    it = latest_iteration(args.load)
+    if it is None:
+        if args.save and os.path.abspath(args.load) == os.path.abspath(args.save):
+            print(f"notice: --load {args.load} holds no checkpoint yet (same as --save): "
+                  "starting fresh", flush=True)
+            args.load = None
+            return
+        raise ConfigError(f"--load {args.load}: no checkpoint in this directory "
+                          "(no latest_checkpointed_iteration.txt); a mistyped path must not "
+                          "train from scratch")
+    saved = read_run_config(args.load, it)["args"]
+    for field in ARCH_FIELDS:
+        if field == "padded_vocab_size" and not vocab_size_known:
+            continue
+        mine, theirs = getattr(args, field, None), saved.get(field)
+        if field in saved and mine != theirs:
+            raise ConfigError(f"--load {args.load}: checkpoint has a different architecture: "
+                              f"{field} = {theirs} in the checkpoint, {mine} here")
+
+
+def _setup_tokenizer_and_data_args(args, log):
+    from ..data.tokenizers import build_tokenizer
+
+    if args.demo_data:
+        from ..data.demo import prepare_demo_data
+
+        rank = int(os.environ.get("RANK", 0))
+        # Rank 0 builds (cached, file-locked); the others find the cache.
+        prefix, tok = prepare_demo_data(log=log if rank == 0 else (lambda *a: None))
+        args.data_path = [prefix]
+        args.tokenizer_type, args.tokenizer_model = "SentencePieceTokenizer", tok
+    tokenizer = build_tokenizer(args.tokenizer_type, args.tokenizer_model, args.vocab_size)
+    args.vocab_size = tokenizer.vocab_size
+    return tokenizer
+
+
+def pretrain(model_family="gpt", argv=None):
+    args = parse_args(argv, model_family)
+    rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0)))
+    log = (lambda msg: print(msg, flush=True)) if rank == 0 else (lambda msg: None)
+    try:
+        if model_family == "moe" and not args.num_experts:
+            raise ConfigError("--num-experts: required by pretrain_moe_nitp.py")
+        nitp_config = validate_args(args)
+        from ..data.datasets import validate_data_args
+
+        if args.dry_run:
+            return _dry_run(args, nitp_config)
+        tokenizer = _setup_tokenizer_and_data_args(args, log)
+        validate_data_args(args.data_path, tokenizer, args.split, args.mock_data)
+        from ..models.builder import padded_vocab_size
+
+        args.padded_vocab_size = padded_vocab_size(
+            args.vocab_size, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size)
+        _check_resume_target(args, vocab_size_known=True)
+    except (ConfigError, CheckpointError, ValueError) as e:
+        _fail(str(e), args.debug)
+    except SystemExit as e:  # data-layer errors are SystemExit subclasses with a message
+        if e.code not in (0, None) and not isinstance(e.code, int):
+            _fail(str(e.code).removeprefix("error: "), args.debug)
+        raise
+    return Trainer(args, nitp_config, tokenizer, log).run()
+
+
+def _dry_run(args, nitp_config):
+    from ..models.param_count import count_parameters
+    from ..models.builder import padded_vocab_size
+
+    if args.vocab_size is None:
+        args.vocab_size = 151936
+    args.padded_vocab_size = padded_vocab_size(args.vocab_size, args.make_vocab_size_divisible_by,
+                                               args.tensor_model_parallel_size)
+    counts = count_parameters(args)
+    dp = args.data_parallel_size
+    print(f"parameters: total {counts['total'] / 1e9:.3f}B, active {counts['active'] / 1e9:.3f}B"
+          f", NITP head {counts.get('nitp_head', 0) / 1e6:.1f}M (training only)")
+    print(f"parallel plan: TP {args.tensor_model_parallel_size} x PP "
+          f"{args.pipeline_model_parallel_size} x CP {args.context_parallel_size} x DP {dp}"
+          f" (EP {args.expert_model_parallel_size}, VPP chunk "
+          f"{args.num_layers_per_virtual_pipeline_stage}), microbatches/step "
+          f"{args.global_batch_size // (args.micro_batch_size * dp)}")
+    print(f"NITP: {nitp_config.to_dict()}")
+    return 0
+
+
+class Trainer:
+    def __init__(self, args, nitp_config: NITPConfig, tokenizer, log):
+        self.args, self.nitp, self.tokenizer, self.log = args, nitp_config, tokenizer, log
+        self.sigterm = False
+
+    # -- setup -------------------------------------------------------------------------------
+    def _setup(self):
+        from megatron.core import parallel_state as ps
+
+        from ..models.builder import (build_model_chunks, transformer_config_from_args,
+                                      virtual_pipeline_size)
+        from ..parallel.distributed import initialize_distributed
+        from .loggers import RunLogger
+        from .step import build_optimizer, wrap_ddp
+
+        a = self.args
+        initialize_distributed(a.tensor_model_parallel_size, a.pipeline_model_parallel_size,
+                               virtual_pipeline_size(a), a.context_parallel_size,
+                               a.expert_model_parallel_size, seed=a.seed,
+                               timeout_minutes=a.distributed_timeout_minutes)
+        self.config = transformer_config_from_args(a)
+        self.chunks = build_model_chunks(a, self.config, self.nitp)
+        self.model = wrap_ddp(self.chunks, self.config, a.use_distributed_optimizer)
+        self.optimizer, self.scheduler = build_optimizer(a, self.model, self.config)
+        self.dp_rank = ps.get_data_parallel_rank()
+        self.dp_size = ps.get_data_parallel_world_size()
+        self.num_microbatches = a.global_batch_size // (a.micro_batch_size * self.dp_size)
+        self.logger = RunLogger(a, enabled=torch.distributed.get_rank() == 0)
+        self.iteration, self.consumed = 0, 0
+        if a.load:
+            from .checkpointing import load_checkpoint
+
+            try:
+                self.iteration, self.consumed = load_checkpoint(
+                    a.load, self.chunks, self.optimizer, self.scheduler, self.nitp, self.log)
+            except CheckpointError as e:
+                _fail(str(e), a.debug)
+            self.log(f"resumed from {a.load} at iteration {self.iteration}")
+        self._build_data()
+
+    def _build_data(self):
+        from ..data.datasets import build_datasets
+        from ..data.iterators import build_data_iterator
+
+        a = self.args
+        gbs = a.global_batch_size
+        n_evals = (a.train_iters // a.eval_interval + 1) if a.eval_interval else 0
+        sizes = (a.train_iters * gbs, max(n_evals * a.eval_iters * gbs, 1), a.eval_iters * gbs)
+        if torch.distributed.get_rank() != 0:
+            torch.distributed.barrier()  # rank 0 builds the index cache first
+        train, valid, _ = build_datasets(a.data_path, a.split, a.mock_data, a.seq_length,
+                                         self.tokenizer, a.seed, sizes, a.data_cache_path)
+        if torch.distributed.get_rank() == 0:
+            torch.distributed.barrier()
+        n = len(self.chunks)
+
+        def iters(ds, consumed):
+            its = [build_data_iterator(ds, a.micro_batch_size, self.dp_rank, self.dp_size,
+                                       consumed) for _ in range(n)]
+            return its if n > 1 else its[0]
+
+        self.train_iter = iters(train, self.consumed)
+        self.valid_ds, self._iters = valid, iters
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _pipeline_broadcast(self, values: dict, keys):
+        """Losses live on the last pipeline stage; bring them to every rank (rank 0 logs)."""
+        from megatron.core import parallel_state as ps
+
+        t = torch.tensor([values.get(k, 0.0) for k in keys] + [1.0 if values else 0.0],
+                         dtype=torch.float64)
+        torch.distributed.all_reduce(t, group=ps.get_pipeline_model_parallel_group())
+        return {k: t[i].item() for i, k in enumerate(keys)} if t[-1] > 0 else {}
+
+    def _any_rank(self, flag: bool) -> bool:
+        t = torch.tensor([1.0 if flag else 0.0])
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return bool(t.item())
+
+    def _grads_finite(self):
+        bad = torch.zeros(1)
+        for chunk in self.model:
+            for p in chunk.module.parameters():
+                g = getattr(p, "main_grad", None)
+                if g is not None and not torch.isfinite(g).all():
+                    bad.fill_(1.0)
+                    break
+        torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+        return bad.item() == 0
+
+    def _injected_nan(self):
+        spec = os.environ.get("MEGATRON_NITP_TEST_NAN_ITERS", "")
+        return str(self.iteration + 1) in spec.split(",")
+
+    # -- one step ----------------------------------------------------------------------------
+    def _train_step(self):
+        from .step import forward_backward, reduce_losses
+
+        a = self.args
+        for chunk in self.model:
+            chunk.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        record = self._want_metrics()
+        for c in self.chunks:
+            c.record_hidden = record and c.post_process
+        raw = forward_backward(a, self.model, self.config, self.nitp, self.train_iter,
+                               self.num_microbatches, self.iteration)
+        losses = reduce_losses(raw)
+        if self._injected_nan():  # test hook: a poisoned step
+            losses = {k: float("nan") for k in losses}
+            for p in self.chunks[0].parameters():
+                p.main_grad.fill_(float("nan"))
+                break
+        losses = self._pipeline_broadcast(losses, ["lm loss", "nitp loss"])
+        finite = self._grads_finite() and all(math.isfinite(v) for v in losses.values())
+        grad_norm = float("nan")
+        if finite:
+            ok, grad_norm, _ = self.optimizer.step()
+            finite = bool(ok) and grad_norm is not None and math.isfinite(grad_norm)
+            if finite:
+                self.scheduler.step(increment=1)
+        metrics = self._metrics() if record else {}
+        for c in self.chunks:
+            c.record_hidden, c.last_hidden, c.last_valid = False, None, None
+        return losses, grad_norm, finite, metrics
+
+    def _want_metrics(self):
+        k = self.args.nitp_metrics_interval
+        return bool(k) and (self.iteration + 1) % k == 0
+
+    def _metrics(self):
+        """Effective rank and pair cosine of the last microbatch's final hidden states."""
+        from megatron.core import parallel_state as ps
+
+        from ..nitp.metrics import effective_rank, pair_cosine
+
+        last = self.chunks[-1]
+        vals = {}
+        if last.post_process and last.last_hidden is not None:
+            groups = [ps.get_data_parallel_group(with_context_parallel=True)]
+            if self.config.sequence_parallel:
+                groups.append(ps.get_tensor_model_parallel_group())
+            h, m = last.last_hidden.float(), last.last_valid
+            vals = {"effective_rank": effective_rank(h, m, groups),
+                    "pair_cosine": pair_cosine(h, m, groups)}
+        return self._pipeline_broadcast(vals, ["effective_rank", "pair_cosine"])
+
+    def evaluate(self):
+        from .step import forward_backward, reduce_losses
+
+        if self.valid_ds is None:
+            return {}
+        a = self.args
+        valid_iter = self._iters(self.valid_ds, 0)
+        for c in self.model:
+            c.eval()
+        totals = []
+        with torch.no_grad():
+            for _ in range(a.eval_iters):
+                raw = forward_backward(a, self.model, self.config, self.nitp, valid_iter,
+                                       self.num_microbatches, self.iteration, forward_only=True)
+                totals += raw
+        for c in self.model:
+            c.train()
+        return self._pipeline_broadcast(reduce_losses(totals), ["lm loss", "nitp loss"])
+
+    # -- loop --------------------------------------------------------------------------------
+    def _save(self):
+        from .checkpointing import save_checkpoint
+
+        a = self.args
+        save_checkpoint(a.save, self.iteration, self.chunks, self.optimizer, self.scheduler,
+                        self.consumed, a, self.nitp,
+                        {"type": a.tokenizer_type, "model": a.tokenizer_model},
+                        keep_last_n=a.keep_last_n_checkpoints, log=self.log)
+
+    def run(self):
+        a = self.args
+        if a.exit_signal_handler:
+            signal.signal(signal.SIGTERM, lambda *_: setattr(self, "sigterm", True))
+        self._setup()
+        start_iteration = self.iteration
+        tokens_per_step = a.global_batch_size * a.seq_length
+        self.log(f"training {a.model_family} model: {a.train_iters} iterations, "
+                 f"global batch {a.global_batch_size} x seq {a.seq_length}, "
+                 f"{self.num_microbatches} microbatches/step, NITP "
+                 f"{'on' if self.nitp.enabled else 'off'}")
+        run_start, bad_in_a_row, last_saved = time.time(), 0, self.iteration
+        while self.iteration < a.train_iters:
+            t0 = time.time()
+            losses, grad_norm, ok, metrics = self._train_step()
+            self.iteration += 1
+            self.consumed += a.global_batch_size
+            bad_in_a_row = 0 if ok else bad_in_a_row + 1
+            dt = time.time() - t0
+            if self.iteration % a.log_interval == 0 or not ok:
+                rec = {"iteration": self.iteration, "lm_loss": losses.get("lm loss"),
+                       "nitp_loss": losses.get("nitp loss") if self.nitp.enabled else None,
+                       "lr": self.optimizer.param_groups[0]["lr"],
+                       "grad_norm": grad_norm, "tokens_per_sec": tokens_per_step / dt,
+                       "elapsed_s": round(time.time() - run_start, 3),
+                       "consumed_samples": self.consumed, "skipped": not ok, **metrics}
+                self.logger.record(rec)
+                self.logger.train_line(rec, a.train_iters, start_iteration)
+            if not ok:
+                self.log(f"warning: non-finite loss or gradient at iteration {self.iteration}: "
+                         f"step skipped ({bad_in_a_row} in a row)")
+                if bad_in_a_row >= a.max_bad_steps:
+                    self.log(f"error: {bad_in_a_row} consecutive non-finite steps "
+                             f"(--max-bad-steps {a.max_bad_steps}); stopping")
+                    if a.save and last_saved != self.iteration:
+                        # The parameters were never updated by the bad steps: this is the
+                        # last good state.
+                        self._save()
+                    self.logger.close()
+                    return 3
+            if a.eval_interval and self.iteration % a.eval_interval == 0:
+                self._log_eval()
+            if a.save and a.save_interval and self.iteration % a.save_interval == 0:
+                self._save()
+                last_saved = self.iteration
+            stop = None
+            if a.exit_signal_handler and self._any_rank(self.sigterm):
+                stop = "SIGTERM"
+            elif a.exit_duration_in_mins and self._any_rank(
+                    (time.time() - run_start) / 60 > a.exit_duration_in_mins):
+                stop = "--exit-duration-in-mins"
+            elif a.exit_interval and self.iteration % a.exit_interval == 0:
+                stop = "--exit-interval"
+            if stop:
+                if a.save and last_saved != self.iteration:
+                    self._save()
+                self.log(f"exiting at iteration {self.iteration} ({stop})")
+                self.logger.close()
+                return 0
+        if a.eval_interval and self.iteration % a.eval_interval != 0:
+            self._log_eval()
+        if a.save and last_saved != self.iteration:
+            self._save()
+        self.logger.close()
+        return 0
+
+    def _log_eval(self):
+        ev = self.evaluate()
+        if not ev:
+            return
+        rec = {"iteration": self.iteration, "split": "valid", "lm_loss": ev.get("lm loss"),
+               "nitp_loss": ev.get("nitp loss") if self.nitp.enabled else None}
+        self.logger.record(rec)
+        nitp = f" | nitp loss {rec['nitp_loss']:.4f}" if rec["nitp_loss"] is not None else ""
+        self.logger.print(f"validation at iter {self.iteration} | lm loss {rec['lm_loss']:.4f}"
+                          f"{nitp}")
+
+
+def main(model_family):
+    code = pretrain(model_family)
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    sys.exit(code or 0)

@@ -1,0 +1,94 @@
+"""Training logs: one console line per interval, JSONL records, TensorBoard, wandb (offline OK).
+
+Only global rank 0 writes; the engine hands it globally reduced numbers.
+"""
+
+import json
+import math
+import os
+import time
+
+
+def _fmt_time(seconds):
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class RunLogger:
+    def __init__(self, args, enabled: bool):
+        self.enabled = enabled
+        self.start = time.time()
+        self.jsonl = None
+        self.tb = None
+        self.wandb = None
+        if not enabled:
+            return
+        if args.log_jsonl:
+            os.makedirs(os.path.dirname(os.path.abspath(args.log_jsonl)), exist_ok=True)
+            self.jsonl = open(args.log_jsonl, "a", buffering=1)
+        if args.tensorboard_dir:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(log_dir=args.tensorboard_dir)
+        if args.wandb_project:
+            # No network here or on many clusters' compute nodes: default to offline runs
+            # (`wandb sync` later) unless the user chose a mode.
+            os.environ.setdefault("WANDB_MODE", "offline")
+            os.environ.setdefault("WANDB_SILENT", "true")
+            import wandb
+
+            save_dir = args.wandb_save_dir or os.path.join(args.save or ".", "wandb")
+            os.makedirs(save_dir, exist_ok=True)
+            self.wandb = wandb.init(project=args.wandb_project, name=args.wandb_exp_name,
+                                    dir=save_dir, config={k: v for k, v in vars(args).items()
+                                                          if isinstance(v, (int, float, str,
+                                                                            bool, type(None)))})
+
+    def print(self, msg):
+        if self.enabled:
+            print(msg, flush=True)
+
+    def record(self, rec: dict):
+        """rec: iteration, split ('train'/'valid'), lm_loss, nitp_loss, ..."""
+        if not self.enabled:
+            return
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                 for k, v in rec.items()}
+        if self.jsonl:
+            self.jsonl.write(json.dumps(clean) + "\n")
+        split = rec.get("split", "train")
+        scalars = {f"{split}/{k}": v for k, v in rec.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "iteration"
+                   and v is not None and math.isfinite(v)}
+        if self.tb:
+            for k, v in scalars.items():
+                self.tb.add_scalar(k, v, rec["iteration"])
+            self.tb.flush()
+        if self.wandb:
+            self.wandb.log(scalars, step=rec["iteration"])
+
+    def train_line(self, rec, train_iters, start_iteration):
+        done = rec["iteration"] - start_iteration
+        elapsed = time.time() - self.start
+        eta = elapsed / max(done, 1) * (train_iters - rec["iteration"])
+        parts = [f"iter {rec['iteration']:>6d}/{train_iters}",
+                 f"lm loss {rec['lm_loss']:.4f}"]
+        if rec.get("nitp_loss") is not None:
+            parts.append(f"nitp loss {rec['nitp_loss']:.4f}")
+        parts += [f"lr {rec['lr']:.3e}", f"grad norm {rec['grad_norm']:.3f}",
+                  f"tokens/s {rec['tokens_per_sec']:.0f}", f"elapsed {_fmt_time(elapsed)}",
+                  f"ETA {_fmt_time(eta)}"]
+        if rec.get("effective_rank") is not None:
+            parts.append(f"erank {rec['effective_rank']:.2f} "
+                         f"pair-cos {rec['pair_cosine']:.3f}")
+        if rec.get("skipped"):
+            parts.append("SKIPPED (non-finite)")
+        self.print(" | ".join(parts))
+
+    def close(self):
+        if self.jsonl:
+            self.jsonl.close()
+        if self.tb:
+            self.tb.close()
+        if self.wandb:
+            self.wandb.finish()
