@@ -6,14 +6,9 @@ from megatron.core import parallel_state
 from megatron.core.transformer import TransformerConfig
 
 from ..nitp.config import NITPConfig
+from .param_count import padded_vocab_size  # noqa: F401  (re-exported for the engine)
 from .gpt_nitp import NITPGPTModel
 from .specs import get_layer_spec, resolve_transformer_impl
-
-
-def padded_vocab_size(vocab_size: int, divisible_by: int, tp: int) -> int:
-    """Megatron-LM's padding: a multiple of divisible_by * TP so the output layer shards evenly."""
-    multiple = divisible_by * tp
-    return ((vocab_size + multiple - 1) // multiple) * multiple
 
 
 def virtual_pipeline_size(args):

@@ -15,6 +15,7 @@ import torch
 from megatron.core.tensor_parallel.mappings import gather_from_sequence_parallel_region
 
 from .loss import TOKEN_LOSSES, generic_cosine_token_loss
+from .shift import shift_implicit_target, valid_target_mask
 
 
 def _size(group):
@@ -38,15 +39,8 @@ def nitp_token_losses(hidden, target, loss_mask, head, config, seq_length,
     shift = config.shift if config.uses_target else 0
     if loss_mask is None:
         loss_mask = torch.ones(hidden.size(1), seq_length // cp_size, device=hidden.device)
-    if cp_size > 1:
-        from .shift import valid_target_mask
-
-        valid = valid_target_mask(loss_mask, seq_length, cp_group.rank(), cp_size, shift=shift)
-    else:
-        valid = loss_mask.clone()
-        if shift:
-            valid[:, seq_length - shift:] = 0
-    valid = valid.bool()
+    cp_rank = cp_group.rank() if cp_size > 1 else 0
+    valid = valid_target_mask(loss_mask, seq_length, cp_rank, cp_size, shift=shift).bool()
     valid_local = tp_rows(valid.T, tp_group, sequence_parallel)  # [s_local, b]
 
     if config.loss_type == "generic_cosine":
@@ -56,13 +50,8 @@ def nitp_token_losses(hidden, target, loss_mask, head, config, seq_length,
         per_tok = generic_cosine_token_loss(hidden, valid_local, groups[0] if groups else None)
     else:
         z = target.detach() if config.stop_grad else target
-        if shift and (sp_group is not None or cp_size > 1):
-            from .shift import shift_implicit_target
-
-            z = shift_implicit_target(z, seq_length, tp_group=sp_group,
-                                      cp_group=cp_group if cp_size > 1 else None, shift=shift)
-        elif shift:
-            z = torch.cat([z[shift:], torch.zeros_like(z[:shift])], dim=0)
+        z = shift_implicit_target(z, seq_length, tp_group=sp_group, cp_group=cp_group,
+                                  shift=shift)
         p = head(hidden) if head is not None else hidden
         per_tok = TOKEN_LOSSES[config.loss_type](p, z)
     per_tok = torch.where(valid_local, per_tok, torch.zeros_like(per_tok))

@@ -185,6 +185,10 @@ def _add_io_args(p):
     g.add_argument("--eval-iters", type=int, default=2, help="Batches per evaluation.")
     g.add_argument("--log-interval", type=int, default=1, help="Console/log every N iterations.")
     g.add_argument("--log-jsonl", default=None, help="Append one JSON record per logged step.")
+    g.add_argument("--plot", default=None,
+                   help="At the end of the run, plot the --log-jsonl records (LM/NITP loss, "
+                        "effective rank, pair cosine) into this PNG (tools/plot_run.py does the "
+                        "same for several runs).")
     g.add_argument("--tensorboard-dir", default=None, help="TensorBoard event directory.")
     g.add_argument("--wandb-project", default=None, help="wandb project (offline works).")
     g.add_argument("--wandb-exp-name", default=None, help="wandb run name.")
@@ -211,8 +215,7 @@ def build_parser(model_family="gpt"):
     return p
 
 
-def _yaml_to_argv(path, parser):
-    """Turn a YAML mapping into flags so argparse applies the same types and choices."""
+def _read_yaml(path):
     if not os.path.isfile(path):
         raise SystemExit(f"error: --config {path}: no such file")
     with open(path) as f:
@@ -222,14 +225,23 @@ def _yaml_to_argv(path, parser):
             raise SystemExit(f"error: --config {path}: not valid YAML ({e})")
     if not isinstance(data, dict):
         raise SystemExit(f"error: --config {path}: expected a mapping of option: value")
+    return {str(k).replace("_", "-"): v for k, v in data.items()}
+
+
+def _yaml_to_argv(paths, parser):
+    """Merge the YAML files (later wins, so `key: false` undoes an earlier `true`), then turn
+    the result into flags so argparse applies the same types and choices."""
     known = {a.option_strings[0][2:]: a for a in parser._actions if a.option_strings
              and a.option_strings[0].startswith("--")}
+    merged = {}
+    for path in paths:
+        for name, value in _read_yaml(path).items():
+            if name not in known or name == "config":
+                raise SystemExit(f"error: --config {path}: unknown option '{name}'")
+            merged[name] = value
     argv = []
-    for key, value in data.items():
-        name = str(key).replace("_", "-")
-        action = known.get(name)
-        if action is None or name == "config":
-            raise SystemExit(f"error: --config {path}: unknown option '{key}'")
+    for name, value in merged.items():
+        action = known[name]
         if isinstance(action, argparse.BooleanOptionalAction):
             argv.append(f"--{name}" if value else f"--no-{name}")
         elif action.nargs == 0:  # store_true
@@ -247,10 +259,7 @@ def parse_args(argv=None, model_family="gpt"):
     parser = build_parser(model_family)
     argv = list(sys.argv[1:] if argv is None else argv)
     pre, _ = parser.parse_known_args(argv)
-    merged = []
-    for path in pre.config:
-        merged += _yaml_to_argv(path, parser)
-    args = parser.parse_args(merged + argv)
+    args = parser.parse_args(_yaml_to_argv(pre.config, parser) + argv)
     args.model_family = model_family
     _fill_defaults(args)
     return args

@@ -76,7 +76,11 @@ def _setup_tokenizer_and_data_args(args, log):
         args.data_path = [prefix]
         args.tokenizer_type, args.tokenizer_model = "SentencePieceTokenizer", tok
     tokenizer = build_tokenizer(args.tokenizer_type, args.tokenizer_model, args.vocab_size)
-    args.vocab_size = tokenizer.vocab_size
+    if args.vocab_size is not None and args.vocab_size < tokenizer.vocab_size:
+        raise ConfigError(f"--vocab-size {args.vocab_size}: smaller than the tokenizer's "
+                          f"{tokenizer.vocab_size} ids")
+    # A larger --vocab-size sets the table size (as HF Qwen2's 152064 for a 151646-id tokenizer).
+    args.vocab_size = max(args.vocab_size or 0, tokenizer.vocab_size)
     return tokenizer
 
 
@@ -88,6 +92,8 @@ def pretrain(model_family="gpt", argv=None):
         if model_family == "moe" and not args.num_experts:
             raise ConfigError("--num-experts: required by pretrain_moe_nitp.py")
         nitp_config = validate_args(args)
+        if args.plot and not args.log_jsonl:
+            raise ConfigError("--plot: needs --log-jsonl (the plot is drawn from its records)")
         from ..data.datasets import validate_data_args
 
         if args.dry_run:
@@ -343,8 +349,7 @@ class Trainer:
                         # The parameters were never updated by the bad steps: this is the
                         # last good state.
                         self._save()
-                    self.logger.close()
-                    return 3
+                    return self._finish(3)
             if a.eval_interval and self.iteration % a.eval_interval == 0:
                 self._log_eval()
             if a.save and a.save_interval and self.iteration % a.save_interval == 0:
@@ -362,14 +367,26 @@ class Trainer:
                 if a.save and last_saved != self.iteration:
                     self._save()
                 self.log(f"exiting at iteration {self.iteration} ({stop})")
-                self.logger.close()
-                return 0
+                return self._finish(0)
         if a.eval_interval and self.iteration % a.eval_interval != 0:
             self._log_eval()
         if a.save and last_saved != self.iteration:
             self._save()
+        return self._finish(0)
+
+    def _finish(self, code):
+        """Close the logs; with --plot, draw the run's JSONL (rank 0; a plotting failure only
+        warns: the training itself succeeded)."""
         self.logger.close()
-        return 0
+        if self.args.plot and self.logger.enabled:
+            from .plotting import plot_runs
+
+            try:
+                plot_runs([self.args.log_jsonl], self.args.plot)
+                self.log(f"wrote {self.args.plot}")
+            except Exception as e:  # noqa: BLE001
+                self.log(f"warning: --plot {self.args.plot}: {type(e).__name__}: {e}")
+        return code
 
     def _log_eval(self):
         ev = self.evaluate()

@@ -192,9 +192,6 @@ def test_readme_config_table_is_current():
     assert list_configs.main(["--check", os.path.join(REPO, "examples", "README.md")]) == 0
 
 
-@pytest.mark.xfail(strict=True, reason="arguments.py turns `key: false` for a store_true flag into "
-                   "no flag at all, so it cannot undo an earlier file's `key: true`; strict: "
-                   "remove this mark (and the README caveat) once booleans are overridable")
 def test_a_later_config_can_switch_a_boolean_off(tmp_path):
     off = tmp_path / "off.yaml"
     off.write_text("moe-grouped-gemm: false\n")
