@@ -1,0 +1,104 @@
+"""Launching multi-process gloo workers from pytest.
+
+`run_torchrun` starts `python -m torch.distributed.run --standalone` (a free rendezvous port per
+launch, so tests can run back to back), one thread per rank, every rank's output in its own log
+file. A hung run is killed as a whole process group at the timeout (hung gloo ranks otherwise
+survive pytest as orphans). On failure the AssertionError carries the last lines of every rank.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TAIL_LINES = 60
+
+
+def _tail(text: str, n: int = TAIL_LINES) -> str:
+    return "\n".join(text.splitlines()[-n:])
+
+
+def _rank_logs(log_dir: Path) -> Dict[int, str]:
+    """{local rank: stderr + stdout} from torchrun's <log_dir>/<run id>/attempt_<k>/<rank>/."""
+    logs: Dict[int, str] = {}
+    for rank_dir in sorted(log_dir.glob("*/attempt_*/*")):
+        if not rank_dir.name.isdigit():
+            continue
+        parts = []
+        for name in ("stderr.log", "stdout.log"):
+            path = rank_dir / name
+            if path.exists():
+                parts.append(path.read_text(errors="replace"))
+        logs[int(rank_dir.name)] = "".join(parts)
+    return logs
+
+
+def _rank_stdouts(log_dir: Path) -> Dict[int, str]:
+    out: Dict[int, str] = {}
+    for path in sorted(log_dir.glob("*/attempt_*/*/stdout.log")):
+        if path.parent.name.isdigit():
+            out[int(path.parent.name)] = path.read_text(errors="replace")
+    return out
+
+
+def run_torchrun(
+    worker_path,
+    nproc: int,
+    args: Sequence[str] = (),
+    timeout: float = 300,
+    env: Optional[Dict[str, str]] = None,
+) -> subprocess.CompletedProcess:
+    """Run `worker_path` on `nproc` local gloo ranks; raise AssertionError unless all succeed.
+
+    Returns a CompletedProcess whose `stdout` is every rank's stdout, rank by rank, each line
+    prefixed with "[rank N] ", and whose `stderr` is the launcher's own output.
+    """
+    run_env = dict(os.environ)
+    run_env.update(
+        OMP_NUM_THREADS="1",  # 2 cores, several ranks: oversubscribed intra-op threads crawl
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), run_env.get("PYTHONPATH")])),
+        PYTHONUNBUFFERED="1",
+    )
+    run_env.update(env or {})
+    with tempfile.TemporaryDirectory(prefix="torchrun_logs_") as tmp:
+        log_dir = Path(tmp)
+        cmd: List[str] = [
+            sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc_per_node={nproc}", f"--log-dir={log_dir}", "--redirects=3",
+            str(worker_path), *map(str, args),
+        ]  # fmt: skip
+        proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=run_env,
+            cwd=str(REPO_ROOT),
+            start_new_session=True,  # own process group: the timeout kills launcher and ranks
+        )
+        try:
+            launcher_out, _ = proc.communicate(timeout=timeout)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            launcher_out, _ = proc.communicate()
+            timed_out = True
+        logs = _rank_logs(log_dir)
+        stdouts = _rank_stdouts(log_dir)
+
+    if timed_out or proc.returncode != 0:
+        what = f"timed out after {timeout}s" if timed_out else f"exit code {proc.returncode}"
+        report = [f"{Path(worker_path).name} on {nproc} ranks {what}: {' '.join(cmd)}"]
+        for rank in sorted(logs):
+            report.append(f"----- rank {rank} (last {TAIL_LINES} lines) -----\n{_tail(logs[rank])}")
+        report.append(f"----- launcher -----\n{_tail(launcher_out or '', 20)}")
+        raise AssertionError("\n".join(report))
+    stdout = "".join(
+        "".join(f"[rank {rank}] {line}\n" for line in stdouts[rank].splitlines())
+        for rank in sorted(stdouts)
+    )
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, launcher_out)
