@@ -23,11 +23,11 @@ setup(
         "wandb",
         "tensorboard",
         "matplotlib",
+        "transformers>=4.45",  # tools/convert_checkpoint.py, tools/generate.py --hf
     ],
     extras_require={
         # Transformer Engine; apex comes with the NVIDIA PyTorch container (see Dockerfile).
         "gpu": ["transformer-engine[pytorch]"],
-        "hf": ["transformers>=4.45"],
-        "test": ["pytest", "pytest-timeout", "transformers>=4.45"],
+        "test": ["pytest", "pytest-timeout"],
     },
 )
