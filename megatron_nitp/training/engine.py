@@ -76,7 +76,9 @@ def _setup_tokenizer_and_data_args(args, log):
         args.data_path = [prefix]
         args.tokenizer_type, args.tokenizer_model = "SentencePieceTokenizer", tok
     tokenizer = build_tokenizer(args.tokenizer_type, args.tokenizer_model, args.vocab_size)
-    if args.vocab_size is not None and args.vocab_size < tokenizer.vocab_size:
+    # NullTokenizer: --vocab-size V *defines* the tokenizer (ids 0..V-1 plus EOD = V, so V + 1).
+    if (args.vocab_size is not None and args.tokenizer_type != "NullTokenizer"
+            and args.vocab_size < tokenizer.vocab_size):
         raise ConfigError(f"--vocab-size {args.vocab_size}: smaller than the tokenizer's "
                           f"{tokenizer.vocab_size} ids")
     # A larger --vocab-size sets the table size (as HF Qwen2's 152064 for a 151646-id tokenizer).
