@@ -4,9 +4,9 @@ Each failure is one ConfigError whose message names the option(s) and what would
 entry point prints it as a single line and exits 2 (tracebacks only with --debug).
 """
 
+import importlib.util
+import math
 import os
-
-import torch
 
 from ..nitp.config import NITPConfig, NITPConfigError
 
@@ -29,15 +29,25 @@ def validate_args(args, world_size=None):
                     ("--context-parallel-size", cp), ("--expert-model-parallel-size", ep)):
         if v < 1:
             raise ConfigError(f"{name} {v}: must be >= 1")
+    for name, v, low in (("--num-layers", args.num_layers, 1),
+                         ("--micro-batch-size", args.micro_batch_size, 1),
+                         ("--max-bad-steps", args.max_bad_steps, 1),
+                         ("--save-interval", args.save_interval, 1),
+                         ("--keep-last-n-checkpoints", args.keep_last_n_checkpoints, 1)):
+        if v is not None and v < low:
+            raise ConfigError(f"{name} {v}: must be >= {low}")
     if world_size % (tp * pp * cp) != 0:
         raise ConfigError(
             f"world size {world_size} is not divisible by --tensor-model-parallel-size {tp} x "
             f"--pipeline-model-parallel-size {pp} x --context-parallel-size {cp} = {tp * pp * cp}")
     dp = world_size // (tp * pp * cp)
     args.data_parallel_size = dp
-    if ep > 1 and (dp * cp * tp) % ep != 0:
-        raise ConfigError(f"--expert-model-parallel-size {ep}: must divide DP x CP x TP = "
-                          f"{dp * cp * tp} (world {world_size})")
+    # megatron-core lays experts out over expert-TP (= TP here) x EP x PP ranks
+    # (parallel_state.initialize_model_parallel): EP must divide DP x CP.
+    if ep > 1 and (dp * cp) % ep != 0:
+        raise ConfigError(f"--expert-model-parallel-size {ep}: must divide data-parallel x "
+                          f"--context-parallel-size = {dp * cp} (world {world_size} / (TP {tp} x "
+                          f"PP {pp}))")
     if args.global_batch_size is None:
         args.global_batch_size = args.micro_batch_size * dp
     if args.global_batch_size % (args.micro_batch_size * dp) != 0:
@@ -67,9 +77,11 @@ def validate_args(args, world_size=None):
         print("warning: --sequence-parallel has no effect with --tensor-model-parallel-size 1; "
               "disabled", flush=True)
         args.sequence_parallel = False
-    if args.sequence_parallel and args.seq_length % (tp * cp * (2 if cp > 1 else 1)) != 0:
-        raise ConfigError(f"--seq-length {args.seq_length}: must be divisible by TP x CP"
-                          f"{' x 2' if cp > 1 else ''} with --sequence-parallel")
+    sp_multiple = tp * cp * (2 if cp > 1 else 1)
+    if args.sequence_parallel and args.seq_length % sp_multiple != 0:
+        raise ConfigError(f"--seq-length {args.seq_length}: must be divisible by TP {tp} x CP "
+                          f"{cp}{' x 2' if cp > 1 else ''} = {sp_multiple} with "
+                          "--sequence-parallel")
     if cp > 1 and args.seq_length % (2 * cp) != 0:
         raise ConfigError(f"--seq-length {args.seq_length}: must be divisible by 2 x "
                           f"--context-parallel-size {cp}")
@@ -81,6 +93,7 @@ def validate_args(args, world_size=None):
                           f"--num-attention-heads and be divisible by TP {tp}")
     _validate_moe(args)
     _validate_impl(args)
+    _validate_exits(args)
     nitp = NITPConfig.from_args(args)
     try:
         nitp.validate(args.num_layers, args.hidden_size, tp)
@@ -106,7 +119,12 @@ def _validate_moe(args):
                                 ("--moe-shared-expert-intermediate-size",
                                  args.moe_shared_expert_intermediate_size),
                                 ("--expert-model-parallel-size",
-                                 args.expert_model_parallel_size > 1)) if v]
+                                 args.expert_model_parallel_size > 1),
+                                ("--moe-layer-freq", args.moe_layer_freq != 1),
+                                ("--moe-grouped-gemm", args.moe_grouped_gemm),
+                                ("--moe-shared-expert-overlap", args.moe_shared_expert_overlap),
+                                ("--moe-aux-loss-coeff", args.moe_aux_loss_coeff))
+                 if v]
     if not args.num_experts:
         if moe_flags:
             raise ConfigError(f"{moe_flags[0]}: given without --num-experts")
@@ -117,22 +135,56 @@ def _validate_moe(args):
     if args.num_experts % args.expert_model_parallel_size != 0:
         raise ConfigError(f"--expert-model-parallel-size {args.expert_model_parallel_size}: "
                           f"must divide --num-experts {args.num_experts}")
+    if args.moe_router_topk < 1:
+        raise ConfigError(f"--moe-router-topk {args.moe_router_topk}: must be >= 1")
     freq = args.moe_layer_freq
-    if isinstance(freq, list) and len(freq) != args.num_layers:
-        raise ConfigError(f"--moe-layer-freq: pattern has {len(freq)} entries, expected "
-                          f"--num-layers {args.num_layers}")
+    if isinstance(freq, list):
+        if len(freq) != args.num_layers:
+            raise ConfigError(f"--moe-layer-freq: pattern has {len(freq)} entries, expected "
+                              f"--num-layers {args.num_layers}")
+        if not set(freq) <= {0, 1} or 1 not in freq:
+            raise ConfigError("--moe-layer-freq: pattern entries must be 0 (dense) or 1 (MoE), "
+                              "with at least one MoE layer")
+    elif not 1 <= freq <= args.num_layers:
+        raise ConfigError(f"--moe-layer-freq {freq}: must be in [1, --num-layers "
+                          f"{args.num_layers}] (every Nth layer is MoE)")
 
 
 def _validate_impl(args):
-    from ..models.specs import resolve_transformer_impl
+    impl = args.transformer_impl
+    if impl != "local" and importlib.util.find_spec("transformer_engine") is not None:
+        # Only here is megatron-core imported (seconds of CPU): without TE the answer is known.
+        from ..models.specs import resolve_transformer_impl
 
-    try:
-        impl = resolve_transformer_impl(args.transformer_impl)
-    except ValueError as e:
-        raise ConfigError(str(e))
+        try:
+            impl = resolve_transformer_impl(impl)
+        except ValueError as e:
+            raise ConfigError(str(e))
+    elif impl == "transformer_engine":
+        raise ConfigError("--transformer-impl transformer_engine: Transformer Engine is not "
+                          "importable here; use --transformer-impl local")
+    else:
+        impl = "local"
     if args.context_parallel_size > 1 and impl == "local":
         raise ConfigError("--context-parallel-size > 1: needs --transformer-impl "
                           "transformer_engine (megatron's local attention has no CP)")
+    # On CPU, bf16 is allowed: torch's CPU kernels compute in bf16 (slowly, but correctly enough
+    # to debug a bf16 configuration). Only a GPU without bf16 is rejected.
+    import torch
+
     if args.bf16 and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
         raise ConfigError("--bf16: this GPU has no bf16 support (needs Ampere or newer); "
                           "drop --bf16")
+
+
+def _validate_exits(args):
+    """Preemption exits only help a requeue if they leave a checkpoint behind."""
+    if args.exit_duration_in_mins is not None and not (
+            math.isfinite(args.exit_duration_in_mins) and args.exit_duration_in_mins > 0):
+        raise ConfigError(f"--exit-duration-in-mins {args.exit_duration_in_mins}: must be a "
+                          "positive number of minutes")
+    for flag, on in (("--exit-signal-handler", args.exit_signal_handler),
+                     ("--exit-duration-in-mins", args.exit_duration_in_mins)):
+        if on and not args.save:
+            print(f"warning: {flag} without --save: the run will exit 0 without a checkpoint, "
+                  "so a requeue starts over", flush=True)
