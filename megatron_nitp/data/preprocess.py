@@ -7,8 +7,8 @@ tools/preprocess_data.py, made robust for long unattended runs:
 - outputs are written under temporary names in the output directory and renamed into place only
   once every key is complete, so an interrupted or crashed run leaves no `.bin/.idx` pair behind.
 
-Tokenisation runs in a multiprocessing pool (ordered `imap` over chunks of lines); the main
-process only reads bytes and appends documents with megatron-core's `IndexedDatasetBuilder`.
+Tokenisation runs in a multiprocessing pool over chunks of lines, results kept in input order;
+the main process reads bytes and appends documents with megatron-core's `IndexedDatasetBuilder`.
 """
 
 import collections
@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import Pool
@@ -31,7 +32,7 @@ from megatron_nitp.data.tokenizers import build_tokenizer
 
 TOKENIZER_ERROR = "tokenizer error"
 SUMMARY_KINDS = (*jsonl.BAD_KINDS, TOKENIZER_ERROR)
-_CHUNK_LINES = 64  # lines per imap task: amortises pickling without starving workers
+_CHUNK_LINES = 64  # lines per pool task: amortises pickling without starving workers
 _EXAMPLES_PER_KIND = 3  # bad lines quoted in the summary
 
 
@@ -97,8 +98,11 @@ def preprocess_jsonl(
     _prepare_outputs(prefixes.values(), overwrite)
 
     # Importing megatron.core takes seconds (it pulls in torch and more): only once the
-    # arguments are known to be good, so that a mistake is reported at once.
-    from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
+    # arguments are known to be good, so that a mistake is reported at once. Its warnings about
+    # missing Transformer Engine/Apex concern training, not this tool.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
 
     report = PreprocessReport(input_path, prefixes, tokens=dict.fromkeys(json_keys, 0))
     temporary = {key: _temporary_paths(prefix) for key, prefix in prefixes.items()}
@@ -112,13 +116,13 @@ def preprocess_jsonl(
             builders = {
                 key: IndexedDatasetBuilder(temporary[key][0], dtype=dtype) for key in json_keys
             }
-            lines = jsonl.iter_lines(input_path)
+            chunks = _chunks(jsonl.iter_lines(input_path), _CHUNK_LINES)
             if workers > 1:
                 pool = Pool(workers, initializer=_init_worker, initargs=(*worker_args, True))
-                results = pool.imap(_encode_line, lines, chunksize=_CHUNK_LINES)
+                results = _ordered_pool_results(pool, chunks, window=4 * workers)
             else:
                 _init_worker(*worker_args, False)
-                results = map(_encode_line, lines)
+                results = (result for chunk in chunks for result in _encode_chunk(chunk))
             total = os.path.getsize(input_path) if os.path.isfile(input_path) else None  # a pipe
             with _ProgressBar(total, progress) as bar:
                 for number, kind, payload, size in results:
@@ -248,6 +252,38 @@ def _init_worker(tokenizer_type, tokenizer_model, vocab_size, json_keys, append_
     _WORKER["tokenizer"] = build_tokenizer(tokenizer_type, tokenizer_model, vocab_size)
     _WORKER["json_keys"] = json_keys
     _WORKER["append_eod"] = append_eod
+
+
+def _chunks(items: Iterator, size: int) -> Iterator[list]:
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _ordered_pool_results(pool, chunks: Iterator[list], window: int) -> Iterator[tuple]:
+    """Results of every line, in input order, with at most `window` chunks in flight.
+
+    Like `pool.imap(..., chunksize)` but the main thread reads the input: imap's feeder thread
+    reads ahead without bound (a whole corpus in memory) and, blocked on a slow pipe, makes
+    `pool.terminate()` hang on Ctrl-C.
+    """
+    pending = collections.deque()
+    for chunk in chunks:
+        pending.append(pool.apply_async(_encode_chunk, (chunk,)))
+        # Hand on whatever is finished before reading on: reading may block (a slow pipe).
+        while len(pending) >= window or (pending and pending[0].ready()):
+            yield from pending.popleft().get()
+    while pending:
+        yield from pending.popleft().get()
+
+
+def _encode_chunk(chunk: List[Tuple[int, bytes]]) -> List[tuple]:
+    return [_encode_line(numbered_line) for numbered_line in chunk]
 
 
 def _encode_line(numbered_line: Tuple[int, bytes]) -> Tuple[int, str, object, int]:
