@@ -60,3 +60,98 @@ def json_safe_args(args) -> dict:
                 isinstance(x, (str, int, float, bool, type(None))) for x in v):
             out[k] = list(v)
     return out
+
+
+# -- reading a checkpoint into one process (tools/convert_checkpoint.py, tools/generate.py) ------
+#
+# Every sharded tensor key in the checkpoint is global (layers stacked by global layer number,
+# experts by global expert id, TP shards by offset; with VPP "model0"/"model1" are only dict
+# nesting), so a checkpoint saved at any TP/PP/EP/VPP loads at TP1/PP1 into one chunk: megatron's
+# loader reassembles the shards (a TP run's SwiGLU fc1 is re-interleaved by
+# `apply_swiglu_sharded_factory`).
+
+
+def args_for_single_process(run_config: dict):
+    """The run's args rebuilt for a TP1/PP1/EP1 model in one process.
+
+    Starts from today's parser defaults so a checkpoint written before a flag existed still
+    builds, and keeps the saved `padded_vocab_size`: it was padded for the *training* TP size and
+    the weights have that many rows.
+    """
+    from ..models.builder import padded_vocab_size
+    from .arguments import parse_args
+
+    args = parse_args([])
+    for key, value in run_config["args"].items():
+        setattr(args, key, value)
+    if getattr(args, "padded_vocab_size", None) is None:
+        if args.vocab_size is None:
+            raise CheckpointError("run_config.json: args has neither padded_vocab_size nor "
+                                  "vocab_size")
+        args.padded_vocab_size = padded_vocab_size(
+            args.vocab_size, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size)
+    args.saved_layout = dict(
+        tensor=args.tensor_model_parallel_size, pipeline=args.pipeline_model_parallel_size,
+        expert=args.expert_model_parallel_size,
+        virtual_layers=args.num_layers_per_virtual_pipeline_stage)
+    args.tensor_model_parallel_size = args.pipeline_model_parallel_size = 1
+    args.expert_model_parallel_size = args.context_parallel_size = 1
+    args.num_layers_per_virtual_pipeline_stage = None
+    args.sequence_parallel = False
+    args.recompute_granularity = args.recompute_method = args.recompute_num_layers = None
+    args.use_distributed_optimizer = False
+    args.moe_shared_expert_overlap = False
+    args.enable_cuda_graph = False
+    args.moe_token_dispatcher_type = "allgather"  # one rank: the plain path
+    # megatron-core keeps grouped-GEMM and per-expert (SequentialMLP) expert weights under the
+    # same global keys; if a checkpoint disagrees, load_model_single_process says so.
+    args.saved_moe_grouped_gemm = bool(args.moe_grouped_gemm)
+    args.moe_grouped_gemm = False
+    args.transformer_impl = None  # TE when importable, else local: both read the same keys
+    return args
+
+
+def load_model_single_process(ckpt_dir: str, iteration=None, drop_nitp_head: bool = False):
+    """(model, args, nitp_config): a checkpoint as one TP1/PP1 NITPGPTModel in eval mode.
+
+    Initialises torch.distributed (a world of one under plain `python`) and megatron's
+    model-parallel state at TP1/PP1; `destroy_distributed_model_parallel()` before building
+    another layout. `drop_nitp_head` builds the plain backbone (the head's entries are not read).
+    `args.iteration` and `args.run_config` tell what was loaded.
+    """
+    from megatron.core import dist_checkpointing
+
+    from ..models.builder import build_model_chunks, transformer_config_from_args
+    from ..nitp.config import NITPConfig
+    from ..parallel.distributed import initialize_distributed
+
+    if not os.path.isdir(ckpt_dir):
+        raise CheckpointError(f"{ckpt_dir}: no such directory")
+    if iteration is None:
+        iteration = latest_iteration(ckpt_dir)
+        if iteration is None:
+            raise CheckpointError(f"{ckpt_dir}: not a megatron-nitp checkpoint directory "
+                                  f"({TRACKER} not found)")
+    run_config = read_run_config(ckpt_dir, iteration)
+    path = iteration_dir(ckpt_dir, iteration)
+    if not dist_checkpointing.check_is_distributed_checkpoint(path):
+        raise CheckpointError(f"{path}: not a megatron dist checkpoint (no metadata.json)")
+    args = args_for_single_process(run_config)
+    nitp_config = NITPConfig(**run_config.get("nitp", {}))
+    if drop_nitp_head:
+        nitp_config.enabled = False
+    initialize_distributed(seed=args.seed)
+    config = transformer_config_from_args(args)
+    config.perform_initialization = False  # every weight comes from the checkpoint
+    (model,) = build_model_chunks(args, config, nitp_config)
+    try:
+        loaded = dist_checkpointing.load({"model0": model.sharded_state_dict()}, path)
+    except Exception as e:  # CheckpointingException, KeyError, RuntimeError, ...
+        hint = (" (saved with --moe-grouped-gemm: its experts could not be read as per-expert "
+                "weights)" if args.saved_moe_grouped_gemm else "")
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"{path}: cannot load the model{hint}: {first[:300]}") from e
+    model.load_state_dict(loaded["model0"], strict=True)
+    model.eval()
+    args.iteration, args.run_config = iteration, run_config
+    return model, args, nitp_config

@@ -1,0 +1,394 @@
+"""A transformers directory (Llama / Qwen2-MoE) -> a megatron-nitp model-only checkpoint.
+
+Two steps, so that the layout logic is megatron's own:
+1. one process (TP1/PP1): map the HF tensors (hf_mapping), load them into a TP1 NITPGPTModel
+   (strict), save a dist checkpoint ("staging");
+2. `torchrun` with T*P*E ranks: build the chosen layout (TP/PP/EP, optionally VPP), load the
+   staging checkpoint (dist checkpointing reshards: global keys), save it again at that layout.
+With T*P*E = 1 step 1 writes the result directly.
+
+The result is iteration 0 in the engine's format with `"release": true, "model_only": true` in
+run_config.json: the engine loads the weights and starts a fresh optimizer, scheduler and
+iteration counter. Architecture flags come from config.json; NITP flags, --seq-length, tokenizer
+flags etc. may be passed and are stored in the run config. If the HF directory carries
+`nitp_head.safetensors` (tools/convert_checkpoint.py megatron-to-hf --keep-nitp-head) and NITP is
+on, the head is restored; with no `--nitp`/`--no-nitp` flag, `nitp_head.json` turns NITP on.
+"""
+
+import glob
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+from . import ConversionError
+from .hf_export import CONFIG_KEY
+from .hf_mapping import (ModelShape, effective_shared_expert_size, hf_to_megatron,
+                         nitp_head_from_hf, shape_from_hf_config)
+
+STAGING = ".hf_import_staging"
+TOKENIZER_DIR = "tokenizer"
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                    "added_tokens.json", "vocab.json", "merges.txt", "vocab.txt", "tokenizer.model",
+                    "chat_template.jinja")
+
+
+def read_hf_config(hf_dir: str) -> dict:
+    if not os.path.isdir(hf_dir):
+        raise ConversionError(f"{hf_dir}: no such directory")
+    path = os.path.join(hf_dir, "config.json")
+    if not os.path.isfile(path):
+        raise ConversionError(f"{hf_dir}: not a Hugging Face model directory (no config.json)")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ConversionError(f"{path}: not valid JSON ({e})") from None
+
+
+def read_hf_tensors(hf_dir: str, basename: str = "model") -> Dict[str, torch.Tensor]:
+    """All tensors of `model.safetensors` or of its shards (index file), memory-mapped."""
+    from safetensors.torch import load_file
+
+    single = os.path.join(hf_dir, f"{basename}.safetensors")
+    index = os.path.join(hf_dir, f"{basename}.safetensors.index.json")
+    if os.path.isfile(single):
+        files = [single]
+    elif os.path.isfile(index):
+        with open(index) as f:
+            files = sorted({os.path.join(hf_dir, v) for v in json.load(f)["weight_map"].values()})
+    else:
+        found = glob.glob(os.path.join(hf_dir, "*.bin")) + glob.glob(os.path.join(hf_dir, "*.pt"))
+        hint = " (only PyTorch .bin weights: re-save with safe_serialization=True)" if found else ""
+        raise ConversionError(f"{hf_dir}: no {basename}.safetensors or index{hint}")
+    tensors = {}
+    for path in files:
+        if not os.path.isfile(path):
+            raise ConversionError(f"{path}: listed in the index but missing")
+        try:
+            tensors.update(load_file(path))
+        except Exception as e:
+            raise ConversionError(f"{path}: unreadable safetensors file ({e})") from None
+    return tensors
+
+
+@dataclass
+class ImportPlan:
+    args: object  # megatron-nitp args at the chosen layout
+    nitp: object  # NITPConfig
+    state_dict: Dict[str, torch.Tensor]  # TP1 megatron tensors (vocab padded)
+    shape: ModelShape
+    tokenizer: dict  # run_config "tokenizer" entry
+    hf_vocab_size: int
+    notes: List[str]
+
+    @property
+    def world_size(self) -> int:
+        a = self.args
+        return (a.tensor_model_parallel_size * a.pipeline_model_parallel_size
+                * a.expert_model_parallel_size)
+
+
+def _arch_flags(s: ModelShape, padded_vocab: int) -> List[str]:
+    flags = ["--num-layers", s.num_layers, "--hidden-size", s.hidden_size,
+             "--ffn-hidden-size", s.ffn_hidden_size, "--num-attention-heads", s.num_attention_heads,
+             "--group-query-attention", "--num-query-groups", s.num_query_groups,
+             "--kv-channels", s.head_dim, "--normalization", "RMSNorm", "--swiglu",
+             "--position-embedding-type", "rope", "--norm-epsilon", s.norm_eps,
+             "--max-position-embeddings", s.max_position_embeddings]
+    if not s.tied:
+        flags.append("--untie-embeddings-and-output-weights")
+    if s.num_experts:
+        flags += ["--num-experts", s.num_experts, "--moe-router-topk", s.topk,
+                  "--moe-ffn-hidden-size", s.moe_ffn_hidden_size,
+                  "--moe-layer-freq", "[" + ",".join(str(int(m)) for m in s.moe_layers) + "]"]
+        if s.shared_expert_size:
+            flags += ["--moe-shared-expert-intermediate-size", s.shared_expert_size]
+    return [str(f) for f in flags]
+
+
+def _check_layout(s: ModelShape, tp: int, pp: int, ep: int, vpp_layers: Optional[int]):
+    problems = []
+    for what, n in (("attention heads", s.num_attention_heads),
+                    ("query groups (KV heads)", s.num_query_groups),
+                    ("FFN width", s.ffn_hidden_size)):
+        if n % tp:
+            problems.append(f"{what} {n} not divisible by --tensor-model-parallel-size {tp}")
+    if s.num_experts:
+        if s.num_experts % ep:
+            problems.append(f"{s.num_experts} experts not divisible by "
+                            f"--expert-model-parallel-size {ep}")
+        if s.moe_ffn_hidden_size % tp:
+            problems.append(f"expert width {s.moe_ffn_hidden_size} not divisible by TP {tp}")
+    elif ep > 1:
+        problems.append("--expert-model-parallel-size > 1 for a dense model")
+    if s.num_layers % pp:
+        problems.append(f"{s.num_layers} layers not divisible by --pipeline-model-parallel-size {pp}")
+    elif vpp_layers and (s.num_layers // pp) % vpp_layers:
+        problems.append(f"{s.num_layers // pp} layers per stage not divisible by "
+                        f"--num-layers-per-virtual-pipeline-stage {vpp_layers}")
+    if problems:
+        raise ConversionError("layout does not fit the model: " + "; ".join(problems))
+
+
+def _nitp_from_argv(extra_argv: List[str], hf_dir: str, notes: List[str]) -> List[str]:
+    """With neither --nitp nor --no-nitp given, nitp_head.json (if any) turns NITP on with the
+    exported head's settings."""
+    if "--nitp" in extra_argv or "--no-nitp" in extra_argv:
+        return []
+    path = os.path.join(hf_dir, "nitp_head.json")
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        head = json.load(f)
+    notes.append(f"NITP on from {path} (target layer {head['target_layer']})")
+    flags = ["--nitp", "--nitp-target-layer", str(head["target_layer"]),
+             "--nitp-shift", str(head["shift"]), "--nitp-loss-type", head["loss_type"],
+             "--nitp-loss-weight", str(head["loss_weight"]),
+             "--nitp-head-ffn-multiplier", str(head["head_ffn_multiplier"])]
+    if not head.get("stop_grad", True):
+        flags.append("--nitp-no-stop-grad")
+    return flags
+
+
+def _tokenizer_entry(hf_dir: str, save_dir: str, provenance: dict, hf_vocab: int,
+                     notes: List[str]):
+    """(run_config tokenizer entry, megatron-nitp tokenizer flags)."""
+    tok = (provenance or {}).get("tokenizer") or {}
+    present = [n for n in _TOKENIZER_FILES if os.path.isfile(os.path.join(hf_dir, n))]
+    if tok.get("type") == "NullTokenizer" or (not present and not tok):
+        vocab = tok.get("vocab_size") or hf_vocab
+        if not tok:
+            notes.append("no tokenizer files: NullTokenizer over the model's vocabulary")
+        # The engine's NullTokenizer adds the end-of-document id to --vocab-size.
+        return ({"type": "NullTokenizer", "model": None},
+                ["--tokenizer-type", "NullTokenizer", "--vocab-size", str(int(vocab) - 1)])
+    target = os.path.abspath(os.path.join(save_dir, TOKENIZER_DIR))
+    if tok.get("type") == "SentencePieceTokenizer" and "tokenizer.model" in present:
+        model, kind = os.path.join(target, "tokenizer.model"), "SentencePieceTokenizer"
+    else:
+        model, kind = target, "HuggingFaceTokenizer"
+    return ({"type": kind, "model": model, "copy_from": hf_dir, "files": present},
+            ["--tokenizer-type", kind, "--tokenizer-model", model])
+
+
+def plan_import(hf_dir: str, save_dir: str, tp: int, pp: int, ep: int,
+                extra_argv: List[str]) -> ImportPlan:
+    """Everything but building models: read, validate, map. One-line ConversionErrors."""
+    from ..models.builder import padded_vocab_size
+    from ..nitp.config import NITPConfig, NITPConfigError
+    from ..training.arguments import parse_args
+
+    cfg = read_hf_config(hf_dir)
+    shape = shape_from_hf_config(cfg)
+    notes: List[str] = []
+    vpp_layers = None
+    if "--num-layers-per-virtual-pipeline-stage" in extra_argv:
+        vpp_layers = int(extra_argv[extra_argv.index("--num-layers-per-virtual-pipeline-stage") + 1])
+    _check_layout(shape, tp, pp, ep, vpp_layers)
+    hf = read_hf_tensors(hf_dir)
+    shape.shared_expert_size = effective_shared_expert_size(hf, shape)
+    sd = hf_to_megatron(hf, shape)
+    provenance = cfg.get(CONFIG_KEY) or {}
+    hf_vocab = shape.vocab_size
+    padded = ((hf_vocab + tp - 1) // tp) * tp
+    tok_entry, tok_flags = _tokenizer_entry(hf_dir, save_dir, provenance, hf_vocab, notes)
+    nitp_flags = _nitp_from_argv(extra_argv, hf_dir, notes)
+    argv = (list(extra_argv) + nitp_flags + tok_flags + _arch_flags(shape, padded)
+            + ["--tensor-model-parallel-size", str(tp), "--pipeline-model-parallel-size", str(pp),
+               "--expert-model-parallel-size", str(ep)])
+    try:
+        args = parse_args(argv)
+    except SystemExit as e:  # argparse already printed the usage error
+        raise ConversionError(f"bad extra flags: {' '.join(extra_argv)}" if e.code != 0 else "") from None
+    args.rotary_base = shape.rope_theta if shape.rope_theta != int(shape.rope_theta) \
+        else int(shape.rope_theta)
+    # The engine sets vocab_size to the tokenizer's vocabulary and pads it; choose the divisor
+    # that reproduces our padded size so `--load` passes its architecture check.
+    args.vocab_size = int(provenance.get("tokenizer", {}).get("vocab_size") or hf_vocab)
+    args.padded_vocab_size = padded
+    if "--make-vocab-size-divisible-by" not in extra_argv:
+        div = provenance.get("make_vocab_size_divisible_by")
+        candidates = ([div] if div else []) + [128, 64, 32, 16, 8, 4, 2, 1]
+        args.make_vocab_size_divisible_by = next(
+            (d for d in candidates if padded_vocab_size(args.vocab_size, d, tp) == padded), 1)
+    if padded_vocab_size(args.vocab_size, args.make_vocab_size_divisible_by, tp) != padded:
+        notes.append(f"the engine will pad the tokenizer's vocabulary ({args.vocab_size}) to a "
+                     f"size other than the checkpoint's {padded} rows at TP {tp}")
+    if padded != hf_vocab:
+        notes.append(f"vocabulary padded with zero rows {hf_vocab} -> {padded} (TP {tp})")
+        for name in ("embedding.word_embeddings.weight", "output_layer.weight"):
+            if name in sd:
+                t = sd[name]
+                sd[name] = torch.cat([t, t.new_zeros(padded - hf_vocab, t.shape[1])])
+    nitp = NITPConfig.from_args(args)
+    try:
+        nitp.validate(args.num_layers, args.hidden_size, tp)
+    except NITPConfigError as e:
+        raise ConversionError(str(e)) from None
+    if nitp.uses_head:
+        head_file = os.path.join(hf_dir, "nitp_head.safetensors")
+        if os.path.isfile(head_file):
+            head = nitp_head_from_hf(read_hf_tensors(hf_dir, "nitp_head"))
+            want = 2 * nitp.head_ffn_multiplier * args.hidden_size
+            got = head["nitp_head.mlp.linear_fc1.weight"].shape[0]
+            if got != want:
+                raise ConversionError(f"{head_file}: head width {got // 2} != "
+                                      f"--nitp-head-ffn-multiplier x hidden = {want // 2}")
+            sd.update(head)
+            notes.append("NITP head restored from nitp_head.safetensors")
+        else:
+            notes.append("NITP head freshly initialised (no nitp_head.safetensors)")
+    return ImportPlan(args, nitp, sd, shape, tok_entry, hf_vocab, notes)
+
+
+def save_tp1_checkpoint(plan: ImportPlan, out_dir: str, seed: int) -> None:
+    """Step 1 (one process): the plan's tensors into a TP1 model, saved as a dist checkpoint."""
+    import copy
+
+    from megatron.core import dist_checkpointing
+
+    from ..models.builder import build_model_chunks, transformer_config_from_args
+    from ..parallel.distributed import destroy_distributed_model_parallel, initialize_distributed
+
+    args1 = copy.copy(plan.args)
+    args1.tensor_model_parallel_size = args1.pipeline_model_parallel_size = 1
+    args1.expert_model_parallel_size = 1
+    args1.num_layers_per_virtual_pipeline_stage = None
+    args1.sequence_parallel = False
+    args1.transformer_impl = None
+    args1.moe_token_dispatcher_type = "allgather"
+    initialize_distributed(seed=seed)
+    try:
+        config = transformer_config_from_args(args1)
+        (model,) = build_model_chunks(args1, config, plan.nitp)
+        template = model.state_dict()
+        missing = [k for k in template if k not in plan.state_dict and not k.endswith("_extra_state")
+                   and not k.startswith("nitp_head.")]
+        if missing:
+            raise ConversionError(f"no HF tensor for megatron parameter(s): {', '.join(missing[:5])}")
+        with torch.no_grad():
+            for name, param in model.state_dict(keep_vars=True).items():
+                if name in plan.state_dict:
+                    src = plan.state_dict[name]
+                    if src.shape != param.shape:
+                        raise ConversionError(f"{name}: HF shape {tuple(src.shape)} != megatron "
+                                              f"{tuple(param.shape)}")
+                    param.copy_(src)
+        os.makedirs(out_dir, exist_ok=True)
+        dist_checkpointing.save({"model0": model.sharded_state_dict()}, out_dir)
+    finally:
+        destroy_distributed_model_parallel()
+
+
+def reshard(staging_dir: str, out_dir: str) -> None:
+    """Step 2 (every rank of a torchrun launch): load the staging checkpoint at the layout in
+    its run_config.json, save it at that layout into out_dir."""
+    from megatron.core import dist_checkpointing
+
+    from ..models.builder import (build_model_chunks, transformer_config_from_args,
+                                  virtual_pipeline_size)
+    from ..nitp.config import NITPConfig
+    from ..parallel.distributed import destroy_distributed_model_parallel, initialize_distributed
+    from ..training.arguments import parse_args
+    from ..training.checkpoint_io import RUN_CONFIG
+
+    with open(os.path.join(staging_dir, RUN_CONFIG)) as f:
+        run_config = json.load(f)
+    args = parse_args([])
+    for k, v in run_config["args"].items():
+        setattr(args, k, v)
+    args.transformer_impl = None
+    args.moe_grouped_gemm = False
+    initialize_distributed(args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
+                           virtual_pipeline_size(args), 1, args.expert_model_parallel_size,
+                           seed=args.seed)
+    config = transformer_config_from_args(args)
+    config.perform_initialization = False
+    chunks = build_model_chunks(args, config, NITPConfig(**run_config["nitp"]))
+    state = {f"model{i}": c.sharded_state_dict() for i, c in enumerate(chunks)}
+    loaded = dist_checkpointing.load(state, staging_dir)
+    for i, c in enumerate(chunks):
+        c.load_state_dict(loaded[f"model{i}"], strict=True)
+    if torch.distributed.get_rank() == 0:
+        os.makedirs(out_dir, exist_ok=True)
+    torch.distributed.barrier()
+    dist_checkpointing.save({f"model{i}": c.sharded_state_dict() for i, c in enumerate(chunks)},
+                            out_dir)
+    torch.distributed.barrier()
+    destroy_distributed_model_parallel()
+
+
+def write_release_files(plan: ImportPlan, iter_dir: str, hf_dir: str, save_dir: str) -> None:
+    """run_config.json (release, model only) and the tokenizer copy."""
+    from ..training.checkpoint_io import RUN_CONFIG, json_safe_args
+
+    tok = dict(plan.tokenizer)
+    src, files = tok.pop("copy_from", None), tok.pop("files", [])
+    if src:
+        target = os.path.join(save_dir, TOKENIZER_DIR)
+        os.makedirs(target, exist_ok=True)
+        for name in files:
+            shutil.copyfile(os.path.join(src, name), os.path.join(target, name))
+    config = {"args": json_safe_args(plan.args), "nitp": plan.nitp.to_dict(), "iteration": 0,
+              "consumed_samples": 0, "tokenizer": tok, "release": True, "model_only": True,
+              "hf_vocab_size": plan.hf_vocab_size, "source": os.path.abspath(hf_dir)}
+    with open(os.path.join(iter_dir, RUN_CONFIG), "w") as f:
+        json.dump(config, f, indent=1)
+
+
+def import_from_hf(hf_dir: str, save_dir: str, tp: int = 1, pp: int = 1, ep: int = 1,
+                   extra_argv: Optional[List[str]] = None,
+                   launch: Optional[Callable[[int, str, str], None]] = None,
+                   log: Callable[[str], None] = print) -> dict:
+    """Write the release checkpoint; `launch(nproc, staging, out)` runs `reshard` on nproc ranks
+    (the tool re-executes itself under torchrun). Returns a summary dict."""
+    from ..training.checkpoint_io import TRACKER, iteration_dir
+
+    extra_argv = list(extra_argv or [])
+    if os.path.isdir(save_dir) and os.listdir(save_dir):
+        raise ConversionError(f"{save_dir}: exists and is not empty (choose a new directory)")
+    plan = plan_import(hf_dir, save_dir, tp, pp, ep, extra_argv)
+    final = iteration_dir(save_dir, 0)
+    tmp = final + ".tmp"
+    staging = os.path.join(save_dir, STAGING)
+    os.makedirs(save_dir, exist_ok=True)
+    try:
+        one = plan.world_size == 1 and not plan.args.num_layers_per_virtual_pipeline_stage
+        save_tp1_checkpoint(plan, tmp if one else staging, plan.args.seed)
+        write_release_files(plan, tmp if one else staging, hf_dir, save_dir)
+        if not one:
+            launch(plan.world_size, staging, tmp)
+            shutil.copyfile(os.path.join(staging, "run_config.json"),
+                            os.path.join(tmp, "run_config.json"))
+            shutil.rmtree(staging)
+        os.replace(tmp, final)
+        with open(os.path.join(save_dir, TRACKER), "w") as f:
+            f.write("0")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    a = plan.args
+    return dict(
+        architecture=plan.shape.architecture, save_dir=save_dir,
+        parameters=sum(t.numel() for k, t in plan.state_dict.items() if not k.startswith("nitp_head.")),
+        layout=dict(tensor=tp, pipeline=pp, expert=ep,
+                    virtual_layers=a.num_layers_per_virtual_pipeline_stage),
+        nitp=plan.nitp.enabled, tokenizer=plan.tokenizer.get("type"),
+        engine_flags=_engine_flags(plan), notes=plan.notes)
+
+
+def _engine_flags(plan: ImportPlan) -> str:
+    """The flags that make the engine's --load accept this checkpoint."""
+    a, tok = plan.args, plan.tokenizer
+    flags = [f"--make-vocab-size-divisible-by {a.make_vocab_size_divisible_by}",
+             f"--tokenizer-type {tok['type']}"]
+    if tok.get("model"):
+        flags.append(f"--tokenizer-model {tok['model']}")
+    elif tok["type"] == "NullTokenizer":
+        flags.append(f"--vocab-size {a.vocab_size - 1}")
+    return " ".join(flags)

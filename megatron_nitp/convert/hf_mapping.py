@@ -1,0 +1,355 @@
+"""Tensor names and layouts between a TP1/PP1 megatron-core GPT and transformers' Llama/Qwen2-MoE.
+
+Pure torch on full (unsharded) tensors; both directions are exact (reshapes, concatenations and
+multiplications by 2 or 1/2 only), so megatron -> HF -> megatron is bit-identical.
+
+Layouts that differ between the two (read from megatron-core 0.16.1):
+- `linear_qkv.weight` is grouped per KV head: rows are [q heads of group 0, k0, v0, q heads of
+  group 1, k1, v1, ...] (`SelfAttention.get_query_key_value_tensors`), each head `kv_channels`
+  rows. Query head h belongs to group h // (heads / groups), which is also transformers'
+  `repeat_kv` convention, so q/k/v split per group and concatenate in order.
+- SwiGLU `linear_fc1.weight` at TP1 is [gate; up] (dist-ckpt's swiglu factory re-interleaves a
+  TP-sharded fc1 on load), = HF gate_proj / up_proj.
+- RoPE: megatron's default (non-interleaved) rotary = Llama's rotate_half, same inv_freq.
+- Qwen2-MoE's shared expert output is multiplied by sigmoid(shared_expert_gate(x)); megatron's
+  DeepSeek-V2-style shared expert has no gate. The gate weight is written as zeros
+  (sigmoid(0) = 0.5 exactly) and the shared down_proj as 2 x megatron's linear_fc2: scaling by a
+  power of two is exact in floating point, so the HF model computes bit-for-bit the same shared
+  expert output (barring overflow at the top of the fp range).
+"""
+
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, List, Optional
+
+import torch
+
+from . import ConversionError
+
+LLAMA = "LlamaForCausalLM"
+QWEN2_MOE = "Qwen2MoeForCausalLM"
+SUPPORTED = (LLAMA, QWEN2_MOE)
+
+
+@dataclass
+class ModelShape:
+    """What both sides must agree on (megatron args <-> HF config)."""
+
+    num_layers: int
+    hidden_size: int
+    num_attention_heads: int
+    num_query_groups: int
+    head_dim: int
+    ffn_hidden_size: int  # dense MLP width (dense layers of an MoE model too)
+    vocab_size: int  # embedding rows (megatron's padded vocabulary)
+    tied: bool
+    norm_eps: float
+    rope_theta: float
+    max_position_embeddings: int
+    num_experts: int = 0
+    moe_layers: List[bool] = field(default_factory=list)  # per layer: MoE (True) or dense
+    moe_ffn_hidden_size: int = 0
+    shared_expert_size: int = 0  # 0: no shared expert
+    topk: int = 0
+
+    @property
+    def architecture(self) -> str:
+        return QWEN2_MOE if self.num_experts else LLAMA
+
+
+def moe_layer_pattern(moe_layer_freq, num_layers: int) -> List[bool]:
+    """megatron-core's rule (gpt_layer_specs.get_gpt_decoder_block_spec): an int N makes layer i
+    (0-based) MoE when i % N == 0; a list is the pattern itself."""
+    if isinstance(moe_layer_freq, int):
+        return [i % moe_layer_freq == 0 for i in range(num_layers)]
+    pattern = [bool(int(v)) for v in moe_layer_freq]
+    if len(pattern) != num_layers:
+        raise ConversionError(f"moe_layer_freq {moe_layer_freq}: length {len(pattern)} != "
+                              f"num_layers {num_layers}")
+    return pattern
+
+
+def shape_from_args(args) -> ModelShape:
+    """The shape of a megatron-nitp run; rejects what Llama / Qwen2-MoE cannot express."""
+    problems = []
+    if args.normalization != "RMSNorm":
+        problems.append(f"normalization {args.normalization} (only RMSNorm maps to Llama/Qwen2-MoE)")
+    if not args.swiglu:
+        problems.append("no SwiGLU (--no-swiglu)")
+    if args.position_embedding_type != "rope":
+        problems.append(f"position embedding {args.position_embedding_type} (only rope)")
+    if problems:
+        raise ConversionError("this model has no Hugging Face equivalent here: " + "; ".join(problems))
+    experts = args.num_experts or 0
+    return ModelShape(
+        num_layers=args.num_layers, hidden_size=args.hidden_size,
+        num_attention_heads=args.num_attention_heads,
+        num_query_groups=args.num_query_groups or args.num_attention_heads,
+        head_dim=args.kv_channels or args.hidden_size // args.num_attention_heads,
+        ffn_hidden_size=args.ffn_hidden_size, vocab_size=args.padded_vocab_size,
+        tied=not args.untie_embeddings_and_output_weights, norm_eps=args.norm_epsilon,
+        rope_theta=args.rotary_base, max_position_embeddings=args.max_position_embeddings,
+        num_experts=experts,
+        moe_layers=moe_layer_pattern(args.moe_layer_freq, args.num_layers) if experts else [],
+        moe_ffn_hidden_size=(args.moe_ffn_hidden_size or 0) if experts else 0,
+        shared_expert_size=(args.moe_shared_expert_intermediate_size or 0) if experts else 0,
+        topk=args.moe_router_topk if experts else 0,
+    )
+
+
+def _rope_theta(cfg: dict) -> float:
+    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type not in ("default", None):
+        raise ConversionError(f"config.json: RoPE scaling {rope_type!r} is not supported "
+                              "(megatron-nitp uses plain RoPE)")
+    theta = rope.get("rope_theta", cfg.get("rope_theta", 10000.0))
+    return float(theta)
+
+
+def shape_from_hf_config(cfg: dict) -> ModelShape:
+    """ModelShape of a transformers config.json (Llama or Qwen2-MoE); one-line errors."""
+    arch = (cfg.get("architectures") or [None])[0]
+    model_type = cfg.get("model_type")
+    if arch not in SUPPORTED and model_type not in ("llama", "qwen2_moe"):
+        raise ConversionError(f"config.json: unknown architecture {arch or model_type!r} "
+                              f"(supported: {', '.join(SUPPORTED)})")
+    is_moe = arch == QWEN2_MOE or model_type == "qwen2_moe"
+    if cfg.get("hidden_act", "silu") != "silu":
+        raise ConversionError(f"config.json: hidden_act {cfg['hidden_act']!r} (only silu/SwiGLU)")
+    heads = cfg["num_attention_heads"]
+    common = dict(
+        num_layers=cfg["num_hidden_layers"], hidden_size=cfg["hidden_size"],
+        num_attention_heads=heads, num_query_groups=cfg.get("num_key_value_heads") or heads,
+        head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads,
+        ffn_hidden_size=cfg["intermediate_size"], vocab_size=cfg["vocab_size"],
+        tied=bool(cfg.get("tie_word_embeddings", False)), norm_eps=cfg.get("rms_norm_eps", 1e-6),
+        rope_theta=_rope_theta(cfg), max_position_embeddings=cfg.get("max_position_embeddings", 4096),
+    )
+    if not is_moe:
+        if cfg.get("pretraining_tp", 1) not in (1, None):
+            raise ConversionError("config.json: pretraining_tp > 1 is not supported")
+        return ModelShape(**common)
+    if cfg.get("use_sliding_window"):
+        raise ConversionError("config.json: sliding-window attention is not supported")
+    if cfg.get("norm_topk_prob"):
+        raise ConversionError("config.json: norm_topk_prob=true (renormalised top-k) differs from "
+                              "megatron-nitp's DeepSeek-V2 routing (softmax over all experts, "
+                              "top-k, no renormalisation)")
+    n = common["num_layers"]
+    only = set(cfg.get("mlp_only_layers") or [])
+    step = cfg.get("decoder_sparse_step", 1) or 1
+    experts = cfg.get("num_experts", 0)
+    moe = [i not in only and experts > 0 and (i + 1) % step == 0 for i in range(n)]
+    return ModelShape(**common, num_experts=experts, moe_layers=moe,
+                      moe_ffn_hidden_size=cfg["moe_intermediate_size"],
+                      shared_expert_size=cfg.get("shared_expert_intermediate_size") or 0,
+                      topk=cfg["num_experts_per_tok"])
+
+
+# -- tensors ---------------------------------------------------------------------------------
+
+def split_qkv(w: torch.Tensor, s: ModelShape):
+    per_group = s.num_attention_heads // s.num_query_groups
+    g = w.view(s.num_query_groups, per_group + 2, s.head_dim, -1)
+    q = g[:, :per_group].reshape(s.num_attention_heads * s.head_dim, -1)
+    k = g[:, per_group].reshape(s.num_query_groups * s.head_dim, -1)
+    v = g[:, per_group + 1].reshape(s.num_query_groups * s.head_dim, -1)
+    return q.contiguous(), k.contiguous(), v.contiguous()
+
+
+def merge_qkv(q, k, v, s: ModelShape) -> torch.Tensor:
+    per_group = s.num_attention_heads // s.num_query_groups
+    d = q.shape[-1]
+    q = q.view(s.num_query_groups, per_group, s.head_dim, d)
+    k = k.view(s.num_query_groups, 1, s.head_dim, d)
+    v = v.view(s.num_query_groups, 1, s.head_dim, d)
+    return torch.cat([q, k, v], dim=1).reshape(-1, d).contiguous()
+
+
+def _gate_up(fc1: torch.Tensor):
+    gate, up = fc1.chunk(2, dim=0)
+    return gate.contiguous(), up.contiguous()
+
+
+def megatron_to_hf(sd: Dict[str, torch.Tensor], s: ModelShape,
+                   progress: Optional[Callable[[int], None]] = None) -> Dict[str, torch.Tensor]:
+    """HF tensors of a TP1/PP1 megatron state dict (`_extra_state` and NITP keys ignored)."""
+    out = {}
+    used = set()
+
+    def take(name):
+        if name not in sd:
+            raise ConversionError(f"checkpoint has no tensor {name!r}")
+        used.add(name)
+        return sd[name]
+
+    out["model.embed_tokens.weight"] = take("embedding.word_embeddings.weight")
+    qwen = s.architecture == QWEN2_MOE
+    for i in range(s.num_layers):
+        m, h = f"decoder.layers.{i}.", f"model.layers.{i}."
+        out[h + "input_layernorm.weight"] = take(m + "input_layernorm.weight")
+        q, k, v = split_qkv(take(m + "self_attention.linear_qkv.weight"), s)
+        for name, t in (("q", q), ("k", k), ("v", v)):
+            out[f"{h}self_attn.{name}_proj.weight"] = t
+            if qwen:  # Qwen2-MoE attention has q/k/v biases: zeros are exact
+                out[f"{h}self_attn.{name}_proj.bias"] = torch.zeros(t.shape[0], dtype=t.dtype)
+        out[h + "self_attn.o_proj.weight"] = take(m + "self_attention.linear_proj.weight")
+        out[h + "post_attention_layernorm.weight"] = take(m + "pre_mlp_layernorm.weight")
+        if s.num_experts and s.moe_layers[i]:
+            out.update(_moe_to_hf(take, m + "mlp.", h + "mlp.", s))
+        else:
+            gate, up = _gate_up(take(m + "mlp.linear_fc1.weight"))
+            out[h + "mlp.gate_proj.weight"], out[h + "mlp.up_proj.weight"] = gate, up
+            out[h + "mlp.down_proj.weight"] = take(m + "mlp.linear_fc2.weight")
+        if progress:
+            progress(1)
+    out["model.norm.weight"] = take("decoder.final_layernorm.weight")
+    if not s.tied:
+        out["lm_head.weight"] = take("output_layer.weight")
+    leftover = sorted(k for k in sd if k not in used and not k.endswith("_extra_state")
+                      and not k.startswith("nitp_head.") and k != "output_layer.weight")
+    if leftover:
+        raise ConversionError(f"checkpoint tensors with no HF counterpart: {', '.join(leftover[:5])}"
+                              + (" ..." if len(leftover) > 5 else ""))
+    return out
+
+
+def _moe_to_hf(take, m, h, s: ModelShape):
+    out = {h + "gate.weight": take(m + "router.weight")}
+    for e in range(s.num_experts):
+        gate, up = _gate_up(take(f"{m}experts.local_experts.{e}.linear_fc1.weight"))
+        out[f"{h}experts.{e}.gate_proj.weight"] = gate
+        out[f"{h}experts.{e}.up_proj.weight"] = up
+        out[f"{h}experts.{e}.down_proj.weight"] = take(f"{m}experts.local_experts.{e}.linear_fc2.weight")
+    if s.shared_expert_size:
+        gate, up = _gate_up(take(m + "shared_experts.linear_fc1.weight"))
+        down = take(m + "shared_experts.linear_fc2.weight") * 2  # sigmoid(0) = 0.5 undoes it
+    else:  # Qwen2-MoE always has a shared expert: a width-1 one with zero weights adds 0
+        dtype = take(m + "router.weight").dtype
+        gate = up = torch.zeros(1, s.hidden_size, dtype=dtype)
+        down = torch.zeros(s.hidden_size, 1, dtype=dtype)
+    out[h + "shared_expert.gate_proj.weight"] = gate
+    out[h + "shared_expert.up_proj.weight"] = up
+    out[h + "shared_expert.down_proj.weight"] = down
+    out[h + "shared_expert_gate.weight"] = torch.zeros(1, s.hidden_size, dtype=down.dtype)
+    return out
+
+
+def hf_shared_expert_size(s: ModelShape) -> int:
+    """shared_expert_intermediate_size to write into config.json."""
+    return s.shared_expert_size or 1
+
+
+def hf_to_megatron(hf: Dict[str, torch.Tensor], s: ModelShape,
+                   progress: Optional[Callable[[int], None]] = None) -> Dict[str, torch.Tensor]:
+    """A TP1/PP1 megatron state dict (without `_extra_state`) from HF tensors.
+
+    Accepts Qwen2-MoE experts per expert (`experts.{e}.gate_proj.weight`, the on-disk format) or
+    fused (`experts.gate_up_proj` [E, 2I, d], `experts.down_proj` [E, d, I], transformers 5's
+    in-memory format). Rejects what megatron-nitp's model cannot express: non-zero attention or
+    MLP biases, a non-zero shared-expert gate, unexpected tensors.
+    """
+    used = set()
+
+    def take(name):
+        if name not in hf:
+            raise ConversionError(f"HF weights have no tensor {name!r}")
+        used.add(name)
+        return hf[name]
+
+    def zero_or_absent(name, what):
+        if name in hf:
+            used.add(name)
+            if torch.count_nonzero(hf[name]):
+                raise ConversionError(f"{name}: non-zero {what} (megatron-nitp models have none)")
+
+    sd = {"embedding.word_embeddings.weight": take("model.embed_tokens.weight")}
+    for i in range(s.num_layers):
+        m, h = f"decoder.layers.{i}.", f"model.layers.{i}."
+        sd[m + "input_layernorm.weight"] = take(h + "input_layernorm.weight")
+        q, k, v = (take(f"{h}self_attn.{x}_proj.weight") for x in "qkv")
+        for x in "qkv":
+            zero_or_absent(f"{h}self_attn.{x}_proj.bias", "attention bias")
+        zero_or_absent(h + "self_attn.o_proj.bias", "attention bias")
+        sd[m + "self_attention.linear_qkv.weight"] = merge_qkv(q, k, v, s)
+        sd[m + "self_attention.linear_proj.weight"] = take(h + "self_attn.o_proj.weight")
+        sd[m + "pre_mlp_layernorm.weight"] = take(h + "post_attention_layernorm.weight")
+        if s.num_experts and s.moe_layers[i]:
+            sd.update(_moe_from_hf(hf, take, zero_or_absent, m + "mlp.", h + "mlp.", s))
+        else:
+            sd[m + "mlp.linear_fc1.weight"] = torch.cat(
+                [take(h + "mlp.gate_proj.weight"), take(h + "mlp.up_proj.weight")], dim=0)
+            sd[m + "mlp.linear_fc2.weight"] = take(h + "mlp.down_proj.weight")
+            for x in ("gate", "up", "down"):
+                zero_or_absent(f"{h}mlp.{x}_proj.bias", "MLP bias")
+        if progress:
+            progress(1)
+    sd["decoder.final_layernorm.weight"] = take("model.norm.weight")
+    if not s.tied:
+        sd["output_layer.weight"] = take("lm_head.weight")
+    elif "lm_head.weight" in hf:  # some tied exports still carry the (identical) head
+        used.add("lm_head.weight")
+    leftover = sorted(k for k in hf if k not in used and not k.endswith("rotary_emb.inv_freq"))
+    if leftover:
+        raise ConversionError(f"HF tensors megatron-nitp cannot represent: {', '.join(leftover[:5])}"
+                              + (" ..." if len(leftover) > 5 else ""))
+    return sd
+
+
+def _moe_from_hf(hf, take, zero_or_absent, m, h, s: ModelShape):
+    sd = {m + "router.weight": take(h + "gate.weight")}
+    fused = h + "experts.gate_up_proj" in hf
+    if fused:
+        gate_up, down = take(h + "experts.gate_up_proj"), take(h + "experts.down_proj")
+    for e in range(s.num_experts):
+        if fused:
+            fc1, fc2 = gate_up[e], down[e]  # gate_up rows: [gate; up], like megatron's fc1
+        else:
+            fc1 = torch.cat([take(f"{h}experts.{e}.gate_proj.weight"),
+                             take(f"{h}experts.{e}.up_proj.weight")], dim=0)
+            fc2 = take(f"{h}experts.{e}.down_proj.weight")
+        sd[f"{m}experts.local_experts.{e}.linear_fc1.weight"] = fc1.contiguous()
+        sd[f"{m}experts.local_experts.{e}.linear_fc2.weight"] = fc2.contiguous()
+    zero_or_absent(h + "shared_expert_gate.weight", "shared_expert_gate (its sigmoid gate has no "
+                   "megatron-nitp counterpart; only the zero gate this tool writes converts)")
+    gate, up = take(h + "shared_expert.gate_proj.weight"), take(h + "shared_expert.up_proj.weight")
+    down = take(h + "shared_expert.down_proj.weight")
+    if s.shared_expert_size:
+        sd[m + "shared_experts.linear_fc1.weight"] = torch.cat([gate, up], dim=0)
+        sd[m + "shared_experts.linear_fc2.weight"] = down / 2  # exact: see the module docstring
+    elif torch.count_nonzero(down):
+        raise ConversionError(f"{h}shared_expert: non-zero weights but no shared expert size")
+    return sd
+
+
+def effective_shared_expert_size(hf: Dict[str, torch.Tensor], s: ModelShape) -> int:
+    """0 when every MoE layer's shared expert is the all-zero placeholder this tool writes for
+    models without one; else the configured width."""
+    if not s.num_experts:
+        return 0
+    for i, is_moe in enumerate(s.moe_layers):
+        name = f"model.layers.{i}.mlp.shared_expert.down_proj.weight"
+        if is_moe and name in hf and torch.count_nonzero(hf[name]):
+            return s.shared_expert_size
+    return 0
+
+
+# -- the NITP head ---------------------------------------------------------------------------
+
+NITP_HEAD_PREFIX = "nitp_head.mlp."
+
+
+def nitp_head_to_hf(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    gate, up = _gate_up(sd[NITP_HEAD_PREFIX + "linear_fc1.weight"])
+    return {"gate_proj.weight": gate, "up_proj.weight": up,
+            "down_proj.weight": sd[NITP_HEAD_PREFIX + "linear_fc2.weight"].contiguous()}
+
+
+def nitp_head_from_hf(t: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    return {NITP_HEAD_PREFIX + "linear_fc1.weight": torch.cat([t["gate_proj.weight"],
+                                                              t["up_proj.weight"]], dim=0),
+            NITP_HEAD_PREFIX + "linear_fc2.weight": t["down_proj.weight"]}
+
+
+def has_nitp_tensors(names: Iterable[str]) -> bool:
+    return any("nitp" in n for n in names)
