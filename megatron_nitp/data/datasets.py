@@ -24,13 +24,11 @@ import torch
 from megatron.core.datasets.blended_dataset import BlendedDataset
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, MockGPTDataset
+from megatron.core.datasets.indexed_dataset import DType
 
 from megatron_nitp.data.errors import DataArgumentError
 
 _INDEX_HEADER = b"MMIDIDX\x00\x00"  # megatron.core.datasets.indexed_dataset._INDEX_HEADER
-# dtype codes of megatron.core.datasets.indexed_dataset.DType
-_DTYPES = {1: numpy.uint8, 2: numpy.int8, 3: numpy.int16, 4: numpy.int32, 5: numpy.int64,
-           6: numpy.float64, 7: numpy.float32, 8: numpy.uint16}
 _FULL_SCAN_TOKENS = 1 << 24  # below this the whole .bin is scanned for the largest id
 _SAMPLE_WINDOWS, _SAMPLE_WINDOW_TOKENS = 64, 1 << 18  # above it, evenly spaced windows
 
@@ -203,11 +201,13 @@ def _read_index_header(prefix: str) -> Tuple[type, int]:
         raise DataArgumentError(f"--data-path: {prefix}.idx is not a megatron index file")
     (code,) = struct.unpack("<B", head[17:18])
     (sequences,) = struct.unpack("<Q", head[18:26])
-    if code not in _DTYPES:
-        raise DataArgumentError(f"--data-path: {prefix}.idx has an unknown token dtype code {code}")
+    try:
+        dtype = DType.dtype_from_code(code)
+    except ValueError:
+        raise DataArgumentError(f"--data-path: {prefix}.idx has an unknown token dtype code {code}") from None
     if sequences == 0:
         raise DataArgumentError(f"--data-path: {prefix} holds no documents")
-    return _DTYPES[code], sequences
+    return dtype, sequences
 
 
 def _largest_token_id(prefix: str, dtype) -> int:

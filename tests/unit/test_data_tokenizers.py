@@ -63,6 +63,14 @@ def test_hf_tokenizer_json_round_trips_and_finds_endoftext(bpe_json):
     assert tokenizer.tokenize("a<|endoftext|>b").count(0) == 1  # the special token is atomic
 
 
+def test_hf_tokenizer_directory_with_only_tokenizer_json_is_read_without_transformers(bpe_json, tmp_path):
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok" / "tokenizer.json").write_bytes(open(bpe_json, "rb").read())
+    tokenizer = build_tokenizer("HuggingFaceTokenizer", str(tmp_path / "tok"))
+    assert tokenizer.tokenize(TRICKY) == build_tokenizer("HuggingFaceTokenizer", bpe_json).tokenize(TRICKY)
+    assert tokenizer._auto is None
+
+
 def test_hf_tokenizer_directory_is_read_with_transformers_offline(bpe_json, tmp_path):
     transformers = pytest.importorskip("transformers")
     fast = transformers.PreTrainedTokenizerFast(
