@@ -14,18 +14,6 @@ from megatron_nitp.nitp.config import NITPConfig, NITPConfigError
 from megatron_nitp.nitp.loss import nitp_loss_func
 
 
-@pytest.fixture(scope="module")
-def mp():
-    from megatron_nitp.parallel.distributed import (
-        destroy_distributed_model_parallel,
-        initialize_distributed,
-    )
-
-    initialize_distributed(seed=1)
-    yield
-    destroy_distributed_model_parallel()
-
-
 def tiny_config():
     from megatron.core.transformer import TransformerConfig
 

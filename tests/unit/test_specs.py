@@ -8,18 +8,6 @@ from megatron_nitp.models import specs
 from megatron_nitp.training.arguments import parse_args
 
 
-@pytest.fixture(scope="module")
-def mp():
-    from megatron_nitp.parallel.distributed import (
-        destroy_distributed_model_parallel,
-        initialize_distributed,
-    )
-
-    initialize_distributed(seed=1)
-    yield
-    destroy_distributed_model_parallel()
-
-
 def build(argv):
     from megatron_nitp.models.builder import (build_model_chunks, padded_vocab_size,
                                               transformer_config_from_args)
