@@ -15,6 +15,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megatron_nitp.data.demo_corpus import DEFAULT_MAX_BYTES, DEFAULT_SOURCES, build_demo_corpus  # noqa: E402
+from megatron_nitp.data.errors import DataArgumentError  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -35,7 +36,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     start = time.time()
-    stats = build_demo_corpus(args.output, args.max_docs, args.max_bytes, args.sources)
+    try:
+        stats = build_demo_corpus(args.output, args.max_docs, args.max_bytes, args.sources)
+    except DataArgumentError as error:
+        print(f"{os.path.basename(sys.argv[0])}: error: {error}", file=sys.stderr)
+        return 2
     per_source = ", ".join(f"{name} {count}" for name, count in stats.sources.items())
     print(
         f"wrote {args.output}: {stats.documents} documents, {stats.characters / 1e6:.1f} M characters "

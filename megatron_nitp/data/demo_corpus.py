@@ -63,9 +63,28 @@ def build_demo_corpus(
     max_bytes: int = DEFAULT_MAX_BYTES,
     sources: Sequence[str] = DEFAULT_SOURCES,
 ) -> CorpusStats:
-    """Write the corpus as JSONL (`{"text": ..., "source": ...}` per line), atomically."""
+    """Write the corpus as JSONL (`{"text": ..., "source": ...}` per line), atomically.
+
+    Raises DataArgumentError (naming --sources or --output) before any work for an unknown
+    source or an output that cannot be written.
+    """
+    # Imported here: at module level it would break this file's use as the isolated stdlib
+    # reader, which runs with no access to this package.
+    from megatron_nitp.data.errors import DataArgumentError
+
+    for name in sources:
+        if name not in ("stdlib", "python-reference") and _package_root(name) is None:
+            raise DataArgumentError(
+                f"--sources: {name!r} is neither 'stdlib', 'python-reference' nor an installed "
+                "Python package"
+            )
     directory = os.path.dirname(os.path.abspath(output_path))
-    os.makedirs(directory, exist_ok=True)
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as error:
+        raise DataArgumentError(f"--output: cannot create {directory!r} ({error.strerror})") from None
+    if not os.access(directory, os.W_OK):
+        raise DataArgumentError(f"--output: directory {directory!r} is not writable")
     temporary = f"{output_path}.partial-{os.getpid()}"
     stats = CorpusStats(0, 0, {})
     try:
@@ -140,10 +159,9 @@ def _python_reference_documents() -> Iterator[Tuple[str, List[str]]]:
 
 def _package_documents(package: str) -> Iterator[Tuple[str, List[str]]]:
     """Docstring-like string literals of an installed package's .py files (not imported)."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
+    root = _package_root(package)
+    if root is None:
         return
-    root = sorted(spec.submodule_search_locations)[0]
     base = os.path.dirname(root)
     for directory, subdirectories, files in os.walk(root):
         subdirectories[:] = sorted(
@@ -158,6 +176,17 @@ def _package_documents(package: str) -> Iterator[Tuple[str, List[str]]]:
             docstrings = [match.group(2) for match in _DOCSTRING.finditer(source)]
             if docstrings:
                 yield f"{package}:{os.path.relpath(path, base)}", docstrings
+
+
+def _package_root(package: str) -> Optional[str]:
+    """The directory of an installed package, found without importing it (None if absent)."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):  # a missing parent package, or an empty name
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return sorted(spec.submodule_search_locations)[0]
 
 
 def _stdlib_documents() -> Iterator[Tuple[str, List[str]]]:

@@ -49,7 +49,12 @@ def train_tokenizer(
         )
     texts = itertools.chain([first], texts)
     directory = os.path.dirname(os.path.abspath(output_prefix))
-    os.makedirs(directory, exist_ok=True)
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as error:
+        raise DataArgumentError(f"--output-prefix: cannot create {directory!r} ({error.strerror})") from None
+    if not os.access(directory, os.W_OK):
+        raise DataArgumentError(f"--output-prefix: directory {directory!r} is not writable")
     if kind == "sentencepiece":
         return train_sentencepiece(texts, vocab_size, output_prefix + ".model")
     return train_hf_bpe(texts, vocab_size, output_prefix + ".json")

@@ -90,3 +90,11 @@ def test_prepare_demo_data_builds_each_step_once_and_the_data_fits_the_tokenizer
     assert dataset[0][-1] == tokenizer.eod  # --append-eod
     first_text = _records(tmp_path / "corpus_40docs.jsonl")[0]["text"]
     assert tokenizer.detokenize(dataset[0][:-1]) == first_text
+
+
+def test_an_unknown_source_is_refused_before_anything_is_written(tmp_path):
+    from megatron_nitp.data.errors import DataArgumentError
+
+    with pytest.raises(DataArgumentError, match="^--sources: 'no_such_package' is neither"):
+        build_demo_corpus(str(tmp_path / "c.jsonl"), sources=["stdlib", "no_such_package"])
+    assert not list(tmp_path.iterdir())
