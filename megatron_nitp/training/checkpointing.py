@@ -68,8 +68,7 @@ def save_checkpoint(ckpt_dir, iteration, chunks, optimizer, scheduler, consumed_
     tmp = final + ".tmp"
     if _rank0():
         os.makedirs(ckpt_dir, exist_ok=True)
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp)
+        _remove_partial_saves(ckpt_dir)
         os.makedirs(tmp)
     torch.distributed.barrier()
     start = time.time()
@@ -80,9 +79,7 @@ def save_checkpoint(ckpt_dir, iteration, chunks, optimizer, scheduler, consumed_
     state["iteration"] = iteration
     state["consumed_samples"] = consumed_samples
     dist_checkpointing.save(state, tmp)
-    slow = float(os.environ.get("MEGATRON_NITP_TEST_SLOW_SAVE", "0"))
-    if slow:  # test hook: widen the window in which a kill lands mid-save
-        time.sleep(slow)
+    _test_slow_save(iteration)
     torch.distributed.barrier()
     if _rank0():
         run_config = dict(args=json_safe_args(args), nitp=nitp_config.to_dict(),
@@ -94,16 +91,92 @@ def save_checkpoint(ckpt_dir, iteration, chunks, optimizer, scheduler, consumed_
         os.replace(tmp, final)
         _write_atomic(os.path.join(ckpt_dir, TRACKER), str(iteration))
         if keep_last_n:
-            _prune(ckpt_dir, keep_last_n)
+            _prune(ckpt_dir, keep_last_n, iteration)
     torch.distributed.barrier()
     log(f"saved checkpoint iteration {iteration} to {final} in {time.time() - start:.1f} s")
 
 
-def _prune(ckpt_dir, keep):
+def _test_slow_save(iteration):
+    """Test hook: MEGATRON_NITP_TEST_SLOW_SAVE=SECONDS[@ITERATION] sleeps inside the save window
+    (after the shards are written, before the rename), in every save or only in ITERATION's,
+    so that a test can kill the run mid-save."""
+    spec = os.environ.get("MEGATRON_NITP_TEST_SLOW_SAVE", "")
+    if not spec:
+        return
+    seconds, _, at = spec.partition("@")
+    if not at or int(at) == iteration:
+        time.sleep(float(seconds))
+
+
+def _remove_partial_saves(ckpt_dir):
+    """`iter_X.tmp` directories are saves that a killed run never finished; no tracker points
+    at them and nothing may load them, so the next save clears them away."""
+    for name in os.listdir(ckpt_dir):
+        if name.startswith("iter_") and name.endswith(".tmp"):
+            shutil.rmtree(os.path.join(ckpt_dir, name), ignore_errors=True)
+
+
+def _prune(ckpt_dir, keep, newest):
+    """Keep the `keep` latest checkpoints up to `newest` (the one the tracker now names).
+
+    Directories numbered above `newest` are left alone: they are complete saves of a run that
+    was killed between the rename and the tracker update, then resumed from an older checkpoint
+    (a sort by number alone would keep them and delete the checkpoint just written).
+    """
     its = sorted(int(d[5:]) for d in os.listdir(ckpt_dir)
-                 if d.startswith("iter_") and d[5:].isdigit())
+                 if d.startswith("iter_") and d[5:].isdigit() and int(d[5:]) <= newest)
     for it in its[:-keep]:
         shutil.rmtree(iteration_dir(ckpt_dir, it), ignore_errors=True)
+
+
+def verify_checkpoint_files(path):
+    """Raise CheckpointError naming the file when a checkpoint directory is incomplete.
+
+    megatron's torch_dist format keeps, in `.metadata`, the byte range of every tensor inside the
+    `__R_K.distcp` shard files; each referenced file must exist and be long enough. Checked
+    before any model is built, so a truncated or deleted shard costs seconds and one line instead
+    of a model build and a loader traceback. (Bytes corrupted in place are not detected: the
+    format has no checksums.)
+    """
+    import json
+
+    from torch.distributed.checkpoint import FileSystemReader
+
+    def missing(name):
+        return CheckpointError(f"--load: checkpoint {path} is incomplete: {name} is missing "
+                               "(partial copy or deleted file?)")
+
+    meta_json = os.path.join(path, "metadata.json")
+    if not os.path.isfile(meta_json):
+        raise missing("metadata.json")
+    try:
+        with open(meta_json) as f:
+            backend = json.load(f).get("sharded_backend")
+    except (json.JSONDecodeError, AttributeError):
+        raise CheckpointError(f"--load: {meta_json}: corrupted (not megatron's JSON metadata)")
+    if not os.path.isfile(os.path.join(path, "common.pt")):
+        raise missing("common.pt")
+    if backend != "torch_dist":
+        return  # another megatron backend: its loader reports problems itself
+    if not os.path.isfile(os.path.join(path, ".metadata")):
+        raise missing(".metadata")
+    try:
+        storage = FileSystemReader(path).read_metadata().storage_data
+    except Exception as e:  # unpickling garbage raises anything
+        raise CheckpointError(f"--load: {os.path.join(path, '.metadata')}: corrupted "
+                              f"({type(e).__name__})")
+    needed = {}
+    for info in storage.values():
+        needed[info.relative_path] = max(needed.get(info.relative_path, 0),
+                                         info.offset + info.length)
+    for name, end in sorted(needed.items()):
+        file = os.path.join(path, name)
+        if not os.path.isfile(file):
+            raise missing(name)
+        size = os.path.getsize(file)
+        if size < end:
+            raise CheckpointError(f"--load: checkpoint {path} is incomplete: {name} is "
+                                  f"truncated ({size} bytes, the metadata needs {end})")
 
 
 def load_checkpoint(ckpt_dir, chunks, optimizer, scheduler, nitp_config, log=print):

@@ -16,7 +16,7 @@ import torch
 
 from ..nitp.config import NITPConfig
 from .arguments import parse_args
-from .checkpoint_io import CheckpointError, latest_iteration, read_run_config
+from .checkpoint_io import CheckpointError, iteration_dir, latest_iteration, read_run_config
 from .validation import ConfigError, validate_args
 
 ARCH_FIELDS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
@@ -62,6 +62,9 @@ def _check_resume_target(args, vocab_size_known):
         if field in saved and mine != theirs:
             raise ConfigError(f"--load {args.load}: checkpoint has a different architecture: "
                               f"{field} = {theirs} in the checkpoint, {mine} here")
+    from .checkpointing import verify_checkpoint_files
+
+    verify_checkpoint_files(iteration_dir(args.load, it))
 
 
 def _setup_tokenizer_and_data_args(args, log):
@@ -164,7 +167,6 @@ class Trainer:
         self.dp_rank = ps.get_data_parallel_rank()
         self.dp_size = ps.get_data_parallel_world_size()
         self.num_microbatches = a.global_batch_size // (a.micro_batch_size * self.dp_size)
-        self.logger = RunLogger(a, enabled=torch.distributed.get_rank() == 0)
         self.iteration, self.consumed = 0, 0
         if a.load:
             from .checkpointing import load_checkpoint
@@ -175,6 +177,9 @@ class Trainer:
             except CheckpointError as e:
                 _fail(str(e), a.debug)
             self.log(f"resumed from {a.load} at iteration {self.iteration}")
+        # After the load: the logs rewind to the iteration this run continues from.
+        self.logger = RunLogger(a, enabled=torch.distributed.get_rank() == 0,
+                                start_iteration=self.iteration)
         self._build_data()
 
     def _build_data(self):

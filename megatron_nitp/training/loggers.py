@@ -14,8 +14,39 @@ def _fmt_time(seconds):
     return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
+def rewind_jsonl(path, iteration) -> int:
+    """Drop the records after `iteration` from a --log-jsonl file; returns how many were dropped.
+
+    A run continues from its checkpoint's iteration; records written after it by an earlier
+    attempt (killed mid-save, or before its first save) describe steps that never reached a
+    checkpoint and are about to be redone. Keeping them would log those iterations twice.
+    A fresh run (iteration 0) therefore empties the file. Unreadable lines (a line cut by a kill)
+    are dropped too. The file is rewritten atomically.
+    """
+    if not os.path.isfile(path):
+        return 0
+    kept, dropped = [], 0
+    with open(path) as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+                keep = line.endswith("\n") and rec["iteration"] <= iteration
+            except (ValueError, KeyError, TypeError):
+                keep = False
+            if keep:
+                kept.append(line)
+            else:
+                dropped += 1
+    if dropped:
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(kept)
+        os.replace(tmp, path)
+    return dropped
+
+
 class RunLogger:
-    def __init__(self, args, enabled: bool):
+    def __init__(self, args, enabled: bool, start_iteration: int = 0):
         self.enabled = enabled
         self.start = time.time()
         self.jsonl = None
@@ -25,11 +56,17 @@ class RunLogger:
             return
         if args.log_jsonl:
             os.makedirs(os.path.dirname(os.path.abspath(args.log_jsonl)), exist_ok=True)
+            dropped = rewind_jsonl(args.log_jsonl, start_iteration)
+            if dropped:
+                print(f"notice: --log-jsonl {args.log_jsonl}: dropped {dropped} records after "
+                      f"iteration {start_iteration} (this run continues from there)", flush=True)
             self.jsonl = open(args.log_jsonl, "a", buffering=1)
         if args.tensorboard_dir:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(log_dir=args.tensorboard_dir)
+            # purge_step: TensorBoard hides the earlier attempt's events from this step on.
+            self.tb = SummaryWriter(log_dir=args.tensorboard_dir,
+                                    purge_step=start_iteration + 1)
         if args.wandb_project:
             # No network here or on many clusters' compute nodes: default to offline runs
             # (`wandb sync` later) unless the user chose a mode.

@@ -1,0 +1,134 @@
+"""Launching the training CLI for the reliability tests (issue #6): tiny runs, output to a file.
+
+Every run is `python pretrain_gpt_nitp.py` in its own session (so a kill reaches every process it
+started), stdout+stderr to `<name>.log` in the test's directory (no pipe to fill while a test is
+busy polling the checkpoint directory).
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# A 2-layer NITP model on mock data; 8 steps of one microbatch. lr high enough that every step
+# moves the loss, so a replayed or skipped step shows in the numbers.
+TINY = ["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "2",
+        "--seq-length", "16", "--micro-batch-size", "2", "--mock-data", "--vocab-size", "128",
+        "--nitp", "--nitp-target-layer", "1", "--lr", "1e-3", "--train-iters", "8",
+        "--log-interval", "1"]
+
+
+def env(**extra):
+    e = dict(os.environ)
+    e.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONWARNINGS="ignore",
+             PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), e.get("PYTHONPATH")])))
+    for k in ("WORLD_SIZE", "RANK", "MEGATRON_NITP_TEST_SLOW_SAVE",
+              "MEGATRON_NITP_TEST_NAN_ITERS"):
+        e.pop(k, None)
+    e.update({k: str(v) for k, v in extra.items()})
+    return e
+
+
+class Run:
+    def __init__(self, workdir: Path, name: str, args, family="gpt", **env_extra):
+        self.log_path = Path(workdir) / f"{name}.log"
+        self.cmd = [sys.executable, str(REPO_ROOT / f"pretrain_{family}_nitp.py"),
+                    *map(str, args)]
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env=env(**env_extra), cwd=str(workdir),
+                                     start_new_session=True)
+
+    @property
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait(self, timeout=240, expect=0) -> str:
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"timed out after {timeout} s: {' '.join(self.cmd)}\n"
+                                 f"{self._tail()}")
+        finally:
+            self._log.close()
+        if expect is not None and code != expect:
+            raise AssertionError(f"exit code {code}, expected {expect}: {' '.join(self.cmd)}\n"
+                                 f"{self._tail()}")
+        return self.output
+
+    def wait_for(self, predicate, what, timeout=180, poll=0.02):
+        """Poll until predicate() holds; fail if the run exits first."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if predicate():
+                return
+            if self.proc.poll() is not None:
+                raise AssertionError(f"run ended (code {self.proc.returncode}) before {what}\n"
+                                     f"{self._tail()}")
+            time.sleep(poll)
+        self.kill()
+        raise AssertionError(f"timed out waiting for {what}\n{self._tail()}")
+
+    def signal(self, sig):
+        os.killpg(self.proc.pid, sig)
+
+    def kill(self):
+        try:
+            self.signal(signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+        self._log.close()
+
+    def catches(self, sig) -> bool:
+        """True once the process has a handler installed for `sig` (/proc SigCgt bitmask)."""
+        try:
+            for line in open(f"/proc/{self.proc.pid}/status"):
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) & (1 << (sig - 1)))
+        except FileNotFoundError:
+            pass
+        return False
+
+    def _tail(self, n=40):
+        return "\n".join(self.output.splitlines()[-n:])
+
+
+def run(workdir, name, args, expect=0, timeout=240, **env_extra) -> str:
+    return Run(workdir, name, args, **env_extra).wait(timeout=timeout, expect=expect)
+
+
+def train_records(path):
+    recs = [json.loads(line) for line in Path(path).read_text().splitlines()]
+    return [r for r in recs if r.get("split", "train") == "train"]
+
+
+def tracker(ckpt: Path):
+    p = Path(ckpt) / "latest_checkpointed_iteration.txt"
+    return p.read_text().strip() if p.exists() else None
+
+
+def checkpoint_tensors(iter_dir: Path, out: Path) -> dict:
+    """Every tensor of a torch_dist checkpoint, flattened to {dotted key: tensor}, read without
+    a process group (torch's dcp_to_torch_save)."""
+    import torch
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    dcp_to_torch_save(str(iter_dir), str(out))
+    flat = {}
+
+    def walk(d, prefix=""):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            elif isinstance(v, torch.Tensor):
+                flat[prefix + k] = v
+
+    walk(torch.load(out, weights_only=False))
+    return flat
