@@ -1,6 +1,6 @@
 """NTP vs NITP on the demo corpus, end to end: train both, measure both, plot, tabulate.
 
-    python examples/demo_compare/run.py --out runs/compare             # 2-core CPU, ~20-25 min
+    python examples/demo_compare/run.py --out runs/compare             # 2-core CPU
     python examples/demo_compare/run.py --out runs/compare --gpu-moe   # small MoE on 1+ GPUs
 
 1. Trains the NTP baseline (`--no-nitp`) and the NITP model with the same model, seed and data
@@ -35,7 +35,7 @@ CPU_DENSE = dict(
     flags="--num-layers 4 --hidden-size 128 --num-attention-heads 4 --seq-length 128 "
           "--micro-batch-size 8 --lr 2e-3 --min-lr 2e-4 --lr-decay-style cosine "
           "--weight-decay 0.1 --clip-grad 1.0 --nitp-target-layer 1 --nitp-loss-weight 1.0",
-    iters=200, warmup=20, metrics_interval=5, eval_interval=20, eval_iters=4,
+    iters=120, warmup=12, metrics_interval=5, eval_interval=20, eval_iters=4,
     eval_batches=8, eval_micro_batch_size=8, per_topic=30,
 )
 # A small MoE for GPUs (1 dense + 7 MoE layers of 16 experts top-2 + a shared expert, d 512,
