@@ -39,7 +39,7 @@ CPU_DENSE = dict(
     eval_batches=8, eval_micro_batch_size=8, per_topic=30,
 )
 # A small MoE for GPUs (1 dense + 7 MoE layers of 16 experts top-2 + a shared expert, d 512,
-# bf16; ~0.25B total). Target layer 2 of 8.
+# bf16; ~0.11B total, 36M active with the 4096-token demo vocabulary). Target layer 2 of 8.
 GPU_MOE = dict(
     script="pretrain_moe_nitp.py",
     flags="--num-layers 8 --hidden-size 512 --num-attention-heads 8 --group-query-attention "

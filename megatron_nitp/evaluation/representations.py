@@ -55,14 +55,16 @@ class MegatronEncoder:
         with `labels=None` the forward computes logits, which we drop.
         """
         model = self.model
-        position_ids = torch.arange(tokens.size(1)).unsqueeze(0).expand_as(tokens)
+        tokens = tokens.to(next(model.parameters()).device)
+        position_ids = torch.arange(tokens.size(1), device=tokens.device).unsqueeze(0)
+        position_ids = position_ids.expand_as(tokens)
         model.record_hidden = True
         try:
             model(tokens, position_ids, None, labels=None)
             h = model.last_hidden
         finally:
             model.record_hidden, model.last_hidden, model.last_valid = False, None, None
-        return h.float()
+        return h.float().cpu()
 
 
 class HFEncoder:
@@ -82,9 +84,10 @@ class HFEncoder:
 
     @torch.no_grad()
     def hidden_states(self, tokens: torch.Tensor) -> torch.Tensor:
+        tokens = tokens.to(next(self.model.parameters()).device)
         out = self.model(input_ids=tokens, output_hidden_states=True)
         # hidden_states[-1] is the last layer after the final norm (Llama/Qwen2 convention).
-        return out.hidden_states[-1].transpose(0, 1).float()
+        return out.hidden_states[-1].transpose(0, 1).float().cpu()
 
 
 def validation_batches(run_args, num_batches: int, micro_batch_size: int,
