@@ -14,7 +14,6 @@ import pytest
 
 from tests.e2e.reliability_runs import TINY, Run, env, run, tracker, train_records
 
-pytestmark = pytest.mark.timeout(400)
 
 
 @pytest.fixture(scope="module")

@@ -133,7 +133,8 @@ def test_transformer_engine_requested_without_it_installed():
 
     if importlib.util.find_spec("transformer_engine") is not None:
         pytest.skip("Transformer Engine is installed here")
-    with pytest.raises(ConfigError, match="--transformer-impl transformer_engine: .* --transformer-impl local"):
+    with pytest.raises(ConfigError, match="--transformer-impl transformer_engine: .* "
+                                          "--transformer-impl local"):
         _validate(["--transformer-impl", "transformer_engine"], 1)
 
 
