@@ -42,7 +42,10 @@ def _optimizer_state(optimizer, model_state, is_loading):
     from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 
     parts = getattr(optimizer, "chained_optimizers", [optimizer])
-    kwargs = ({"sharding_type": SHARDING}
+    # megatron-core 0.16.1 reads the type from `metadata`: its deprecated `sharding_type`
+    # argument leaves `metadata` None, and `sharded_param_state_fully_reshardable` then fails on
+    # `metadata.get(...)`.
+    kwargs = ({"metadata": {"distrib_optim_sharding_type": SHARDING}}
               if any(isinstance(o, DistributedOptimizer) for o in parts) else {})
     return optimizer.sharded_state_dict(model_state, is_loading=is_loading, **kwargs)
 
