@@ -10,7 +10,6 @@ import math
 from tests.e2e.reliability_runs import TINY, checkpoint_tensors, run, tracker, train_records
 
 
-
 def test_nan_steps_are_skipped_then_stop_with_last_good_checkpoint_and_resume(tmp_path):
     ckpt, log = tmp_path / "ckpt", tmp_path / "log.jsonl"
     args = TINY + ["--save", ckpt, "--load", ckpt, "--save-interval", "3", "--log-jsonl", log,

@@ -246,3 +246,70 @@ def test_load_without_checkpoint_is_an_error_unless_it_is_also_the_save_dir(tmp_
         _check_resume_target(args, False)
         assert args.load is None
         assert "starting fresh" in capsys.readouterr().out
+
+
+# -- data and tokenizer files (megatron_nitp.data: validate_data_args, build_tokenizer) ---------
+# The data layer owns these checks (and tests them in depth in test_data_*.py); here they stand
+# in the same table: one line naming the flag, before anything is built.
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A megatron indexed dataset of 8 documents whose largest token id is 56."""
+    import numpy
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    prefix = str(tmp_path_factory.mktemp("data") / "corpus_text_document")
+    builder = IndexedDatasetBuilder(prefix + ".bin", dtype=numpy.int32)
+    for i in range(8):
+        builder.add_document(torch.arange(i, i + 50), [50])
+    builder.finalize(prefix + ".idx")
+    return prefix
+
+
+def _null(vocab):
+    from megatron_nitp.data.tokenizers import build_tokenizer
+
+    return build_tokenizer("NullTokenizer", None, vocab)
+
+
+DATA_CASES = {
+    "data path missing": (lambda c, t: ([str(t / "nope")], _null(100)),
+                          ["--data-path", "missing", "nope.bin"]),
+    "data path with extension": (lambda c, t: ([c + ".bin"], _null(100)),
+                                 ["--data-path", "without extension"]),
+    "neither data path nor mock data": (lambda c, t: (None, _null(100)),
+                                        ["--data-path: required", "--mock-data"]),
+    "tokenizer vocabulary smaller than the data's ids": (
+        lambda c, t: ([c], _null(40)), ["--data-path", "token id 56", "does not match"]),
+}
+
+
+@pytest.mark.parametrize("case", list(DATA_CASES))
+def test_bad_data_is_one_line_naming_the_flag(case, corpus, tmp_path):
+    from megatron_nitp.data.datasets import validate_data_args
+
+    make, expected = DATA_CASES[case]
+    data_path, tokenizer = make(corpus, tmp_path)
+    with pytest.raises(SystemExit) as e:  # DataArgumentError
+        validate_data_args(data_path, tokenizer)
+    message = str(e.value)
+    assert "\n" not in message
+    for part in expected:
+        assert part in message, f"{part!r} not in {message!r}"
+
+
+def test_matching_data_and_tokenizer_pass(corpus):
+    from megatron_nitp.data.datasets import validate_data_args
+
+    validate_data_args([corpus], _null(100))
+
+
+@pytest.mark.parametrize("model,expected", [
+    (None, "--tokenizer-model: required"),
+    ("/nonexistent/tokenizer.model", "--tokenizer-model"),
+])
+def test_missing_tokenizer_file_names_the_flag(model, expected):
+    from megatron_nitp.data.tokenizers import build_tokenizer
+
+    with pytest.raises(SystemExit, match=expected):
+        build_tokenizer("SentencePieceTokenizer", model, None)
