@@ -11,9 +11,17 @@ import torch
 import torch.nn.functional as F
 
 
-def cosine_token_loss(p, z):
-    """1 - cos(p, z). Zero target rows (no next position) give 1, and are masked by the caller."""
-    return 1.0 - F.cosine_similarity(p, z, dim=-1, eps=1e-8)
+def cosine_token_loss(p, z, eps=1e-8):
+    """1 - cos(p, z), each norm clamped at eps as in F.cosine_similarity. Zero target rows (no
+    next position) give 1, and are masked by the caller.
+
+    Written out rather than F.cosine_similarity, which keeps z / |z| ([s, b, d], a copy of the
+    target) alive for backward; here autograd keeps only p, z (alive anyway: the next layer
+    saved it) and [s, b] norms."""
+    dot = (p * z).sum(dim=-1)
+    p_norm = torch.linalg.vector_norm(p, dim=-1).clamp_min(eps)
+    z_norm = torch.linalg.vector_norm(z, dim=-1).clamp_min(eps)
+    return 1.0 - dot / (p_norm * z_norm)
 
 
 def mse_token_loss(p, z):

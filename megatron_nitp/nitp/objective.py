@@ -49,12 +49,20 @@ def nitp_token_losses(hidden, target, loss_mask, head, config, seq_length,
         assert len(groups) <= 1, "generic_cosine with both SP and CP is not supported"
         per_tok = generic_cosine_token_loss(hidden, valid_local, groups[0] if groups else None)
     else:
+        token_loss = TOKEN_LOSSES[config.loss_type]
         z = target.detach() if config.stop_grad else target
-        z = shift_implicit_target(z, seq_length, tp_group=sp_group, cp_group=cp_group,
-                                  shift=shift)
         p = head(hidden) if head is not None else hidden
-        per_tok = TOKEN_LOSSES[config.loss_type](p, z)
-    per_tok = torch.where(valid_local, per_tok, torch.zeros_like(per_tok))
+        if shift and sp_group is None and cp_size == 1:
+            # The whole sequence is local: pair p_t with z_{t+shift} through views rather than
+            # build a shifted copy of z ([s, b, d], kept for backward by the loss). The last
+            # `shift` positions have no target; they are invalid and get 0.
+            per_tok = token_loss(p[:-shift], z[shift:])
+            per_tok = torch.cat([per_tok, per_tok.new_zeros(shift, per_tok.size(1))])
+        else:
+            z = shift_implicit_target(z, seq_length, tp_group=sp_group, cp_group=cp_group,
+                                      shift=shift)
+            per_tok = token_loss(p, z)
+    per_tok = per_tok.masked_fill(~valid_local, 0.0)
     if sp_group is not None:
         # Every TP rank then holds the whole per-token loss, as for the LM loss; the backward
         # of this gather is a split (each rank's own rows), not a reduce-scatter.
