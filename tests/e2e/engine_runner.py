@@ -19,13 +19,16 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 TAIL_LINES = 40
 
 # A tiny dense model on mock data: every option the tests do not care about stays small.
+# Vocabulary 255 (+ EOD) padded to a multiple of 64 x TP: 256 rows at TP1 and TP2 alike, so
+# checkpoints reshard between them.
 TINY_GPT = ["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "2",
-            "--seq-length", "32", "--micro-batch-size", "2", "--mock-data", "--vocab-size", "256",
-            "--lr", "1e-3", "--lr-warmup-iters", "1", "--nitp-target-layer", "1"]
+            "--seq-length", "32", "--micro-batch-size", "2", "--mock-data", "--vocab-size", "255",
+            "--make-vocab-size-divisible-by", "64", "--lr", "1e-3", "--lr-warmup-iters", "1",
+            "--nitp-target-layer", "1"]
 # The issue's MoE layout: one dense layer, then three MoE layers of 4 experts (top-2) + shared.
 TINY_MOE = ["--num-layers", "4", "--hidden-size", "32", "--num-attention-heads", "2",
-            "--seq-length", "32", "--micro-batch-size", "2", "--mock-data", "--vocab-size", "256",
-            "--lr", "1e-3", "--nitp-target-layer", "1",
+            "--seq-length", "32", "--micro-batch-size", "2", "--mock-data", "--vocab-size", "255",
+            "--make-vocab-size-divisible-by", "64", "--lr", "1e-3", "--nitp-target-layer", "1",
             "--num-experts", "4", "--moe-router-topk", "2", "--moe-ffn-hidden-size", "32",
             "--moe-shared-expert-intermediate-size", "32", "--moe-layer-freq", "([0]*1+[1]*3)"]
 TRAIN_KEYS = ("iteration", "lm_loss", "nitp_loss", "lr", "grad_norm", "tokens_per_sec")
@@ -83,8 +86,11 @@ def run_engine(args: Sequence[str], nproc: int = 1, family: str = "gpt", cwd=Non
         proc.returncode = None
     cmd = " ".join(engine_command(args, nproc, family))
     if proc.returncode is None or (expect_code is not None and proc.returncode != expect_code):
-        tail = "\n".join((out or "").splitlines()[-TAIL_LINES:])
-        raise AssertionError(f"{what} (expected {expect_code}): {cmd}\n{tail}")
+        lines = (out or "").splitlines()
+        # torchrun ends with its own summary: lift the ranks' error lines above the tail.
+        errors = [ln for ln in lines if "Error" in ln or "error:" in ln][:20]
+        raise AssertionError(f"{what} (expected {expect_code}): {cmd}\n"
+                             + "\n".join(errors + ["-----"] + lines[-TAIL_LINES:]))
     return subprocess.CompletedProcess(cmd, proc.returncode, out, "")
 
 
@@ -97,8 +103,22 @@ def read_log(path) -> Tuple[List[dict], List[dict]]:
     return train, valid
 
 
-def losses_by_iteration(records: List[dict], key: str = "lm_loss") -> Dict[int, float]:
-    return {r["iteration"]: r[key] for r in records}
+def losses_by_iteration(records: List[dict], keys=("lm_loss", "nitp_loss", "grad_norm")
+                        ) -> Dict[int, tuple]:
+    """{iteration: (lm_loss, nitp_loss, grad_norm)}: the numbers a resumed step must reproduce."""
+    return {r["iteration"]: tuple(r[k] for k in keys) for r in records}
+
+
+def checkpoint_at(ckpt_dir, iteration: int, dest) -> Path:
+    """A checkpoint directory holding only `ckpt_dir`'s iteration `iteration` (copied), so a
+    run can --load an earlier save of a run that went on saving."""
+    import shutil
+
+    name = f"iter_{iteration:07d}"
+    dest = Path(dest)
+    shutil.copytree(Path(ckpt_dir) / name, dest / name)
+    (dest / "latest_checkpointed_iteration.txt").write_text(str(iteration))
+    return dest
 
 
 def metrics_landed() -> bool:
