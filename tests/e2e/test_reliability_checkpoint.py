@@ -7,7 +7,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -16,15 +15,39 @@ from tests.e2e.reliability_runs import TINY, Run, env, run, tracker, train_recor
 
 
 
+class Reference:
+    """The uninterrupted run: 8 steps, checkpoints at 4 and 8. It runs in the background while
+    the first test's interrupted run does (2 cores); `records`/`ckpt` wait for it."""
+
+    def __init__(self, d: Path):
+        self._dir = d
+        self._run = Run(d, "reference", TINY + ["--save", d / "ckpt", "--save-interval", "4",
+                                                "--log-jsonl", d / "log.jsonl"])
+        self._records = None
+
+    def _finish(self):
+        if self._records is None:
+            self._run.wait()
+            self._records = train_records(self._dir / "log.jsonl")
+            assert [r["iteration"] for r in self._records] == list(range(1, 9))
+
+    @property
+    def records(self):
+        self._finish()
+        return self._records
+
+    @property
+    def ckpt(self):
+        self._finish()
+        return self._dir / "ckpt"
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """The uninterrupted run: 8 steps, checkpoints at 4 and 8."""
-    d = tmp_path_factory.mktemp("reference")
-    run(d, "reference", TINY + ["--save", d / "ckpt", "--save-interval", "4",
-                                "--log-jsonl", d / "log.jsonl"])
-    recs = train_records(d / "log.jsonl")
-    assert [r["iteration"] for r in recs] == list(range(1, 9))
-    return types.SimpleNamespace(dir=d, ckpt=d / "ckpt", records=recs)
+    ref = Reference(tmp_path_factory.mktemp("reference"))
+    yield ref
+    if ref._run.proc.poll() is None:
+        ref._run.kill()
 
 
 def assert_same_run(records, reference_records):
