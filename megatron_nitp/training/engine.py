@@ -90,6 +90,9 @@ def _setup_tokenizer_and_data_args(args, log):
 
 
 def pretrain(model_family="gpt", argv=None):
+    # --exit-duration-in-mins counts from here, as Megatron-LM's _TRAIN_START_TIME does: a job's
+    # time limit also pays for imports, model build and checkpoint load.
+    start_time = time.time()
     args = parse_args(argv, model_family)
     rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0)))
     log = (lambda msg: print(msg, flush=True)) if rank == 0 else (lambda msg: None)
@@ -116,7 +119,7 @@ def pretrain(model_family="gpt", argv=None):
         if e.code not in (0, None) and not isinstance(e.code, int):
             _fail(str(e.code).removeprefix("error: "), args.debug)
         raise
-    return Trainer(args, nitp_config, tokenizer, log).run()
+    return Trainer(args, nitp_config, tokenizer, log, start_time).run()
 
 
 def _dry_run(args, nitp_config):
@@ -141,9 +144,10 @@ def _dry_run(args, nitp_config):
 
 
 class Trainer:
-    def __init__(self, args, nitp_config: NITPConfig, tokenizer, log):
+    def __init__(self, args, nitp_config: NITPConfig, tokenizer, log, start_time=None):
         self.args, self.nitp, self.tokenizer, self.log = args, nitp_config, tokenizer, log
         self.sigterm = False
+        self.start_time = start_time or time.time()
 
     # -- setup -------------------------------------------------------------------------------
     def _setup(self):
@@ -366,7 +370,7 @@ class Trainer:
             if a.exit_signal_handler and self._any_rank(self.sigterm):
                 stop = "SIGTERM"
             elif a.exit_duration_in_mins and self._any_rank(
-                    (time.time() - run_start) / 60 > a.exit_duration_in_mins):
+                    (time.time() - self.start_time) / 60 > a.exit_duration_in_mins):
                 stop = "--exit-duration-in-mins"
             elif a.exit_interval and self.iteration % a.exit_interval == 0:
                 stop = "--exit-interval"

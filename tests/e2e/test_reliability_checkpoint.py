@@ -170,3 +170,13 @@ def test_truncated_shard_through_the_cli_exits_2_with_one_line_and_writes_nothin
     assert "__0_1.distcp is truncated" in errors[0]
     assert "Traceback" not in proc.stdout + proc.stderr
     assert not save.exists() and not (tmp_path / "l.jsonl").exists()
+
+
+def test_exit_duration_counts_setup_time_and_saves_before_exiting_zero(tmp_path):
+    """A 1.2 s budget is spent by the startup itself (imports, model build): the run stops after
+    its first step with a checkpoint and exit 0, like a job that is about to hit its time
+    limit. (The resume after such a stop is the SIGTERM test's: the same exit path.)"""
+    ckpt = tmp_path / "ckpt"
+    out = run(tmp_path, "timed", TINY + ["--save", ckpt, "--exit-duration-in-mins", "0.02"])
+    assert "exiting at iteration 1 (--exit-duration-in-mins)" in out
+    assert tracker(ckpt) == "1"
