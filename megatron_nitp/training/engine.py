@@ -102,10 +102,10 @@ def pretrain(model_family="gpt", argv=None):
         nitp_config = validate_args(args)
         if args.plot and not args.log_jsonl:
             raise ConfigError("--plot: needs --log-jsonl (the plot is drawn from its records)")
+        if args.dry_run:  # before any megatron-core import: a dry run costs the torch import
+            return _dry_run(args, nitp_config)
         from ..data.datasets import validate_data_args
 
-        if args.dry_run:
-            return _dry_run(args, nitp_config)
         tokenizer = _setup_tokenizer_and_data_args(args, log)
         validate_data_args(args.data_path, tokenizer, args.split, args.mock_data)
         from ..models.builder import padded_vocab_size
@@ -123,8 +123,7 @@ def pretrain(model_family="gpt", argv=None):
 
 
 def _dry_run(args, nitp_config):
-    from ..models.param_count import count_parameters
-    from ..models.builder import padded_vocab_size
+    from ..models.param_count import count_parameters, padded_vocab_size
 
     if args.vocab_size is None:
         args.vocab_size = 151936
