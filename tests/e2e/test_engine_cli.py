@@ -8,6 +8,7 @@ nodes. Most checks call the entry function in this process (imports once); one l
 """
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -41,10 +42,10 @@ ISSUE_FLAGS = """
 """.split()
 
 
-def _run(cmd, timeout=120):
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT,
-                          env={**__import__("os").environ, "PYTHONWARNINGS": "ignore",
-                               "OMP_NUM_THREADS": "1"})
+def _run(cmd, timeout=120, **env):
+    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout,
+                          cwd=REPO_ROOT, env={**os.environ, "PYTHONWARNINGS": "ignore",
+                                              "OMP_NUM_THREADS": "1", **env})
 
 
 def test_help_documents_every_option():
@@ -85,13 +86,13 @@ def test_dry_run_command_line_on_the_largest_config_takes_seconds():
     config = REPO_ROOT / "examples" / "configs" / "moe_45b_a5.5b.yaml"
     family, world, _ = _layout(config)
     start = time.time()
-    res = subprocess.run(engine_command(["--config", config, "--dry-run"], family=family),
-                         capture_output=True, text=True, timeout=120, cwd=REPO_ROOT,
-                         env={**__import__("os").environ, "WORLD_SIZE": str(world),
-                              "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"})
+    res = _run(engine_command(["--config", config, "--dry-run"], family=family),
+               WORLD_SIZE=str(world))
     elapsed = time.time() - start
     assert res.returncode == 0, res.stdout + res.stderr
     assert "parameters: total 44.9" in res.stdout and "PP 4" in res.stdout
+    # ~4 s on 2 idle cores (the torch import; no megatron-core import, no model); the bound
+    # leaves room for a loaded CI machine.
     assert elapsed < 60, f"--dry-run took {elapsed:.1f} s (imports included)"
 
 
@@ -146,3 +147,17 @@ def test_plot_run_names_a_missing_log(tmp_path):
 
     assert main([str(tmp_path / "absent.jsonl"), "--out", str(tmp_path / "x.png")]) == 2
     assert not (tmp_path / "x.png").exists()
+
+
+def test_plot_reads_each_iteration_once_from_a_log_cut_by_a_kill(tmp_path):
+    from megatron_nitp.training.plotting import read_run
+
+    log = tmp_path / "log.jsonl"
+    log.write_text(json.dumps({"iteration": 1, "lm_loss": 6.0}) + "\n"
+                   + json.dumps({"iteration": 2, "lm_loss": 5.0}) + "\n"
+                   + '{"iteration": 3, "lm_lo\n'  # the line a SIGKILL cut short
+                   + json.dumps({"iteration": 2, "lm_loss": 5.5}) + "\n"  # the resumed run
+                   + json.dumps({"iteration": 2, "split": "valid", "lm_loss": 5.7}) + "\n")
+    run = read_run(log)
+    assert {i: r["lm_loss"] for i, r in run["train"].items()} == {1: 6.0, 2: 5.5}
+    assert list(run["valid"]) == [2]
