@@ -271,7 +271,8 @@ def plot(args, summary, path):
             vx = [r["iteration"] for r in valid if r.get("nitp_loss") is not None]
             c.plot(vx, [r["nitp_loss"] for r in valid if r.get("nitp_loss") is not None],
                    "o", color="k", label="NITP (valid)")
-    a.set_title("(a) effective rank of last hidden states")
+    a.set_yscale("log")  # the early collapse spans two decades; the late gap is small
+    a.set_title("(a) effective rank of last hidden states (log scale)")
     b.set_title("(b) average pair cosine")
     c.set_title("(c) NITP loss  1 - cos(P(h_t), z_{t+1})")
     d.set_title("(d) LM loss (dots: validation; faint: train)")
