@@ -184,7 +184,8 @@ def _add_io_args(p):
     g.add_argument("--eval-interval", type=int, default=None, help="Evaluate every N iterations.")
     g.add_argument("--eval-iters", type=int, default=2, help="Batches per evaluation.")
     g.add_argument("--log-interval", type=int, default=1, help="Console/log every N iterations.")
-    g.add_argument("--log-jsonl", default=None, help="Append one JSON record per logged step.")
+    g.add_argument("--log-jsonl", default=None, help="Append one JSON record per logged step (a resumed or restarted run first "
+                        "drops the records after the iteration it continues from).")
     g.add_argument("--plot", default=None,
                    help="At the end of the run, plot the --log-jsonl records (LM/NITP loss, "
                         "effective rank, pair cosine) into this PNG (tools/plot_run.py does the "
