@@ -45,6 +45,43 @@ def _rank_stdouts(log_dir: Path) -> Dict[int, str]:
     return out
 
 
+def _child_env(env: Optional[Dict[str, str]]) -> Dict[str, str]:
+    run_env = dict(os.environ)
+    run_env.update(
+        OMP_NUM_THREADS="1",  # 2 cores, several ranks: oversubscribed intra-op threads crawl
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), run_env.get("PYTHONPATH")])),
+        PYTHONUNBUFFERED="1",
+    )
+    run_env.update(env or {})
+    return run_env
+
+
+def _communicate(proc: subprocess.Popen, timeout: float):
+    """(output, timed_out); on timeout the whole process group dies, grandchildren included."""
+    try:
+        return proc.communicate(timeout=timeout)[0], False
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        return proc.communicate()[0], True
+
+
+def run_python(
+    script, args: Sequence[str] = (), timeout: float = 300, env: Optional[Dict[str, str]] = None
+) -> subprocess.CompletedProcess:
+    """Run `python script args` as its own process group; AssertionError with the output tail
+    unless it exits 0 in time. `stdout` holds stdout and stderr together."""
+    cmd = [sys.executable, str(script), *map(str, args)]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_child_env(env),
+        cwd=str(REPO_ROOT), start_new_session=True,
+    )  # fmt: skip
+    out, timed_out = _communicate(proc, timeout)
+    if timed_out or proc.returncode != 0:
+        what = f"timed out after {timeout}s" if timed_out else f"exit code {proc.returncode}"
+        raise AssertionError(f"{' '.join(cmd)} {what}:\n{_tail(out or '')}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, "")
+
+
 def run_torchrun(
     worker_path,
     nproc: int,
@@ -57,13 +94,6 @@ def run_torchrun(
     Returns a CompletedProcess whose `stdout` is every rank's stdout, rank by rank, each line
     prefixed with "[rank N] ", and whose `stderr` is the launcher's own output.
     """
-    run_env = dict(os.environ)
-    run_env.update(
-        OMP_NUM_THREADS="1",  # 2 cores, several ranks: oversubscribed intra-op threads crawl
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), run_env.get("PYTHONPATH")])),
-        PYTHONUNBUFFERED="1",
-    )
-    run_env.update(env or {})
     with tempfile.TemporaryDirectory(prefix="torchrun_logs_") as tmp:
         log_dir = Path(tmp)
         cmd: List[str] = [
@@ -76,17 +106,11 @@ def run_torchrun(
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env=run_env,
+            env=_child_env(env),
             cwd=str(REPO_ROOT),
             start_new_session=True,  # own process group: the timeout kills launcher and ranks
         )
-        try:
-            launcher_out, _ = proc.communicate(timeout=timeout)
-            timed_out = False
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            launcher_out, _ = proc.communicate()
-            timed_out = True
+        launcher_out, timed_out = _communicate(proc, timeout)
         logs = _rank_logs(log_dir)
         stdouts = _rank_stdouts(log_dir)
 

@@ -286,12 +286,12 @@ _MODULES_WITH_CUDA_LITERALS = {
     "FP32Optimizer.__init__ (_scale), ChainedOptimizer",
     "megatron.core.optimizer.clip_grads": "get_grad_norm_fp32, clip_grad_by_total_norm_fp32, "
     "count_zeros_fp32",
-    "megatron.core.optimizer.grad_scaler": "ConstantGradScaler / DynamicGradScaler (fp16)",
-    "megatron.core.utils": "local_multi_tensor_l2_norm (grad-norm without apex)",
+    "megatron.core.utils": "local_multi_tensor_l2_norm (grad norm / clipping without apex)",
     "megatron.core.transformer.utils": "get_default_causal_mask (local DotProductAttention)",
     "megatron.core.tensor_parallel.data": "broadcast_data (_build_key_size_numel_dictionaries)",
-    "megatron.core.rerun_state_machine": "RerunStateMachine._reduce_any",
-    "megatron.core.transformer.moe.moe_utils": "save_to_aux_losses_tracker (MoE aux-loss log)",
+    "megatron.core.rerun_state_machine": "RerunStateMachine._reduce_any (rerun / result checks)",
+    "megatron.core.transformer.moe.moe_utils": "track_moe_metrics(force_initialize=True) (MoE "
+    "aux-loss logging on ranks without MoE layers)",
 }
 
 

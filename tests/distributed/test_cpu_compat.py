@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import run_torchrun
+from tests.helpers import run_python, run_torchrun
 
-WORKER = Path(__file__).parent / "workers" / "cpu_compat_worker.py"
+WORKERS = Path(__file__).parent / "workers"
+WORKER = WORKERS / "cpu_compat_worker.py"
 LAUNCHES = {
     2: ["tp2_sp", "pp2_1f1b", "pp2_vpp2", "recompute", "distopt_checkpoint", "moe_ep2"],
     4: ["moe_tp2_ep2_sp", "moe_ep2_pp2"],
@@ -39,3 +40,10 @@ def launch_output(tmp_path_factory):
 def test_parallel_layout_matches_single_process(launch_output, case):
     out = launch_output(CASE_LAUNCH[case])
     assert f"[rank 0] PASS {case}" in out.splitlines(), out
+
+
+def test_checkpoint_save_works_from_a_script_without_main_guard(tmp_path):
+    """megatron's checkpoint writer starts a spawn-context Manager, which re-imports __main__;
+    the CPU layer makes it fork, so an unguarded script saves (instead of failing or hanging)."""
+    out = run_python(WORKERS / "unguarded_checkpoint_save.py", [tmp_path / "ckpt"], timeout=240)
+    assert "SAVED_AND_LOADED" in out.stdout, out.stdout

@@ -17,8 +17,13 @@ import torch.distributed as dist
 from megatron.core import dist_checkpointing
 from megatron.core import parallel_state as ps
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
-from megatron.core.tensor_parallel import get_cuda_rng_tracker
+from megatron.core.rerun_state_machine import get_rerun_state_machine
+from megatron.core.tensor_parallel import broadcast_data, get_cuda_rng_tracker
 from megatron.core.tensor_parallel.random import get_data_parallel_rng_tracker_name
+from megatron.core.transformer.moe.moe_utils import (
+    get_moe_layer_wise_logging_tracker,
+    track_moe_metrics,
+)
 
 import tiny_gpt as T
 from megatron_nitp.parallel.distributed import (
@@ -90,6 +95,14 @@ def tp2_sp():
     dist.all_gather(dps, data_parallel, group=tp)
     assert not torch.equal(*firsts), "model-parallel RNG must differ between TP ranks"
     assert torch.equal(*dps), "data-parallel RNG must agree between TP ranks"
+
+    # Data loaders broadcast the batch from TP rank 0 (tensor_parallel.broadcast_data).
+    tokens = torch.arange(12).view(2, 6)
+    data = {"tokens": tokens} if ps.get_tensor_model_parallel_rank() == 0 else None
+    assert torch.equal(broadcast_data(["tokens"], data, torch.int64)["tokens"], tokens)
+    # The rerun state machine's any-rank vote (private, but it is what the patch covers).
+    vote = get_rerun_state_machine()._reduce_any(dist.get_rank() == 0)
+    assert vote is True
 
 
 def pp2_1f1b():
@@ -190,6 +203,16 @@ def moe_ep2():
             "moe", f"moe_ep2_{dispatcher}", dict(expert_model_parallel_size=2),
             **T.moe_overrides(dispatcher),
         )  # fmt: skip
+
+    # Aux-loss logging on a rank that never saw an MoE layer (e.g. a dense pipeline stage):
+    # track_moe_metrics creates the tracker entries itself.
+    get_moe_layer_wise_logging_tracker().clear()
+    logged = {}
+    track_moe_metrics(
+        loss_scale=1.0, iteration=1, total_loss_dict=logged, force_initialize=True,
+        track_names=["load_balancing_loss"], num_layers=4, moe_layer_freq=[0, 1, 0, 1],
+    )  # fmt: skip
+    assert logged["load_balancing_loss"].item() == 0.0
 
 
 def moe_tp2_ep2_sp():

@@ -1,4 +1,4 @@
-"""Worker for tests/distributed/test_metrics.py: metrics of sharded hidden states equal the
+"""Worker for tests/distributed/test_metrics_sharding.py: metrics of sharded hidden states equal the
 metrics of the whole tensor, for sequence shards (SP-style), batch shards (DP-style) and both
 with a list of groups. Plain gloo world, no megatron state. Prints "PASS <case>" on rank 0."""
 
