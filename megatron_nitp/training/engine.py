@@ -27,9 +27,11 @@ ARCH_FIELDS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_he
 
 
 def _fail(msg, debug=False):
-    if debug:
-        traceback.print_exc()
-    print(f"error: {msg}", file=sys.stderr, flush=True)
+    # Every rank reaches the same verdict; one line is enough (the other ranks exit quietly).
+    if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0))) == 0:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {msg}", file=sys.stderr, flush=True)
     sys.exit(2)
 
 
