@@ -9,8 +9,8 @@ gloo and give the single-process numbers. It exists so that users without GPUs c
 parallel code, and so that tests can check parallel equivalence on CPU.
 
 Rules: applied only when `torch.cuda.is_available()` is False (no-op otherwise), idempotent,
-every patch names the megatron-core function it covers and why. Measured facts behind each patch:
-`/work/shared/notes/megatron_core_cpu.md`. `tests/distributed/test_cpu_compat.py` exercises them.
+every patch names the megatron-core function it covers and why. Each patch was confirmed necessary
+by disabling it and watching `tests/distributed/test_cpu_compat.py` fail (error or wrong numbers).
 
 What is global and what is scoped:
 - global, but only turning CUDA-less errors into CPU behaviour: `torch.cuda.current_device`,
@@ -24,7 +24,6 @@ What is global and what is scoped:
 import contextlib
 import logging
 import multiprocessing as mp
-import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
