@@ -128,6 +128,16 @@ def hf_to_megatron(a, extra) -> int:
         return _fail(f"--load {a.load}: no such directory")
     if not os.path.isfile(os.path.join(a.load, "config.json")):
         return _fail(f"--load {a.load}: not a Hugging Face model directory (no config.json)")
+    import json
+
+    from megatron_nitp.convert import hf_architecture
+
+    try:
+        with open(os.path.join(a.load, "config.json")) as f:
+            config = json.load(f)
+    except json.JSONDecodeError as e:
+        return _fail(f"--load {a.load}: config.json is not valid JSON ({e})")
+    hf_architecture(config)  # unknown architectures fail before the heavy imports
     _quiet_imports()
     from megatron_nitp.convert.hf_import import import_from_hf
 

@@ -9,3 +9,21 @@ hf_tokenizer: the run's tokenizer as files `AutoTokenizer` loads.
 
 class ConversionError(Exception):
     """Bad input for a conversion; the message is one line for the user."""
+
+
+LLAMA = "LlamaForCausalLM"
+QWEN2_MOE = "Qwen2MoeForCausalLM"
+SUPPORTED = (LLAMA, QWEN2_MOE)
+_MODEL_TYPES = {"llama": LLAMA, "qwen2_moe": QWEN2_MOE}
+
+
+def hf_architecture(config: dict) -> str:
+    """LLAMA or QWEN2_MOE for a transformers config.json dict, else ConversionError.
+    (No torch import: the CLI checks this before loading anything heavy.)"""
+    arch = (config.get("architectures") or [None])[0]
+    if arch in SUPPORTED:
+        return arch
+    if arch is None and config.get("model_type") in _MODEL_TYPES:
+        return _MODEL_TYPES[config["model_type"]]
+    raise ConversionError(f"config.json: unknown architecture {arch or config.get('model_type')!r} "
+                          f"(supported: {', '.join(SUPPORTED)})")

@@ -109,17 +109,27 @@ def _trim_vocab(tensors, shape: ModelShape, hf_vocab: Optional[int]):
 
 def export_to_hf(ckpt_dir: str, out_dir: str, iteration: Optional[int] = None,
                  keep_nitp_head: bool = False, dtype: Optional[str] = None,
-                 max_shard_size: str = "5GB", log: Callable[[str], None] = print,
-                 progress_bar: bool = True) -> dict:
-    """Write `out_dir`; returns a summary dict (also printed through `log`)."""
-    from tqdm import tqdm
-
+                 max_shard_size: str = "5GB", progress_bar: bool = True) -> dict:
+    """Write `out_dir`; returns a summary dict."""
+    from ..parallel.distributed import destroy_distributed_model_parallel
     from ..training.checkpoint_io import load_model_single_process
-    from .hf_mapping import has_nitp_tensors
-    from .hf_tokenizer import build_run_tokenizer, export_tokenizer, special_ids
 
     model, args, nitp = load_model_single_process(ckpt_dir, iteration,
                                                   drop_nitp_head=not keep_nitp_head)
+    try:
+        return _export(model, args, nitp, ckpt_dir, out_dir, keep_nitp_head, dtype,
+                       max_shard_size, progress_bar)
+    finally:
+        destroy_distributed_model_parallel()  # the caller may load another checkpoint next
+
+
+def _export(model, args, nitp, ckpt_dir, out_dir, keep_nitp_head, dtype, max_shard_size,
+            progress_bar):
+    from tqdm import tqdm
+
+    from .hf_mapping import has_nitp_tensors
+    from .hf_tokenizer import build_run_tokenizer, export_tokenizer, special_ids
+
     shape = shape_from_args(args)
     sd = {k: v.detach() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
     head = {k: v for k, v in sd.items() if k.startswith("nitp_head.")}

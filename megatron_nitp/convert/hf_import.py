@@ -175,10 +175,23 @@ def _tokenizer_entry(hf_dir: str, save_dir: str, provenance: dict, hf_vocab: int
             ["--tokenizer-type", kind, "--tokenizer-model", model])
 
 
+def _tokenizer_vocab(hf_dir: str, entry: dict) -> Optional[int]:
+    """The vocabulary the engine will see for this tokenizer (read from the HF directory)."""
+    if entry["type"] == "NullTokenizer":
+        return None
+    from ..data.tokenizers import build_tokenizer
+
+    path = (os.path.join(hf_dir, "tokenizer.model") if entry["type"] == "SentencePieceTokenizer"
+            else hf_dir)
+    try:
+        return build_tokenizer(entry["type"], path, None).vocab_size
+    except Exception:  # an unusual tokenizer directory: fall back to the model's vocabulary
+        return None
+
+
 def plan_import(hf_dir: str, save_dir: str, tp: int, pp: int, ep: int,
                 extra_argv: List[str]) -> ImportPlan:
     """Everything but building models: read, validate, map. One-line ConversionErrors."""
-    from ..models.builder import padded_vocab_size
     from ..nitp.config import NITPConfig, NITPConfigError
     from ..training.arguments import parse_args
 
@@ -189,6 +202,7 @@ def plan_import(hf_dir: str, save_dir: str, tp: int, pp: int, ep: int,
     if "--num-layers-per-virtual-pipeline-stage" in extra_argv:
         vpp_layers = int(extra_argv[extra_argv.index("--num-layers-per-virtual-pipeline-stage") + 1])
     _check_layout(shape, tp, pp, ep, vpp_layers)
+    from ..models.builder import padded_vocab_size  # imports megatron-core: after the checks
     hf = read_hf_tensors(hf_dir)
     shape.shared_expert_size = effective_shared_expert_size(hf, shape)
     sd = hf_to_megatron(hf, shape)
@@ -197,6 +211,11 @@ def plan_import(hf_dir: str, save_dir: str, tp: int, pp: int, ep: int,
     padded = ((hf_vocab + tp - 1) // tp) * tp
     tok_entry, tok_flags = _tokenizer_entry(hf_dir, save_dir, provenance, hf_vocab, notes)
     nitp_flags = _nitp_from_argv(extra_argv, hf_dir, notes)
+    dtype = sd["embedding.word_embeddings.weight"].dtype
+    if dtype == torch.bfloat16 and "--bf16" not in extra_argv:
+        nitp_flags.append("--bf16")  # keep bf16 weights bf16 (the engine's --bf16 run format)
+    elif dtype not in (torch.float32, torch.bfloat16):
+        notes.append(f"{dtype} weights stored as float32")
     argv = (list(extra_argv) + nitp_flags + tok_flags + _arch_flags(shape, padded)
             + ["--tensor-model-parallel-size", str(tp), "--pipeline-model-parallel-size", str(pp),
                "--expert-model-parallel-size", str(ep)])
@@ -208,7 +227,8 @@ def plan_import(hf_dir: str, save_dir: str, tp: int, pp: int, ep: int,
         else int(shape.rope_theta)
     # The engine sets vocab_size to the tokenizer's vocabulary and pads it; choose the divisor
     # that reproduces our padded size so `--load` passes its architecture check.
-    args.vocab_size = int(provenance.get("tokenizer", {}).get("vocab_size") or hf_vocab)
+    args.vocab_size = int(provenance.get("tokenizer", {}).get("vocab_size")
+                          or _tokenizer_vocab(hf_dir, tok_entry) or hf_vocab)
     args.padded_vocab_size = padded
     if "--make-vocab-size-divisible-by" not in extra_argv:
         div = provenance.get("make_vocab_size_divisible_by")
@@ -231,7 +251,7 @@ def plan_import(hf_dir: str, save_dir: str, tp: int, pp: int, ep: int,
         raise ConversionError(str(e)) from None
     if nitp.uses_head:
         head_file = os.path.join(hf_dir, "nitp_head.safetensors")
-        if os.path.isfile(head_file):
+        if os.path.isfile(head_file) or os.path.isfile(head_file + ".index.json"):
             head = nitp_head_from_hf(read_hf_tensors(hf_dir, "nitp_head"))
             want = 2 * nitp.head_ffn_multiplier * args.hidden_size
             got = head["nitp_head.mlp.linear_fc1.weight"].shape[0]

@@ -23,11 +23,7 @@ from typing import Callable, Dict, Iterable, List, Optional
 
 import torch
 
-from . import ConversionError
-
-LLAMA = "LlamaForCausalLM"
-QWEN2_MOE = "Qwen2MoeForCausalLM"
-SUPPORTED = (LLAMA, QWEN2_MOE)
+from . import LLAMA, QWEN2_MOE, SUPPORTED, ConversionError, hf_architecture  # noqa: F401
 
 
 @dataclass
@@ -108,12 +104,7 @@ def _rope_theta(cfg: dict) -> float:
 
 def shape_from_hf_config(cfg: dict) -> ModelShape:
     """ModelShape of a transformers config.json (Llama or Qwen2-MoE); one-line errors."""
-    arch = (cfg.get("architectures") or [None])[0]
-    model_type = cfg.get("model_type")
-    if arch not in SUPPORTED and model_type not in ("llama", "qwen2_moe"):
-        raise ConversionError(f"config.json: unknown architecture {arch or model_type!r} "
-                              f"(supported: {', '.join(SUPPORTED)})")
-    is_moe = arch == QWEN2_MOE or model_type == "qwen2_moe"
+    is_moe = hf_architecture(cfg) == QWEN2_MOE
     if cfg.get("hidden_act", "silu") != "silu":
         raise ConversionError(f"config.json: hidden_act {cfg['hidden_act']!r} (only silu/SwiGLU)")
     heads = cfg["num_attention_heads"]

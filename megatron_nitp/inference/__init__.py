@@ -1,0 +1,1 @@
+"""Inference helpers: token generation shared by the megatron and Hugging Face backends."""
