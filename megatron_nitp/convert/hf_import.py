@@ -27,7 +27,7 @@ import torch
 from . import ConversionError
 from .hf_export import CONFIG_KEY
 from .hf_mapping import (ModelShape, effective_shared_expert_size, hf_to_megatron,
-                         nitp_head_from_hf, shape_from_hf_config)
+                         moe_layer_pattern, nitp_head_from_hf, shape_from_hf_config)
 
 STAGING = ".hf_import_staging"
 TOKENIZER_DIR = "tokenizer"
@@ -92,6 +92,16 @@ class ImportPlan:
                 * a.expert_model_parallel_size)
 
 
+def compact_layer_freq(moe_layers: List[bool]) -> str:
+    """megatron's --moe-layer-freq for a per-layer pattern: the int N when the pattern is
+    megatron's "every Nth layer" (so the engine's default 1 matches an all-MoE model), else the
+    list."""
+    for n in range(1, len(moe_layers) + 1):
+        if moe_layers == moe_layer_pattern(n, len(moe_layers)):
+            return str(n)
+    return "[" + ",".join(str(int(m)) for m in moe_layers) + "]"
+
+
 def _arch_flags(s: ModelShape, padded_vocab: int) -> List[str]:
     flags = ["--num-layers", s.num_layers, "--hidden-size", s.hidden_size,
              "--ffn-hidden-size", s.ffn_hidden_size, "--num-attention-heads", s.num_attention_heads,
@@ -104,7 +114,7 @@ def _arch_flags(s: ModelShape, padded_vocab: int) -> List[str]:
     if s.num_experts:
         flags += ["--num-experts", s.num_experts, "--moe-router-topk", s.topk,
                   "--moe-ffn-hidden-size", s.moe_ffn_hidden_size,
-                  "--moe-layer-freq", "[" + ",".join(str(int(m)) for m in s.moe_layers) + "]"]
+                  "--moe-layer-freq", compact_layer_freq(s.moe_layers)]
         if s.shared_expert_size:
             flags += ["--moe-shared-expert-intermediate-size", s.shared_expert_size]
     return [str(f) for f in flags]

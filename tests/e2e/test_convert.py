@@ -11,7 +11,9 @@ their own processes run as subprocesses, two at a time):
    20 greedy tokens of tools/generate.py vs transformers' generate(do_sample=False);
 3. hf-to-megatron of the MoE+head export at PP2+VPP (the tool's own 2-process torchrun) and of the
    bf16 dense export (1 process), then megatron-to-hf again: the safetensors are bit-identical;
-4. the CLIs themselves: summaries, text prompts, one-line errors for bad inputs.
+4. the training engine resumes from that release checkpoint, trains one step, saves; its
+   checkpoint converts back with equal logits;
+5. the CLIs themselves: summaries, text prompts, one-line errors for bad inputs.
 """
 
 import json
@@ -29,6 +31,17 @@ CONVERT = os.path.join(ROOT, "tools", "convert_checkpoint.py")
 GENERATE = os.path.join(ROOT, "tools", "generate.py")
 LAYOUTS = ["dense_tp2", "dense_pp2_vpp", "moe_ep2", "moe_tp2"]
 TEXT = ["--prompt", "Hello world, the quick", "--max-new-tokens", "12", "--print-ids"]
+# The MoE model of workers/make_checkpoints.py, as engine flags (what hf-to-megatron prints).
+ENGINE_MOE = ["--num-layers", "4", "--hidden-size", "64", "--ffn-hidden-size", "96",
+              "--num-attention-heads", "4", "--group-query-attention", "--num-query-groups", "2",
+              "--rotary-base", "500", "--norm-epsilon", "1e-5", "--num-experts", "4",
+              "--moe-router-topk", "2", "--moe-ffn-hidden-size", "32",
+              "--moe-shared-expert-intermediate-size", "48", "--moe-layer-freq", "[0,1,1,1]",
+              "--untie-embeddings-and-output-weights", "--nitp", "--nitp-target-layer", "1",
+              "--nitp-loss-weight", "0.8", "--tokenizer-type", "NullTokenizer",
+              "--vocab-size", "100", "--make-vocab-size-divisible-by", "16", "--mock-data",
+              "--train-iters", "1", "--seq-length", "32", "--micro-batch-size", "2",
+              "--transformer-impl", "local", "--moe-token-dispatcher-type", "allgather"]
 
 
 def _run(cmd, timeout=900, check=True):
@@ -81,16 +94,24 @@ def ws(tmp_path_factory):
         _py(GENERATE, "--hf", f"{root}/hf/dense_tp2", *TEXT)])
     times["import (torchrun 2) + generate --hf"], t = time.time() - t, time.time()
 
+    # The training engine resumes from the release checkpoint (fresh optimizer), trains a step
+    # and saves: that checkpoint is exported and compared too.
+    engine = _run(_py(os.path.join(ROOT, "pretrain_moe_nitp.py"), *ENGINE_MOE,
+                      "--load", f"{root}/rt/moe_head_pp2_vpp", "--save", f"{root}/engine"))
+    times["engine step"], t = time.time() - t, time.time()
+
     roundtrip = _run(_py(
         checks, "roundtrip", "--root", root,
         "--import", f"{root}/hf_bf16/dense_tp2={root}/rt/dense_bf16",
         "--reexport", f"dense_bf16={root}/hf_bf16/dense_tp2:{root}/rt/dense_bf16",
-        "--reexport", f"moe_head_pp2_vpp={root}/hf_head/moe_ep2:{root}/rt/moe_head_pp2_vpp:head"))
+        "--reexport", f"moe_head_pp2_vpp={root}/hf_head/moe_ep2:{root}/rt/moe_head_pp2_vpp:head",
+        "--compare", f"{root}/engine={root}/hf_engine"))
     times["round trips"] = time.time() - t
     sys.stderr.write(f"\ntest_convert timings (s): "
                      f"{json.dumps({k: round(v, 1) for k, v in times.items()})}\n")
     return dict(root=root, results=_results(compare), roundtrip=_results(roundtrip),
-                cli_export=cli_export, cli_import=cli_import, generations=[gen_load, gen_hf])
+                cli_export=cli_export, cli_import=cli_import, generations=[gen_load, gen_hf],
+                engine=engine)
 
 
 @pytest.mark.parametrize("name", LAYOUTS + ["moe_ep2_sharded"])
@@ -163,6 +184,15 @@ def test_hf_to_megatron_writes_a_release_checkpoint_at_the_chosen_layout(ws):
     dense = json.load(open(f"{ws['root']}/rt/dense_bf16/iter_0000000/run_config.json"))
     assert dense["args"]["bf16"] and dense["tokenizer"]["type"] == "SentencePieceTokenizer"
     assert os.path.isfile(dense["tokenizer"]["model"])
+
+
+def test_engine_resumes_from_a_converted_checkpoint_and_its_save_converts_back(ws):
+    out = ws["engine"].stdout
+    assert "model-only checkpoint" in out and "no NITP head" not in out
+    r = ws["roundtrip"][f"{ws['root']}/engine"]
+    assert r["hf_class"] == "Qwen2MoeForCausalLM"
+    assert r["max_abs_logit_diff"] <= 1e-4 and r["megatron_ids"] == r["hf_ids"]
+    assert "from iteration 1" in r["summary"] and "NITP head:" in r["summary"]
 
 
 def _last_ids(proc):

@@ -9,7 +9,8 @@ of hf-to-megatron) is a subprocess of the test. Each phase prints `RESULTS {json
                   of `tools/generate.py --load` vs transformers' generate(do_sample=False);
                   sampled tokens of generate.py --load vs --hf; the head and tokenizer files.
   roundtrip       CLI hf-to-megatron (1 process) of an export, CLI megatron-to-hf of it and of
-                  checkpoints imported elsewhere; whether the safetensors are bit-identical.
+                  checkpoints imported elsewhere; whether the safetensors are bit-identical;
+                  export + compare of checkpoints written by the training engine.
 """
 
 import argparse
@@ -144,10 +145,14 @@ def export_compare(root, layouts):
     return results
 
 
-def roundtrip(root, imports, reexports):
+def roundtrip(root, imports, reexports, compares):
     """imports: [(hf_dir, ckpt_dir)] to convert here (1 process); reexports: [(name, src_hf,
-    ckpt_dir, head)] to export again and compare with src_hf."""
+    ckpt_dir, head)] to export again and compare with src_hf; compares: [(ckpt_dir, hf_dir)] to
+    export (with the NITP head) and compare like export-compare."""
     results = {}
+    for ckpt_dir, hf_dir in compares:
+        summary = export(ckpt_dir, hf_dir, "--keep-nitp-head")
+        results[ckpt_dir] = dict(compare(ckpt_dir, hf_dir), summary=summary)
     for hf_dir, ckpt_dir in imports:
         rc, out = run_cli("convert_checkpoint", ["hf-to-megatron", "--load", hf_dir, "--save",
                                                  ckpt_dir])
@@ -175,6 +180,7 @@ if __name__ == "__main__":
                    help="HF_DIR=CKPT_DIR to convert in this process")
     p.add_argument("--reexport", action="append", default=[],
                    help="NAME=SRC_HF:CKPT_DIR[:head]")
+    p.add_argument("--compare", action="append", default=[], help="CKPT_DIR=HF_DIR")
     a = p.parse_args()
     if a.phase == "export-compare":
         results = export_compare(a.root, a.layouts.split(","))
@@ -185,5 +191,6 @@ if __name__ == "__main__":
             name, rest = x.split("=", 1)
             src, ckpt_dir, *flag = rest.split(":")
             reexports.append((name, src, ckpt_dir, flag == ["head"]))
-        results = roundtrip(a.root, imports, reexports)
+        results = roundtrip(a.root, imports, reexports,
+                            [tuple(x.split("=", 1)) for x in a.compare])
     print("RESULTS " + json.dumps(results))

@@ -1,0 +1,160 @@
+"""megatron <-> Hugging Face tensor mapping (megatron_nitp.convert.hf_mapping): pure torch."""
+
+import pytest
+import torch
+
+from megatron_nitp.convert import ConversionError
+from megatron_nitp.convert.hf_import import compact_layer_freq
+from megatron_nitp.convert.hf_mapping import (ModelShape, hf_to_megatron, megatron_to_hf,
+                                              merge_qkv, shape_from_hf_config, split_qkv)
+
+D, HEADS, GROUPS, HEAD_DIM, FFN, VOCAB = 16, 4, 2, 4, 24, 40
+
+
+def shape(**kw):
+    base = dict(num_layers=2, hidden_size=D, num_attention_heads=HEADS, num_query_groups=GROUPS,
+                head_dim=HEAD_DIM, ffn_hidden_size=FFN, vocab_size=VOCAB, tied=True,
+                norm_eps=1e-5, rope_theta=10000.0, max_position_embeddings=64)
+    base.update(kw)
+    return ModelShape(**base)
+
+
+MOE = dict(num_experts=3, moe_layers=[False, True], moe_ffn_hidden_size=8, shared_expert_size=12,
+           topk=2, tied=False)
+
+
+def megatron_state(s: ModelShape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *shape: torch.randn(*shape, generator=g)  # noqa: E731
+    qkv_rows = (HEADS + 2 * GROUPS) * HEAD_DIM
+    sd = {"embedding.word_embeddings.weight": r(VOCAB, D), "decoder.final_layernorm.weight": r(D)}
+    if not s.tied:
+        sd["output_layer.weight"] = r(VOCAB, D)
+    for i in range(s.num_layers):
+        m = f"decoder.layers.{i}."
+        sd.update({m + "input_layernorm.weight": r(D), m + "pre_mlp_layernorm.weight": r(D),
+                   m + "self_attention.linear_qkv.weight": r(qkv_rows, D),
+                   m + "self_attention.linear_proj.weight": r(D, HEADS * HEAD_DIM)})
+        if s.num_experts and s.moe_layers[i]:
+            sd[m + "mlp.router.weight"] = r(s.num_experts, D)
+            for e in range(s.num_experts):
+                sd[f"{m}mlp.experts.local_experts.{e}.linear_fc1.weight"] = r(2 * s.moe_ffn_hidden_size, D)
+                sd[f"{m}mlp.experts.local_experts.{e}.linear_fc2.weight"] = r(D, s.moe_ffn_hidden_size)
+            if s.shared_expert_size:
+                sd[m + "mlp.shared_experts.linear_fc1.weight"] = r(2 * s.shared_expert_size, D)
+                sd[m + "mlp.shared_experts.linear_fc2.weight"] = r(D, s.shared_expert_size)
+        else:
+            sd[m + "mlp.linear_fc1.weight"] = r(2 * FFN, D)
+            sd[m + "mlp.linear_fc2.weight"] = r(D, FFN)
+    return sd
+
+
+def test_qkv_split_follows_megatrons_per_group_layout():
+    s = shape()
+    per_group = HEADS // GROUPS
+    # Row block b of group g holds the value 100*g + b: q heads are blocks 0..per_group-1.
+    blocks = [torch.full((HEAD_DIM, D), 100.0 * g + b) for g in range(GROUPS)
+              for b in range(per_group + 2)]
+    q, k, v = split_qkv(torch.cat(blocks), s)
+    for h in range(HEADS):
+        assert q[h * HEAD_DIM, 0] == 100 * (h // per_group) + h % per_group
+    for g in range(GROUPS):
+        assert k[g * HEAD_DIM, 0] == 100 * g + per_group
+        assert v[g * HEAD_DIM, 0] == 100 * g + per_group + 1
+    assert torch.equal(merge_qkv(q, k, v, s), torch.cat(blocks))
+
+
+@pytest.mark.parametrize("kw", [{}, {"tied": False}, MOE, dict(MOE, shared_expert_size=0)],
+                         ids=["dense_tied", "dense_untied", "moe_shared", "moe_no_shared"])
+def test_megatron_hf_megatron_is_bit_identical(kw):
+    s = shape(**kw)
+    sd = megatron_state(s)
+    hf = megatron_to_hf(sd, s)
+    assert ("lm_head.weight" in hf) == (not s.tied)
+    assert torch.equal(hf["model.layers.0.mlp.gate_proj.weight"],
+                       sd["decoder.layers.0.mlp.linear_fc1.weight"][:FFN])
+    back = hf_to_megatron(hf, s)
+    assert back.keys() == sd.keys()
+    for k in sd:
+        assert torch.equal(back[k], sd[k]), k
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_shared_expert_gate_trick_is_exact(dtype):
+    """Qwen2-MoE: sigmoid(gate(x)) * down(silu(g(x)) * u(x)) with gate = 0 and down = 2 * fc2
+    equals megatron's gate-less fc2(silu(g(x)) * u(x)) bit for bit."""
+    s = shape(**MOE)
+    sd = {k: v.to(dtype) for k, v in megatron_state(s).items()}
+    hf = megatron_to_hf(sd, s)
+    h = "model.layers.1.mlp."
+    x = torch.randn(64, D, dtype=dtype)
+    act = torch.nn.functional.silu(x @ hf[h + "shared_expert.gate_proj.weight"].T) * (
+        x @ hf[h + "shared_expert.up_proj.weight"].T)
+    qwen = torch.sigmoid(x @ hf[h + "shared_expert_gate.weight"].T) * (
+        act @ hf[h + "shared_expert.down_proj.weight"].T)
+    megatron = act @ sd["decoder.layers.1.mlp.shared_experts.linear_fc2.weight"].T
+    assert torch.equal(qwen, megatron)
+    assert not torch.count_nonzero(hf[h + "shared_expert_gate.weight"])
+
+
+def test_qwen2_moe_export_has_zero_qkv_biases_and_llama_none():
+    moe = megatron_to_hf(megatron_state(shape(**MOE)), shape(**MOE))
+    assert not torch.count_nonzero(moe["model.layers.0.self_attn.q_proj.bias"])
+    dense = megatron_to_hf(megatron_state(shape()), shape())
+    assert not [k for k in dense if k.endswith("bias")]
+
+
+def test_fused_transformers5_experts_are_accepted():
+    s = shape(**MOE)
+    sd = megatron_state(s)
+    hf = megatron_to_hf(sd, s)
+    h = "model.layers.1.mlp.experts."
+    gate_up = torch.stack([torch.cat([hf.pop(f"{h}{e}.gate_proj.weight"),
+                                      hf.pop(f"{h}{e}.up_proj.weight")]) for e in range(3)])
+    down = torch.stack([hf.pop(f"{h}{e}.down_proj.weight") for e in range(3)])
+    hf[h + "gate_up_proj"], hf[h + "down_proj"] = gate_up, down
+    back = hf_to_megatron(hf, s)
+    for k in sd:
+        assert torch.equal(back[k], sd[k]), k
+
+
+@pytest.mark.parametrize("tensor, message", [
+    ("model.layers.0.self_attn.q_proj.bias", "attention bias"),
+    ("model.layers.1.mlp.shared_expert_gate.weight", "shared_expert_gate"),
+    ("model.layers.0.mlp.extra.weight", "cannot represent"),
+])
+def test_import_rejects_what_megatron_nitp_cannot_express(tensor, message):
+    s = shape(**MOE)
+    hf = megatron_to_hf(megatron_state(s), s)
+    hf[tensor] = torch.ones(4, D)
+    with pytest.raises(ConversionError, match=message):
+        hf_to_megatron(hf, s)
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"architectures": ["GPT2LMHeadModel"]}, "unknown architecture"),
+    ({"architectures": ["Qwen2MoeForCausalLM"], "norm_topk_prob": True}, "norm_topk_prob"),
+    ({"architectures": ["LlamaForCausalLM"], "rope_scaling": {"rope_type": "llama3"}}, "RoPE"),
+])
+def test_unsupported_hf_configs_are_rejected(config, message):
+    base = dict(num_hidden_layers=2, hidden_size=D, num_attention_heads=HEADS,
+                intermediate_size=FFN, vocab_size=VOCAB, moe_intermediate_size=8,
+                num_experts=3, num_experts_per_tok=2)
+    with pytest.raises(ConversionError, match=message):
+        shape_from_hf_config(dict(base, **config))
+
+
+def test_qwen2_moe_config_dense_layers_and_sparse_step():
+    cfg = dict(architectures=["Qwen2MoeForCausalLM"], num_hidden_layers=4, hidden_size=D,
+               num_attention_heads=HEADS, intermediate_size=FFN, vocab_size=VOCAB,
+               moe_intermediate_size=8, num_experts=3, num_experts_per_tok=2,
+               shared_expert_intermediate_size=12, mlp_only_layers=[0], decoder_sparse_step=1)
+    assert shape_from_hf_config(cfg).moe_layers == [False, True, True, True]
+    cfg.update(mlp_only_layers=[], decoder_sparse_step=2)
+    assert shape_from_hf_config(cfg).moe_layers == [False, True, False, True]
+
+
+def test_moe_layer_freq_written_as_megatron_would_parse_it():
+    assert compact_layer_freq([True] * 4) == "1"  # matches the engine's default
+    assert compact_layer_freq([True, False, True, False]) == "2"
+    assert compact_layer_freq([False, True, True, True]) == "[0,1,1,1]"
