@@ -92,6 +92,7 @@ def validate_args(args, world_size=None):
         raise ConfigError(f"--num-query-groups {args.num_query_groups}: must divide "
                           f"--num-attention-heads and be divisible by TP {tp}")
     _validate_moe(args)
+    _validate_schedule(args)
     _validate_impl(args)
     _validate_exits(args)
     nitp = NITPConfig.from_args(args)
@@ -111,6 +112,20 @@ def validate_args(args, world_size=None):
                               "target is captured inside a recomputed (no-grad) block; use "
                               "selective recompute or keep stop-grad")
     return nitp
+
+
+def _validate_schedule(args):
+    """megatron's OptimizerParamScheduler asserts these; say it in terms of the flags."""
+    if args.lr_decay_iters and args.lr_warmup_iters >= args.lr_decay_iters:
+        raise ConfigError(f"--lr-warmup-iters {args.lr_warmup_iters}: must be smaller than the "
+                          f"decay length (--lr-decay-iters, default --train-iters) "
+                          f"{args.lr_decay_iters}")
+    if args.lr_decay_style == "WSD" and args.lr_wsd_decay_iters is not None and (
+            args.lr_wsd_decay_iters > args.lr_decay_iters - args.lr_warmup_iters):
+        raise ConfigError(f"--lr-wsd-decay-iters {args.lr_wsd_decay_iters}: longer than the "
+                          f"{args.lr_decay_iters - args.lr_warmup_iters} iterations after warmup")
+    if args.min_lr > args.lr:
+        raise ConfigError(f"--min-lr {args.min_lr}: must not exceed --lr {args.lr}")
 
 
 def _validate_moe(args):

@@ -313,3 +313,14 @@ def test_missing_tokenizer_file_names_the_flag(model, expected):
 
     with pytest.raises(SystemExit, match=expected):
         build_tokenizer("SentencePieceTokenizer", model, None)
+
+
+@pytest.mark.parametrize("argv,option", [
+    (["--train-iters", "20", "--lr-warmup-iters", "30"], "--lr-warmup-iters"),
+    (["--train-iters", "100", "--lr-warmup-iters", "10", "--lr-decay-style", "WSD",
+      "--lr-wsd-decay-iters", "95"], "--lr-wsd-decay-iters"),
+    (["--lr", "1e-4", "--min-lr", "1e-3"], "--min-lr"),
+])
+def test_schedule_lengths_are_checked_before_megatron_asserts(argv, option):
+    with pytest.raises(ConfigError, match=option):
+        validate_args(parse_args(argv), world_size=1)
