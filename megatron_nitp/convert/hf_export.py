@@ -131,7 +131,8 @@ def _export(model, args, nitp, ckpt_dir, out_dir, keep_nitp_head, dtype, max_sha
     from .hf_tokenizer import build_run_tokenizer, export_tokenizer, special_ids
 
     shape = shape_from_args(args)
-    sd = {k: v.detach() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()
+          if isinstance(v, torch.Tensor)}
     head = {k: v for k, v in sd.items() if k.startswith("nitp_head.")}
     if keep_nitp_head and not head:
         raise ConversionError(f"--keep-nitp-head: checkpoint {ckpt_dir} has no NITP head "

@@ -289,7 +289,7 @@ def save_tp1_checkpoint(plan: ImportPlan, out_dir: str, seed: int) -> None:
     args1.expert_model_parallel_size = 1
     args1.num_layers_per_virtual_pipeline_stage = None
     args1.sequence_parallel = False
-    args1.transformer_impl = None
+    args1.transformer_impl = "local"  # the state_dict names hf_mapping produces
     args1.moe_token_dispatcher_type = "allgather"
     initialize_distributed(seed=seed)
     try:
@@ -324,7 +324,7 @@ def reshard(staging_dir: str, out_dir: str) -> None:
     from ..nitp.config import NITPConfig
     from ..parallel.distributed import destroy_distributed_model_parallel, initialize_distributed
     from ..training.arguments import parse_args
-    from ..training.checkpoint_io import RUN_CONFIG
+    from ..training.checkpoint_io import RUN_CONFIG, align_norm_keys
 
     with open(os.path.join(staging_dir, RUN_CONFIG)) as f:
         run_config = json.load(f)
@@ -340,6 +340,9 @@ def reshard(staging_dir: str, out_dir: str) -> None:
     config.perform_initialization = False
     chunks = build_model_chunks(args, config, NITPConfig(**run_config["nitp"]))
     state = {f"model{i}": c.sharded_state_dict() for i, c in enumerate(chunks)}
+    saved_keys = dist_checkpointing.load_tensors_metadata(staging_dir).keys()
+    for chunk_state in state.values():  # staging is local-spec; this layout may use TE
+        align_norm_keys(chunk_state, saved_keys)
     loaded = dist_checkpointing.load(state, staging_dir)
     for i, c in enumerate(chunks):
         c.load_state_dict(loaded[f"model{i}"], strict=True)

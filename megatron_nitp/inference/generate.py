@@ -16,16 +16,21 @@ LogitsFn = Callable[[torch.Tensor], torch.Tensor]  # ids [1, s] -> logits [1, s,
 def megatron_logits_fn(model) -> LogitsFn:
     """NITPGPTModel (TP1/PP1, eval): labels=None makes it return logits [b, s, V]."""
 
+    device = next(model.parameters()).device  # CUDA when megatron built the model there
+
     def run(ids):
-        positions = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0)
-        return model(ids, positions, None)
+        ids = ids.to(device)
+        positions = torch.arange(ids.shape[1], device=device).unsqueeze(0)
+        return model(ids, positions, None).float().cpu()
 
     return run
 
 
 def hf_logits_fn(model) -> LogitsFn:
+    device = next(model.parameters()).device
+
     def run(ids):
-        return model(input_ids=ids, use_cache=False).logits
+        return model(input_ids=ids.to(device), use_cache=False).logits.float().cpu()
 
     return run
 

@@ -107,8 +107,35 @@ def args_for_single_process(run_config: dict):
     # same global keys; if a checkpoint disagrees, load_model_single_process says so.
     args.saved_moe_grouped_gemm = bool(args.moe_grouped_gemm)
     args.moe_grouped_gemm = False
-    args.transformer_impl = None  # TE when importable, else local: both read the same keys
+    # The local spec everywhere: it reads the same dist-checkpoint keys as Transformer Engine's
+    # (megatron's local layer spec maps its norms onto TE's fused-norm keys), and its
+    # state_dict names (input_layernorm, pre_mlp_layernorm) are what the HF mapping expects.
+    args.transformer_impl = "local"
     return args
+
+
+# megatron-core 0.16.1 stores a layer's pre-attention/pre-MLP norm under the fused-TE names
+# (`self_attention.linear_qkv.layer_norm_weight`, `mlp.linear_fc1.layer_norm_weight`) for dense
+# layers of either spec and for MoE layers of the local spec (its `sharded_state_dict_keys_map`),
+# but the Transformer Engine MoE layer has a separate `pre_mlp_layernorm` (gpt_layer_specs:
+# `pre_mlp_layernorm=backend.layer_norm() if num_experts`), saved as `pre_mlp_layernorm.weight`.
+_NORM_KEY_ALTERNATIVES = (
+    (".mlp.linear_fc1.layer_norm_weight", ".pre_mlp_layernorm.weight"),
+    (".self_attention.linear_qkv.layer_norm_weight", ".input_layernorm.weight"),
+)
+
+
+def align_norm_keys(sharded_state_dict: dict, checkpoint_keys) -> None:
+    """Point norm ShardedTensors at the name the checkpoint used (TE vs local spec), in place."""
+    keys = set(checkpoint_keys)
+    for sh in sharded_state_dict.values():
+        key = getattr(sh, "key", None)
+        if not isinstance(key, str) or key in keys:
+            continue
+        for a, b in _NORM_KEY_ALTERNATIVES:
+            for src, dst in ((a, b), (b, a)):
+                if key.endswith(src) and key[: -len(src)] + dst in keys:
+                    sh.key = key[: -len(src)] + dst
 
 
 def load_model_single_process(ckpt_dir: str, iteration=None, drop_nitp_head: bool = False):
@@ -144,8 +171,10 @@ def load_model_single_process(ckpt_dir: str, iteration=None, drop_nitp_head: boo
     config = transformer_config_from_args(args)
     config.perform_initialization = False  # every weight comes from the checkpoint
     (model,) = build_model_chunks(args, config, nitp_config)
+    sharded = model.sharded_state_dict()
+    align_norm_keys(sharded, dist_checkpointing.load_tensors_metadata(path).keys())
     try:
-        loaded = dist_checkpointing.load({"model0": model.sharded_state_dict()}, path)
+        loaded = dist_checkpointing.load({"model0": sharded}, path)
     except Exception as e:  # CheckpointingException, KeyError, RuntimeError, ...
         hint = (" (saved with --moe-grouped-gemm: its experts could not be read as per-expert "
                 "weights)" if args.saved_moe_grouped_gemm else "")

@@ -5,7 +5,8 @@ few processes (workers/convert_checks.py runs the CLIs' main() in-process; comma
 their own processes run as subprocesses, two at a time):
 1. `torchrun -n 2 workers/make_checkpoints.py`: tiny NITP checkpoints in the engine's format,
    dense at TP2 (SentencePiece tokenizer, tied) and PP2 with VPP (untied), MoE (dense first
-   layer, shared expert) at EP2 and TP2, every weight moved away from its init;
+   layer, shared expert) at EP2 and at TP2 (MoE norms under Transformer Engine's names), every
+   weight moved away from its init;
 2. megatron-to-hf of each (+ an MoE export with --keep-nitp-head split into shards, + a bf16
    export); megatron logits vs `AutoModelForCausalLM` logits (fp32, max abs diff <= 1e-4);
    20 greedy tokens of tools/generate.py vs transformers' generate(do_sample=False);

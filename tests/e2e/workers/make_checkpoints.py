@@ -36,6 +36,9 @@ LAYOUTS = {
     "moe_ep2": (MOE, ["--expert-model-parallel-size", "2"], "null"),
     "moe_tp2": (MOE, ["--tensor-model-parallel-size", "2"], "null"),
 }
+# Save these layouts' MoE pre-MLP norms under the name Transformer Engine's MoE layer uses
+# (`pre_mlp_layernorm.weight`; see checkpoint_io.align_norm_keys): a GPU run's checkpoint.
+TE_MOE_NORM_KEYS = {"moe_tp2"}
 NULL_VOCAB = 100  # --vocab-size; the NullTokenizer adds the end-of-document id 100
 
 
@@ -102,6 +105,13 @@ def make(name, out):
     torch.distributed.barrier()
     state = {f"model{i}": c.sharded_state_dict() for i, c in enumerate(chunks)}
     state["iteration"] = ITERATION
+    if name in TE_MOE_NORM_KEYS:
+        fused = ".mlp.linear_fc1.layer_norm_weight"
+        for i in range(len(chunks)):
+            for sh in state[f"model{i}"].values():
+                key = getattr(sh, "key", "")
+                if key.endswith(fused) and args.moe_layer_freq[int(key.split(".")[2])]:
+                    sh.key = key[: -len(fused)] + ".pre_mlp_layernorm.weight"
     dist_checkpointing.save(state, path)
     torch.distributed.barrier()
     if rank == 0:
