@@ -73,11 +73,12 @@ def transformer_config_from_args(args) -> TransformerConfig:
         gradient_accumulation_fusion=False,
         persist_layer_norm=False,
         deallocate_pipeline_outputs=True,
-        # gloo matches point-to-point messages per peer in posting order; megatron's batched
-        # p2p posts both directions to the same peer when PP=2 (interleaved schedule), so
-        # activations can land in gradient buffers. The unbatched path puts the two
-        # directions on different communicators. NCCL groups batched ops correctly.
-        batch_p2p_comm=torch.cuda.is_available(),
+        # Batched p2p posts both directions to the same peer when PP=2 with the interleaved
+        # schedule; gloo (and NCCL, NVIDIA/Megatron-LM#750) can then match activations with
+        # gradient buffers. The unbatched path puts the two directions on different
+        # communicators; on GPU it also overlaps p2p with compute (Megatron-LM's VPP default).
+        batch_p2p_comm=False,
+        overlap_p2p_comm=torch.cuda.is_available() and virtual_pipeline_size(args) is not None,
         enable_cuda_graph=getattr(args, "enable_cuda_graph", False),
         **moe,
     )
