@@ -26,6 +26,12 @@ ARCH_FIELDS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_he
                "position_embedding_type", "padded_vocab_size")
 
 
+def _device():
+    """Where collectives' tensors live: NCCL needs CUDA tensors, gloo CPU ones."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() \
+        else torch.device("cpu")
+
+
 def _fail(msg, debug=False):
     # Every rank reaches the same verdict; one line is enough (the other ranks exit quietly).
     if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0))) == 0:
@@ -217,23 +223,20 @@ class Trainer:
         from megatron.core import parallel_state as ps
 
         t = torch.tensor([values.get(k, 0.0) for k in keys] + [1.0 if values else 0.0],
-                         dtype=torch.float64)
+                         dtype=torch.float64, device=_device())
         torch.distributed.all_reduce(t, group=ps.get_pipeline_model_parallel_group())
         return {k: t[i].item() for i, k in enumerate(keys)} if t[-1] > 0 else {}
 
     def _any_rank(self, flag: bool) -> bool:
-        t = torch.tensor([1.0 if flag else 0.0])
+        t = torch.tensor([1.0 if flag else 0.0], device=_device())
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
         return bool(t.item())
 
     def _grads_finite(self):
-        bad = torch.zeros(1)
-        for chunk in self.model:
-            for p in chunk.module.parameters():
-                g = getattr(p, "main_grad", None)
-                if g is not None and not torch.isfinite(g).all():
-                    bad.fill_(1.0)
-                    break
+        # Per-bucket checks stay on the device; one host sync for the whole step.
+        flags = [torch.isfinite(buf.grad_data).all() for chunk in self.model
+                 for buf in list(chunk.buffers) + list(chunk.expert_parallel_buffers)]
+        bad = (~torch.stack(flags).all()).float().reshape(1) if flags else torch.zeros(1, device=_device())
         torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
         return bad.item() == 0
 
