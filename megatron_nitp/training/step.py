@@ -115,7 +115,9 @@ def forward_backward(args, model, config, nitp_config, data_iterators, num_micro
     carried = (nitp_config.uses_target and args.pipeline_model_parallel_size > 1
                and target_is_carried(config, nitp_config.target_layer))
     return get_forward_backward_func()(
-        forward_step_func=make_forward_step(weight, config.calculate_per_token_loss),
+        forward_step_func=make_forward_step(
+            weight, config.calculate_per_token_loss,
+            device=torch.cuda.current_device() if torch.cuda.is_available() else "cpu"),
         data_iterator=data_iterators,
         model=model,
         num_microbatches=num_microbatches,
