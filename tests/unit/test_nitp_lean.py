@@ -13,18 +13,6 @@ from megatron_nitp.nitp.config import NITPConfig
 S, B, D = 12, 2, 16
 
 
-@pytest.fixture(scope="module")
-def mp():
-    from megatron_nitp.parallel.distributed import (
-        destroy_distributed_model_parallel,
-        initialize_distributed,
-    )
-
-    initialize_distributed(seed=1)
-    yield
-    destroy_distributed_model_parallel()
-
-
 def make_head(recompute):
     from megatron.core.transformer import TransformerConfig
     from megatron_nitp.nitp.head import NITPHead, get_nitp_head_spec
