@@ -77,7 +77,17 @@ def parse_args(argv=None):
     p.add_argument("--nitp-extra", default="",
                    help="extra flags for the NITP run only (e.g. '--nitp-loss-weight 0.5')")
     p.add_argument("--no-probe", action="store_true", help="skip the App. E offline probe")
-    return p.parse_args(argv)
+    p.add_argument("--jobs", type=int, default=None,
+                   help="runs trained at the same time (default: 2 on CPU with --nproc 1, "
+                        "else 1)")
+    p.add_argument("--progress-interval", type=float, default=30.0,
+                   help="seconds between progress lines")
+    args = p.parse_args(argv)
+    if args.jobs is None:
+        args.jobs = 2 if args.nproc == 1 and not args.gpu_moe else 1
+    if args.jobs < 1:
+        p.error(f"--jobs must be >= 1, got {args.jobs}")
+    return args
 
 
 def _preset(args):
@@ -106,26 +116,81 @@ def training_command(args, run: str, run_dir: str):
     return cmd
 
 
-def train(args, run: str) -> dict:
-    """Train one run unless its `done.json` exists; returns {iters, seconds}."""
-    run_dir = os.path.join(args.out, run)
-    done = os.path.join(run_dir, "done.json")
-    if os.path.isfile(done):
-        print(f"[{run}] already trained ({done})", flush=True)
-        return json.load(open(done))
-    os.makedirs(run_dir, exist_ok=True)
-    cmd = training_command(args, run, run_dir)
-    print(f"[{run}] training: {shlex.join(cmd)}\n[{run}] log: {run_dir}/train.log", flush=True)
-    start = time.time()
-    with open(os.path.join(run_dir, "train.log"), "a") as log:
-        code = subprocess.call(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-    if code != 0:
-        raise SystemExit(f"[{run}] training failed (exit {code}); see {run_dir}/train.log")
-    info = {"iters": args.iters or _preset(args)["iters"],
-            "seconds": round(time.time() - start, 1), "command": shlex.join(cmd)}
-    _write_json(done, info)
-    print(f"[{run}] trained in {info['seconds']:.0f} s", flush=True)
-    return info
+def _done_path(args, run):
+    return os.path.join(args.out, run, "done.json")
+
+
+def _last_progress(log_path):
+    """The last `iter N/M ...` line of a training log (None before the first one)."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(max(os.path.getsize(log_path) - 4096, 0))
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return None
+    lines = [ln for ln in lines if ln.lstrip().startswith("iter ")]
+    return lines[-1].strip() if lines else None
+
+
+def train_all(args) -> dict:
+    """Train every run without a `done.json`, `--jobs` at a time; returns {run: {iters, seconds}}.
+
+    On a CPU the two runs train side by side with cpus/jobs threads each: two single-threaded
+    processes get more out of 2 cores than one 2-threaded process (small matmuls scale poorly).
+    Progress (each run's latest iteration line) is printed every `--progress-interval` seconds.
+    """
+    infos, todo = {}, []
+    for run in RUNS:
+        if os.path.isfile(_done_path(args, run)):
+            print(f"[{run}] already trained ({_done_path(args, run)})", flush=True)
+            infos[run] = json.load(open(_done_path(args, run)))
+        else:
+            todo.append(run)
+    jobs = max(1, min(args.jobs, len(todo) or 1))
+    env = dict(os.environ)
+    if args.nproc == 1 and jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+    running = {}  # run -> (process, log file, start time)
+    last_print = 0.0
+    while todo or running:
+        while todo and len(running) < jobs:
+            run = todo.pop(0)
+            run_dir = os.path.join(args.out, run)
+            os.makedirs(run_dir, exist_ok=True)
+            cmd = training_command(args, run, run_dir)
+            print(f"[{run}] training: {shlex.join(cmd)}\n[{run}] log: {run_dir}/train.log",
+                  flush=True)
+            log = open(os.path.join(run_dir, "train.log"), "a")
+            proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+            running[run] = (proc, log, time.time(), cmd)
+        time.sleep(1.0)
+        if time.time() - last_print >= args.progress_interval:
+            last_print = time.time()
+            for run in running:
+                line = _last_progress(os.path.join(args.out, run, "train.log"))
+                if line:
+                    print(f"[{run}] {line}", flush=True)
+        for run in list(running):
+            proc, log, start, cmd = running[run]
+            code = proc.poll()
+            if code is None:
+                continue
+            log.close()
+            del running[run]
+            if code != 0:
+                for other, (p, lg, _, _) in running.items():
+                    p.terminate()
+                    p.wait()
+                    lg.close()
+                raise SystemExit(f"[{run}] training failed (exit {code}); "
+                                 f"see {args.out}/{run}/train.log")
+            info = {"iters": args.iters or _preset(args)["iters"],
+                    "seconds": round(time.time() - start, 1), "command": shlex.join(cmd),
+                    "concurrent_runs": jobs}
+            _write_json(_done_path(args, run), info)
+            print(f"[{run}] trained in {info['seconds']:.0f} s", flush=True)
+            infos[run] = info
+    return infos
 
 
 def read_log(path: str):
@@ -313,7 +378,7 @@ def main(argv=None) -> int:
     args.out = os.path.abspath(args.out)
     os.makedirs(args.out, exist_ok=True)
     start = time.time()
-    trained = {run: train(args, run) for run in RUNS}
+    trained = train_all(args)
     measured = measure(args)
     summary = summarise(args, trained, measured)
     for run in RUNS:

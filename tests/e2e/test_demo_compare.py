@@ -21,9 +21,11 @@ def compare_dir(tmp_path_factory):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     proc = subprocess.run([sys.executable, os.path.join(REPO, "examples", "demo_compare",
                                                         "run.py"),
-                           "--tiny", "--iters", "20", "--out", str(out)],
+                           "--tiny", "--iters", "20", "--out", str(out), "--jobs", "2",
+                           "--progress-interval", "1"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (out / "stdout.txt").write_text(proc.stdout)
     return out
 
 
@@ -44,6 +46,17 @@ def test_outputs_exist_and_metrics_are_finite(compare_dir):
     assert summary["ntp"]["eval_tokens"] == summary["nitp"]["eval_tokens"] > 0
     md = (compare_dir / "compare.md").read_text()
     assert "effective rank" in md and "pair cosine" in md
+
+
+def test_runs_train_side_by_side_and_show_progress(compare_dir):
+    stdout = (compare_dir / "stdout.txt").read_text()
+    for run in ("ntp", "nitp"):
+        done = json.loads((compare_dir / run / "done.json").read_text())
+        assert done["concurrent_runs"] == 2
+        assert f"[{run}] iter " in stdout, stdout[-2000:]
+    # Both started before either finished.
+    starts = [stdout.index(f"[{run}] training:") for run in ("ntp", "nitp")]
+    assert max(starts) < stdout.index("trained in")
 
 
 def test_same_seed_and_data_order_for_both_runs(compare_dir):
