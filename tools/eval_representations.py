@@ -21,6 +21,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from megatron_nitp.evaluation.runs import run_and_exit, write_json_atomic  # noqa: E402
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -80,18 +82,10 @@ def main(argv=None) -> int:
     text = json.dumps(report, indent=2)
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        tmp = args.out + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(text + "\n")
-        os.replace(tmp, args.out)
+        write_json_atomic(args.out, report)
     print(text)
     return 0
 
 
 if __name__ == "__main__":
-    code = main()
-    import torch
-
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-    sys.exit(code)
+    run_and_exit(main)

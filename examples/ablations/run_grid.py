@@ -25,13 +25,16 @@ import glob
 import json
 import os
 import shlex
-import subprocess
+import shutil
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, REPO)
+
+from megatron_nitp.evaluation.runs import (HeldOut, read_train_log, run_and_exit,  # noqa: E402
+                                          run_concurrently, threads_per_job,
+                                          write_json_atomic)
 
 BASE = os.path.join(HERE, "base", "demo_dense.yaml")
 DEFAULT = "nitp_default"
@@ -47,7 +50,16 @@ def parse_args(argv=None):
     p.add_argument("--extra", default="", help="extra training flags for every run")
     p.add_argument("--eval-batches", type=int, default=8, help="held-out batches for geometry")
     p.add_argument("--list", action="store_true", help="print the grid and exit")
-    return p.parse_args(argv)
+    p.add_argument("--jobs", type=int, default=2,
+                   help="runs trained at the same time (on a CPU: cpus/jobs threads each)")
+    p.add_argument("--progress-interval", type=float, default=30.0,
+                   help="seconds between progress lines")
+    args = p.parse_args(argv)
+    if args.jobs < 1:
+        p.error(f"--jobs must be >= 1, got {args.jobs}")
+    if args.iters < 1:
+        p.error(f"--iters must be >= 1, got {args.iters}")
+    return args
 
 
 def _warmup(iters):
@@ -95,72 +107,31 @@ def train_command(args, name, flags, run_dir):
             "--save", os.path.join(run_dir, "ckpt")]
 
 
-def _read_log(path):
-    train, valid = {}, {}
-    with open(path) as f:
-        for line in f:
-            if line.strip():
-                rec = json.loads(line)
-                (valid if rec.get("split") == "valid" else train)[rec["iteration"]] = rec
-    return [train[i] for i in sorted(train)], [valid[i] for i in sorted(valid)]
-
-
 def _mean_last(records, key, n=10):
     vals = [r[key] for r in records[-n:] if r.get(key) is not None]
     return sum(vals) / len(vals) if vals else None
 
 
-def _write_json(path, obj):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-class HeldOut:
-    """Loads each finished checkpoint in this process and measures it on the same batches."""
-
-    def __init__(self, num_batches):
-        self.num_batches, self.batches = num_batches, None
-
-    def measure(self, ckpt_dir):
-        from megatron_nitp.evaluation.representations import (MegatronEncoder,
-                                                              representation_geometry,
-                                                              validation_batches)
-        from megatron_nitp.parallel.distributed import destroy_distributed_model_parallel
-
-        enc = MegatronEncoder(ckpt_dir)
-        try:
-            if self.batches is None:
-                self.batches = validation_batches(enc.args, self.num_batches,
-                                                  enc.args.micro_batch_size, enc.tokenizer)
-            return representation_geometry(enc, self.batches)
-        finally:
-            destroy_distributed_model_parallel()
-
-
-def run_one(args, name, flags, held_out):
+def prepare(args, name, flags):
+    """The training task of a run, or None when it finished earlier (its result.json exists).
+    An interrupted run restarts from scratch: its partial log and checkpoints are removed."""
     run_dir = os.path.join(args.out, name)
-    result_path = os.path.join(run_dir, "result.json")
-    if os.path.isfile(result_path):
+    if os.path.isfile(os.path.join(run_dir, "result.json")):
         print(f"[{name}] finished earlier: skipped", flush=True)
-        return json.load(open(result_path))
+        return None
     os.makedirs(run_dir, exist_ok=True)
-    for stale in ("train.jsonl",):  # an interrupted run restarts from scratch
+    for stale in ("train.jsonl", "train.log"):
         if os.path.exists(os.path.join(run_dir, stale)):
             os.remove(os.path.join(run_dir, stale))
-    cmd = train_command(args, name, flags, run_dir)
-    print(f"[{name}] {shlex.join(cmd)}", flush=True)
-    start = time.time()
-    with open(os.path.join(run_dir, "train.log"), "w") as log:
-        code = subprocess.call(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-    if code != 0:
-        print(f"[{name}] FAILED (exit {code}); see {run_dir}/train.log", flush=True)
-        return None
-    seconds = time.time() - start
-    train, valid = _read_log(os.path.join(run_dir, "train.jsonl"))
-    geometry = held_out.measure(os.path.join(run_dir, "ckpt"))
+    shutil.rmtree(os.path.join(run_dir, "ckpt"), ignore_errors=True)
+    return (name, train_command(args, name, flags, run_dir), os.path.join(run_dir, "train.log"))
+
+
+def finish(args, name, cmd, seconds, held_out):
+    """Measures a trained run and writes its result.json (last: its existence means finished)."""
+    run_dir = os.path.join(args.out, name)
+    train, valid = read_train_log(os.path.join(run_dir, "train.jsonl"))
+    geometry = held_out.measure(os.path.join(run_dir, "ckpt"))["geometry"]
     from megatron_nitp.training.checkpoint_io import read_run_config
 
     nitp = read_run_config(os.path.join(run_dir, "ckpt"))["nitp"]
@@ -176,7 +147,7 @@ def run_one(args, name, flags, held_out):
         "eval_tokens": geometry["num_tokens"],
         "command": shlex.join(cmd),
     }
-    _write_json(result_path, result)  # last: its existence means "finished"
+    write_json_atomic(os.path.join(run_dir, "result.json"), result)
     print(f"[{name}] done in {seconds:.0f} s: valid LM {result['valid_lm_loss']:.4f}, "
           f"eff. rank {result['effective_rank']:.2f}, pair cos {result['pair_cosine']:.4f}",
           flush=True)
@@ -224,8 +195,8 @@ def tabulate(args, aliases):
     md = "\n".join(lines + notes) + "\n"
     with open(os.path.join(args.out, "results.md"), "w") as fh:
         fh.write(md)
-    _write_json(os.path.join(args.out, "results.json"),
-                {"runs": {r["name"]: r for r in results}, "aliases": aliases})
+    write_json_atomic(os.path.join(args.out, "results.json"),
+                      {"runs": {r["name"]: r for r in results}, "aliases": aliases})
     return md
 
 
@@ -241,7 +212,19 @@ def main(argv=None):
         return 0
     os.makedirs(args.out, exist_ok=True)
     held_out = HeldOut(args.eval_batches)
-    failed = [name for name, flags in entries if run_one(args, name, flags, held_out) is None]
+    tasks = [t for t in (prepare(args, name, flags) for name, flags in entries) if t]
+    commands, failed = {name: cmd for name, cmd, _ in tasks}, []
+
+    def done(name, code, seconds):
+        if code != 0:
+            print(f"[{name}] FAILED (exit {code}); see {args.out}/{name}/train.log", flush=True)
+            failed.append(name)
+        else:
+            finish(args, name, commands[name], seconds, held_out)
+
+    jobs = max(1, min(args.jobs, len(tasks) or 1))
+    run_concurrently(tasks, jobs, cwd=REPO, env=dict(os.environ, **threads_per_job(jobs)),
+                     progress_interval=args.progress_interval, on_done=done)
     print(tabulate(args, aliases))
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
@@ -250,9 +233,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    code = main()
-    import torch
-
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-    sys.exit(code)
+    run_and_exit(main)

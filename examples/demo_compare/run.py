@@ -20,12 +20,15 @@ import json
 import math
 import os
 import shlex
-import subprocess
 import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
+
+from megatron_nitp.evaluation.runs import (HeldOut, read_train_log, run_and_exit,  # noqa: E402
+                                          run_concurrently, threads_per_job,
+                                          write_json_atomic)
 
 # A small dense GPT (4 x 128, SwiGLU, RoPE, tied embeddings, 4096-token SentencePiece vocab):
 # ~1.3M parameters incl. embeddings; fits a 2-core CPU in minutes. Target layer 1 of 4 (the
@@ -73,7 +76,8 @@ def parse_args(argv=None):
     p.add_argument("--nproc", type=int, default=1,
                    help="processes per run (torchrun when > 1, e.g. GPUs)")
     p.add_argument("--extra", default="",
-                   help="extra training flags for both runs (e.g. '--hidden-size 192')")
+                   help="extra training flags for both runs, overriding the preset's "
+                        "(e.g. '--hidden-size 192 --lr-warmup-iters 200')")
     p.add_argument("--nitp-extra", default="",
                    help="extra flags for the NITP run only (e.g. '--nitp-loss-weight 0.5')")
     p.add_argument("--no-probe", action="store_true", help="skip the App. E offline probe")
@@ -87,6 +91,8 @@ def parse_args(argv=None):
         args.jobs = 2 if args.nproc == 1 and not args.gpu_moe else 1
     if args.jobs < 1:
         p.error(f"--jobs must be >= 1, got {args.jobs}")
+    if args.iters is not None and args.iters < 1:
+        p.error(f"--iters must be >= 1, got {args.iters}")
     return args
 
 
@@ -102,10 +108,8 @@ def training_command(args, run: str, run_dir: str):
                  f"--nproc_per_node={args.nproc}"] if args.nproc > 1 else [sys.executable])
     ckpt = os.path.join(run_dir, "ckpt")
     cmd = launcher + [os.path.join(REPO, preset["script"]), "--demo-data"]
-    cmd += shlex.split(preset["flags"]) + shlex.split(args.extra)
+    cmd += shlex.split(preset["flags"])
     cmd += ["--nitp" if run == "nitp" else "--no-nitp"]
-    if run == "nitp":
-        cmd += shlex.split(args.nitp_extra)
     cmd += ["--train-iters", str(iters), "--lr-warmup-iters", str(warmup),
             "--seed", str(args.seed),
             "--nitp-metrics-interval", str(preset["metrics_interval"]),
@@ -113,6 +117,8 @@ def training_command(args, run: str, run_dir: str):
             "--eval-iters", str(preset["eval_iters"]), "--log-interval", "1",
             "--log-jsonl", os.path.join(run_dir, "train.jsonl"),
             "--save", ckpt, "--load", ckpt, "--save-interval", str(max(iters // 4, 1))]
+    # Last, so that they override the preset (argparse keeps the last value of a flag).
+    cmd += shlex.split(args.extra) + (shlex.split(args.nitp_extra) if run == "nitp" else [])
     return cmd
 
 
@@ -120,131 +126,62 @@ def _done_path(args, run):
     return os.path.join(args.out, run, "done.json")
 
 
-def _last_progress(log_path):
-    """The last `iter N/M ...` line of a training log (None before the first one)."""
-    try:
-        with open(log_path, "rb") as f:
-            f.seek(max(os.path.getsize(log_path) - 4096, 0))
-            lines = f.read().decode(errors="replace").splitlines()
-    except OSError:
-        return None
-    lines = [ln for ln in lines if ln.lstrip().startswith("iter ")]
-    return lines[-1].strip() if lines else None
-
-
 def train_all(args) -> dict:
-    """Train every run without a `done.json`, `--jobs` at a time; returns {run: {iters, seconds}}.
-
-    On a CPU the two runs train side by side with cpus/jobs threads each: two single-threaded
-    processes get more out of 2 cores than one 2-threaded process (small matmuls scale poorly).
-    Progress (each run's latest iteration line) is printed every `--progress-interval` seconds.
-    """
-    infos, todo = {}, []
+    """Train every run without a `done.json`, `--jobs` at a time (on a CPU: side by side with
+    cpus/jobs threads each); returns {run: {iters, seconds, ...}}."""
+    infos, tasks, commands = {}, [], {}
     for run in RUNS:
         if os.path.isfile(_done_path(args, run)):
             print(f"[{run}] already trained ({_done_path(args, run)})", flush=True)
             infos[run] = json.load(open(_done_path(args, run)))
-        else:
-            todo.append(run)
-    jobs = max(1, min(args.jobs, len(todo) or 1))
-    env = dict(os.environ)
-    if args.nproc == 1 and jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
-    running = {}  # run -> (process, log file, start time)
-    last_print = 0.0
-    while todo or running:
-        while todo and len(running) < jobs:
-            run = todo.pop(0)
-            run_dir = os.path.join(args.out, run)
-            os.makedirs(run_dir, exist_ok=True)
-            cmd = training_command(args, run, run_dir)
-            print(f"[{run}] training: {shlex.join(cmd)}\n[{run}] log: {run_dir}/train.log",
-                  flush=True)
-            log = open(os.path.join(run_dir, "train.log"), "a")
-            proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
-            running[run] = (proc, log, time.time(), cmd)
-        time.sleep(1.0)
-        if time.time() - last_print >= args.progress_interval:
-            last_print = time.time()
-            for run in running:
-                line = _last_progress(os.path.join(args.out, run, "train.log"))
-                if line:
-                    print(f"[{run}] {line}", flush=True)
-        for run in list(running):
-            proc, log, start, cmd = running[run]
-            code = proc.poll()
-            if code is None:
-                continue
-            log.close()
-            del running[run]
-            if code != 0:
-                for other, (p, lg, _, _) in running.items():
-                    p.terminate()
-                    p.wait()
-                    lg.close()
-                raise SystemExit(f"[{run}] training failed (exit {code}); "
-                                 f"see {args.out}/{run}/train.log")
-            info = {"iters": args.iters or _preset(args)["iters"],
-                    "seconds": round(time.time() - start, 1), "command": shlex.join(cmd),
-                    "concurrent_runs": jobs}
-            _write_json(_done_path(args, run), info)
-            print(f"[{run}] trained in {info['seconds']:.0f} s", flush=True)
-            infos[run] = info
+            continue
+        run_dir = os.path.join(args.out, run)
+        commands[run] = training_command(args, run, run_dir)
+        tasks.append((run, commands[run], os.path.join(run_dir, "train.log")))
+    jobs = max(1, min(args.jobs, len(tasks)))
+
+    def done(run, code, seconds):
+        infos[run] = {"iters": args.iters or _preset(args)["iters"], "seconds": round(seconds, 1),
+                      "command": shlex.join(commands[run]),
+                      "concurrent_runs": jobs}
+        write_json_atomic(_done_path(args, run), infos[run])
+        print(f"[{run}] trained in {seconds:.0f} s", flush=True)
+
+    run_concurrently(tasks, jobs, cwd=REPO, env=dict(os.environ, **threads_per_job(jobs)),
+                     progress_interval=args.progress_interval, on_done=done,
+                     stop_on_failure=True)
     return infos
-
-
-def read_log(path: str):
-    """(train records, valid records) by iteration; a resumed run's repeats: the last wins."""
-    train, valid = {}, {}
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            rec = json.loads(line)
-            (valid if rec.get("split") == "valid" else train)[rec["iteration"]] = rec
-    return [train[i] for i in sorted(train)], [valid[i] for i in sorted(valid)]
 
 
 def measure(args) -> dict:
     """Both final checkpoints, one after the other in this process, on the same batches."""
     from megatron_nitp.evaluation import probe
-    from megatron_nitp.evaluation.representations import (MegatronEncoder,
-                                                          representation_geometry,
-                                                          validation_batches)
-    from megatron_nitp.parallel.distributed import destroy_distributed_model_parallel
 
     preset = _preset(args)
-    results, batches = {}, None
+    held_out = HeldOut(preset["eval_batches"], preset["eval_micro_batch_size"])
+    extra = None if args.no_probe else (
+        lambda enc: {"probe": probe.offline_probe(enc, per_topic=preset["per_topic"])})
+    results = {}
     for run in RUNS:
         path = os.path.join(args.out, run, "representations.json")
         if os.path.isfile(path):
             results[run] = json.load(open(path))
             continue
         start = time.time()
-        encoder = MegatronEncoder(os.path.join(args.out, run, "ckpt"))
-        if batches is None:
-            batches = validation_batches(encoder.args, preset["eval_batches"],
-                                         preset["eval_micro_batch_size"], encoder.tokenizer)
-        rep = {"iteration": encoder.args.iteration,
-               "geometry": representation_geometry(encoder, batches)}
-        if not args.no_probe:
-            rep["probe"] = probe.offline_probe(encoder, per_topic=preset["per_topic"])
+        rep = held_out.measure(os.path.join(args.out, run, "ckpt"), extra)
         rep["seconds"] = round(time.time() - start, 1)
-        _write_json(path, rep)
+        write_json_atomic(path, rep)
         results[run] = rep
         print(f"[{run}] measured: effective rank {rep['geometry']['effective_rank']:.2f}, "
               f"pair cosine {rep['geometry']['pair_cosine']:.4f} ({rep['seconds']:.0f} s)",
               flush=True)
-        del encoder
-        destroy_distributed_model_parallel()
     return results
 
 
 def summarise(args, trained, measured) -> dict:
     out = {}
     for run in RUNS:
-        train, valid = read_log(os.path.join(args.out, run, "train.jsonl"))
+        train, valid = read_train_log(os.path.join(args.out, run, "train.jsonl"))
         geo = measured[run]["geometry"]
         last_metrics = [r for r in train if r.get("effective_rank") is not None]
         rec = {
@@ -313,7 +250,7 @@ def plot(args, summary, path):
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
     (a, b), (c, d) = axes
     for run in RUNS:
-        train, valid = read_log(os.path.join(args.out, run, "train.jsonl"))
+        train, valid = read_train_log(os.path.join(args.out, run, "train.jsonl"))
         m = [r for r in train if r.get("effective_rank") is not None]
         it = [r["iteration"] for r in m]
         kw = dict(color=colors[run], label=labels[run])
@@ -365,14 +302,6 @@ def _ema(values, beta):
     return out
 
 
-def _write_json(path, obj):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     args.out = os.path.abspath(args.out)
@@ -385,7 +314,7 @@ def main(argv=None) -> int:
         for k, v in summary[run].items():
             if isinstance(v, float) and not math.isfinite(v):
                 print(f"warning: {run} {k} is not finite", flush=True)
-    _write_json(os.path.join(args.out, "compare.json"), summary)
+    write_json_atomic(os.path.join(args.out, "compare.json"), summary)
     md = markdown(summary, args)
     with open(os.path.join(args.out, "compare.md"), "w") as f:
         f.write(md)
@@ -397,9 +326,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    code = main()
-    import torch
-
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-    sys.exit(code)
+    run_and_exit(main)

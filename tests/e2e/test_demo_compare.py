@@ -55,7 +55,7 @@ def test_runs_train_side_by_side_and_show_progress(compare_dir):
         assert done["concurrent_runs"] == 2
         assert f"[{run}] iter " in stdout, stdout[-2000:]
     # Both started before either finished.
-    starts = [stdout.index(f"[{run}] training:") for run in ("ntp", "nitp")]
+    starts = [stdout.index(f"[{run}] running:") for run in ("ntp", "nitp")]
     assert max(starts) < stdout.index("trained in")
 
 
