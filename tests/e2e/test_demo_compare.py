@@ -100,3 +100,21 @@ def test_eval_representations_probes_a_tiny_checkpoint(compare_dir, tmp_path):
     for v in (cls["nearest_centroid_accuracy"], cls["logistic_regression_accuracy"],
               ret["recall_at_1"], ret["mrr"]):
         assert 0.0 <= v <= 1.0
+
+
+def test_target_alignment_diagnostic(compare_dir):
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "examples", "demo_compare",
+                                                        "target_alignment.py"),
+                           "--out", str(compare_dir), "--batches", "1"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((compare_dir / "target_alignment.json").read_text())
+    assert report["target_layer"] == 1
+    for run in ("ntp", "nitp"):
+        ranks = report[run]["effective_rank"]
+        assert list(ranks) == ["layer 1", "layer 2", "h (final norm)"]  # the tiny model: 2 layers
+        values = list(ranks.values()) + list(report[run]["pair_cosine"].values()) + list(
+            report[run]["alignment"].values())
+        assert all(math.isfinite(v) for v in values)
+    assert "layer 1 (target z)" in proc.stdout
