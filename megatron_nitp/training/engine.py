@@ -201,12 +201,10 @@ class Trainer:
         gbs = a.global_batch_size
         n_evals = (a.train_iters // a.eval_interval + 1) if a.eval_interval else 0
         sizes = (a.train_iters * gbs, max(n_evals * a.eval_iters * gbs, 1), a.eval_iters * gbs)
-        if torch.distributed.get_rank() != 0:
-            torch.distributed.barrier()  # rank 0 builds the index cache first
+        # Every rank calls it: megatron-core builds the index cache on rank 0 first, then loads
+        # it on the others (its own barrier).
         train, valid, _ = build_datasets(a.data_path, a.split, a.mock_data, a.seq_length,
                                          self.tokenizer, a.seed, sizes, a.data_cache_path)
-        if torch.distributed.get_rank() == 0:
-            torch.distributed.barrier()
         n = len(self.chunks)
 
         def iters(ds, consumed):
