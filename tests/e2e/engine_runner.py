@@ -34,7 +34,9 @@ TINY_MOE = ["--num-layers", "4", "--hidden-size", "32", "--num-attention-heads",
 TRAIN_KEYS = ("iteration", "lm_loss", "nitp_loss", "lr", "grad_norm", "tokens_per_sec")
 
 
-def _env(extra: Optional[Dict[str, str]]) -> Dict[str, str]:
+def engine_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    """The environment of a launched run: one intra-op thread, the repo importable, and no
+    launcher or test-hook variable leaked from the calling process."""
     env = dict(os.environ)
     env.update(
         OMP_NUM_THREADS="1",  # 2 shared cores: oversubscribed intra-op threads crawl
@@ -42,8 +44,10 @@ def _env(extra: Optional[Dict[str, str]]) -> Dict[str, str]:
         PYTHONWARNINGS="ignore",
         PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")])),
     )
-    env.pop("WORLD_SIZE", None)  # a leaked launcher variable would change validation
-    env.update(extra or {})
+    for k in ("WORLD_SIZE", "RANK", "MEGATRON_NITP_TEST_SLOW_SAVE",
+              "MEGATRON_NITP_TEST_NAN_ITERS"):
+        env.pop(k, None)  # a leaked variable would change validation or inject faults
+    env.update({k: str(v) for k, v in (extra or {}).items()})
     return env
 
 
@@ -59,7 +63,7 @@ def start_engine(args: Sequence[str], nproc: int = 1, family: str = "gpt", cwd=N
                  env: Optional[Dict[str, str]] = None) -> subprocess.Popen:
     return subprocess.Popen(
         engine_command(args, nproc, family), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, env=_env(env), cwd=str(cwd or REPO_ROOT),
+        text=True, env=engine_env(env), cwd=str(cwd or REPO_ROOT),
         start_new_session=True)  # own process group: a kill reaches the launcher and ranks
 
 

@@ -2,18 +2,16 @@
 
 Every run is `python pretrain_gpt_nitp.py` in its own session (so a kill reaches every process it
 started), stdout+stderr to `<name>.log` in the test's directory (no pipe to fill while a test is
-busy polling the checkpoint directory).
+busy polling the checkpoint directory). Command and environment: `engine_runner`'s.
 """
 
-import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.e2e.engine_runner import engine_command, engine_env, read_log
 
 # A 2-layer NITP model on mock data; 8 steps of one microbatch. lr high enough that every step
 # moves the loss, so a replayed or skipped step shows in the numbers.
@@ -24,21 +22,13 @@ TINY = ["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "2"
 
 
 def env(**extra):
-    e = dict(os.environ)
-    e.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONWARNINGS="ignore",
-             PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), e.get("PYTHONPATH")])))
-    for k in ("WORLD_SIZE", "RANK", "MEGATRON_NITP_TEST_SLOW_SAVE",
-              "MEGATRON_NITP_TEST_NAN_ITERS"):
-        e.pop(k, None)
-    e.update({k: str(v) for k, v in extra.items()})
-    return e
+    return engine_env(extra)
 
 
 class Run:
     def __init__(self, workdir: Path, name: str, args, family="gpt", **env_extra):
         self.log_path = Path(workdir) / f"{name}.log"
-        self.cmd = [sys.executable, str(REPO_ROOT / f"pretrain_{family}_nitp.py"),
-                    *map(str, args)]
+        self.cmd = engine_command(args, family=family)
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT,
                                      env=env(**env_extra), cwd=str(workdir),
@@ -105,8 +95,7 @@ def run(workdir, name, args, expect=0, timeout=240, **env_extra) -> str:
 
 
 def train_records(path):
-    recs = [json.loads(line) for line in Path(path).read_text().splitlines()]
-    return [r for r in recs if r.get("split", "train") == "train"]
+    return read_log(path)[0]
 
 
 def tracker(ckpt: Path):

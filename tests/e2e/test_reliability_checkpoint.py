@@ -6,11 +6,11 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.e2e.engine_runner import engine_command
 from tests.e2e.reliability_runs import TINY, Run, env, run, tracker, train_records
 
 
@@ -161,8 +161,8 @@ def test_truncated_shard_through_the_cli_exits_2_with_one_line_and_writes_nothin
     ckpt = _damaged_copy(reference, tmp_path, lambda c, it: _truncate(it / "__0_1.distcp"))
     save = tmp_path / "new_ckpt"
     proc = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve().parents[2] / "pretrain_gpt_nitp.py"),
-         *map(str, TINY + ["--load", ckpt, "--save", save, "--log-jsonl", tmp_path / "l.jsonl"])],
+        engine_command(TINY + ["--load", ckpt, "--save", save, "--log-jsonl",
+                               tmp_path / "l.jsonl"]),
         capture_output=True, text=True, env=env(), timeout=180, cwd=tmp_path)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.strip()]

@@ -6,14 +6,11 @@ The full table of cases runs in-process in tests/unit/test_validation.py."""
 
 import resource
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
+from tests.e2e.engine_runner import engine_command
 from tests.e2e.reliability_runs import TINY, env
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cli(tmp_path, family, argv):
@@ -21,8 +18,7 @@ def _cli(tmp_path, family, argv):
                "--tensorboard-dir", tmp_path / "tb"]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(
-        [sys.executable, str(REPO_ROOT / f"pretrain_{family}_nitp.py"),
-         *map(str, TINY + outputs + argv)],
+        engine_command(TINY + outputs + argv, family=family),
         capture_output=True, text=True, env=env(), timeout=120, cwd=tmp_path)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
