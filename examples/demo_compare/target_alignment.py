@@ -8,7 +8,9 @@ For both final checkpoints of a comparison, on the same held-out batches:
   target layer's output z is itself of higher or lower rank than h;
 - cos(z_t, E[x_t]) (target output vs its token's input embedding), cos(h_t, E[x_{t+1}]) (final
   state vs the next token's embedding) and cos(h_t, z_{t+1}) (final state vs the implicit target,
-  without the head).
+  without the head);
+- the NITP loss of the best *constant* prediction, 1 - |mean_t z_t/|z_t||: how much of the
+  objective a shared direction alone satisfies (the more anisotropic z, the lower).
 Writes OUT/target_alignment.json and prints a Markdown table.
 """
 
@@ -44,7 +46,8 @@ def measure(ckpt, target_layer, batches_wanted, batches=None):
         names = [f"layer {n}" for n in range(1, len(layers) + 1)] + ["h (final norm)"]
         rank = {k: 0.0 for k in names}
         cos = {k: 0.0 for k in names}
-        align = {"cos(z_t, E[x_t])": 0.0, "cos(h_t, E[x_t+1])": 0.0, "cos(h_t, z_t+1)": 0.0}
+        align = {"cos(z_t, E[x_t])": 0.0, "cos(h_t, E[x_t+1])": 0.0, "cos(h_t, z_t+1)": 0.0,
+                 "NITP loss of the best constant prediction": 0.0}
         for b in batches:
             h = enc.hidden_states(b["tokens"])                        # [s, b, d]
             valid = b["loss_mask"].T.bool()
@@ -57,6 +60,8 @@ def measure(ckpt, target_layer, batches_wanted, batches=None):
             align["cos(z_t, E[x_t])"] += F.cosine_similarity(z, e, dim=-1).mean().item()
             align["cos(h_t, E[x_t+1])"] += F.cosine_similarity(h[:-1], e[1:], dim=-1).mean().item()
             align["cos(h_t, z_t+1)"] += F.cosine_similarity(h[:-1], z[1:], dim=-1).mean().item()
+            unit = F.normalize(z[valid], dim=-1)
+            align["NITP loss of the best constant prediction"] += 1.0 - unit.mean(0).norm().item()
         for hk in hooks:
             hk.remove()
         n = len(batches)
