@@ -118,7 +118,17 @@ def preprocess_jsonl(
             }
             chunks = _chunks(jsonl.iter_lines(input_path), _CHUNK_LINES)
             if workers > 1:
-                pool = Pool(workers, initializer=_init_worker, initargs=(*worker_args, True))
+                # Workers fork with SIGINT ignored: a Ctrl-C that reaches the process group
+                # while one is still starting (before its initializer runs) must not kill it,
+                # or pool.terminate() can wait forever for it.
+                main = threading.current_thread() is threading.main_thread()
+                previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+                try:
+                    pool = Pool(workers, initializer=_init_worker,
+                                initargs=(*worker_args, True))
+                finally:
+                    if main:
+                        signal.signal(signal.SIGINT, previous)
                 results = _ordered_pool_results(pool, chunks, window=4 * workers)
             else:
                 _init_worker(*worker_args, False)
