@@ -1,4 +1,5 @@
-"""The one error type of the data layer: bad user input (a flag, a file) found before work starts."""
+"""The one error type of the data layer (bad user input: a flag, a file, found before work
+starts) and the output-directory check that raises it."""
 
 
 class DataArgumentError(SystemExit):
@@ -15,3 +16,18 @@ class DataArgumentError(SystemExit):
 
     def __str__(self) -> str:
         return self.message
+
+
+def ensure_output_directory(prefix: str, flag: str = "--output-prefix") -> str:
+    """Creates the directory of an output prefix; DataArgumentError naming `flag` if it cannot be
+    created or written. Returns the directory."""
+    import os
+
+    directory = os.path.dirname(os.path.abspath(prefix))
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as error:
+        raise DataArgumentError(f"{flag}: cannot create {directory!r} ({error.strerror})") from None
+    if not os.access(directory, os.W_OK):
+        raise DataArgumentError(f"{flag}: directory {directory!r} is not writable")
+    return directory

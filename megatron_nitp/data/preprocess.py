@@ -27,7 +27,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy
 
 from megatron_nitp.data import jsonl
-from megatron_nitp.data.errors import DataArgumentError
+from megatron_nitp.data.errors import DataArgumentError, ensure_output_directory
 from megatron_nitp.data.tokenizers import build_tokenizer
 
 TOKENIZER_ERROR = "tokenizer error"
@@ -185,13 +185,7 @@ def _check_arguments(input_path: str, json_keys: List[str], workers: int) -> Non
 
 def _prepare_outputs(prefixes, overwrite: bool) -> None:
     for prefix in prefixes:
-        directory = os.path.dirname(os.path.abspath(prefix))
-        try:
-            os.makedirs(directory, exist_ok=True)
-        except OSError as error:
-            raise DataArgumentError(f"--output-prefix: cannot create {directory!r} ({error.strerror})") from None
-        if not os.access(directory, os.W_OK):
-            raise DataArgumentError(f"--output-prefix: directory {directory!r} is not writable")
+        ensure_output_directory(prefix)
         for path in (prefix + ".bin", prefix + ".idx"):
             if os.path.exists(path) and not overwrite:
                 raise DataArgumentError(

@@ -13,7 +13,7 @@ import itertools
 import os
 from typing import Iterable, Iterator
 
-from megatron_nitp.data.errors import DataArgumentError
+from megatron_nitp.data.errors import DataArgumentError, ensure_output_directory
 from megatron_nitp.data.jsonl import iter_texts
 
 TOKENIZER_KINDS = ("sentencepiece", "hf-bpe")
@@ -48,13 +48,7 @@ def train_tokenizer(
             f"--input: {input_path!r} has no record with non-empty text under --json-key {json_key!r}"
         )
     texts = itertools.chain([first], texts)
-    directory = os.path.dirname(os.path.abspath(output_prefix))
-    try:
-        os.makedirs(directory, exist_ok=True)
-    except OSError as error:
-        raise DataArgumentError(f"--output-prefix: cannot create {directory!r} ({error.strerror})") from None
-    if not os.access(directory, os.W_OK):
-        raise DataArgumentError(f"--output-prefix: directory {directory!r} is not writable")
+    ensure_output_directory(output_prefix)
     if kind == "sentencepiece":
         return train_sentencepiece(texts, vocab_size, output_prefix + ".model")
     return train_hf_bpe(texts, vocab_size, output_prefix + ".json")
