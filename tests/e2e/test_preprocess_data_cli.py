@@ -3,7 +3,7 @@ for bad arguments, and no .bin/.idx pair after Ctrl-C or a kill in the middle of
 
 Argument errors are checked in fresh interpreters (they must come before megatron-core is
 imported). Runs that get past them import megatron-core, which costs seconds per interpreter, so
-they call the tool's main() in this process, or in a child forked from it for the signal tests.
+they call the tool's main() in this process; the signal tests start it as a real process.
 """
 
 import importlib.util
@@ -29,37 +29,23 @@ def _tool():
     return module
 
 
-def _fork_tool(argv, output_path):
-    """Run the tool's main(argv) in a forked child in its own session, output to a file."""
-    tool = _tool()
-    pid = os.fork()
-    if pid == 0:  # the child: never return into pytest
-        code = 70
-        try:
-            os.setsid()
-            descriptor = os.open(output_path, os.O_WRONLY | os.O_CREAT, 0o644)
-            os.dup2(descriptor, 1)
-            os.dup2(descriptor, 2)
-            sys.stdout = sys.stderr = open(descriptor, "w", buffering=1)  # not pytest's capture
-            sys.argv = [TOOL]
-            code = tool.main(argv)
-        except SystemExit as exit_:
-            code = exit_.code if isinstance(exit_.code, int) else 1
-        finally:
-            os._exit(code)
-    return pid
+def _start_tool(argv, output_path):
+    """The tool in a fresh interpreter, in its own session (a Ctrl-C to its process group reaches
+    it and its pool workers, nothing else), output to a file. Not a fork of this process: pytest
+    has run torch by now, and a fork of a process with live threads can deadlock in the child."""
+    with open(output_path, "w") as out:
+        return subprocess.Popen([sys.executable, TOOL, *argv], stdout=out,
+                                stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
+                                env=dict(os.environ, PYTHONWARNINGS="ignore"))
 
 
-def _wait(pid, timeout):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.05)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    raise AssertionError(f"the tool did not stop within {timeout} s")
+def _wait(proc, timeout):
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise AssertionError(f"the tool did not stop within {timeout} s") from None
 
 
 def _run(*args, timeout=300):
@@ -133,21 +119,21 @@ def test_a_run_stopped_midway_leaves_no_bin_idx_pair(tmp_path, how):
 
     workers = "2" if how == "ctrl-c" else "1"  # a killed pool would leave orphan workers
     output = tmp_path / "output.txt"
-    pid = _fork_tool(["--input", str(fifo), "--output-prefix", str(tmp_path / "out"),
+    proc = _start_tool(["--input", str(fifo), "--output-prefix", str(tmp_path / "out"),
                       *NULL_TOKENIZER, "--workers", workers, "--no-progress"], str(output))
     feeder = threading.Thread(target=feed, daemon=True)
     feeder.start()
     try:
-        partial = tmp_path / f"out_text_document.bin.partial-{pid}"
+        partial = tmp_path / f"out_text_document.bin.partial-{proc.pid}"
         deadline = time.time() + 120
         while not (partial.exists() and partial.stat().st_size > 0):
             assert time.time() < deadline, output.read_text()
             time.sleep(0.05)
         if how == "ctrl-c":
-            os.killpg(pid, signal.SIGINT)  # what a terminal sends: the whole process group
+            os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends: the whole process group
         else:
-            os.kill(pid, signal.SIGKILL)
-        code = _wait(pid, 60)
+            os.kill(proc.pid, signal.SIGKILL)
+        code = _wait(proc, 60)
     finally:
         done.set()
     names = sorted(os.listdir(tmp_path))
