@@ -36,7 +36,11 @@ def _start_tool(argv, output_path):
     with open(output_path, "w") as out:
         return subprocess.Popen([sys.executable, TOOL, *argv], stdout=out,
                                 stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
-                                env=dict(os.environ, PYTHONWARNINGS="ignore"))
+                                env=dict(os.environ, PYTHONWARNINGS="ignore"),
+                                # An ignored SIGINT is inherited across exec: if anything in this
+                                # pytest process ignores it, Python would not install its Ctrl-C
+                                # handler in the tool. Start it as a terminal would.
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait(proc, timeout):
