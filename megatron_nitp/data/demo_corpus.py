@@ -70,7 +70,7 @@ def build_demo_corpus(
     """
     # Imported here: at module level it would break this file's use as the isolated stdlib
     # reader, which runs with no access to this package.
-    from megatron_nitp.data.errors import DataArgumentError
+    from megatron_nitp.data.errors import DataArgumentError, ensure_output_directory
 
     for name in sources:
         if name not in ("stdlib", "python-reference") and _package_root(name) is None:
@@ -78,13 +78,7 @@ def build_demo_corpus(
                 f"--sources: {name!r} is neither 'stdlib', 'python-reference' nor an installed "
                 "Python package"
             )
-    directory = os.path.dirname(os.path.abspath(output_path))
-    try:
-        os.makedirs(directory, exist_ok=True)
-    except OSError as error:
-        raise DataArgumentError(f"--output: cannot create {directory!r} ({error.strerror})") from None
-    if not os.access(directory, os.W_OK):
-        raise DataArgumentError(f"--output: directory {directory!r} is not writable")
+    ensure_output_directory(output_path, "--output")
     temporary = f"{output_path}.partial-{os.getpid()}"
     stats = CorpusStats(0, 0, {})
     try:
