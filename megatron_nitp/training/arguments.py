@@ -203,6 +203,9 @@ def build_parser(model_family="gpt"):
     p = argparse.ArgumentParser(
         description=f"NITP pretraining ({model_family}) on megatron-core.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        # Megatron-LM's parser refuses prefixes too: `--exit-signal 10` must not quietly become
+        # `--exit-signal-handler`.
+        allow_abbrev=False,
     )
     p.add_argument("--config", action="append", default=[],
                    help="YAML file of the same options (flag names without dashes); repeatable, "

@@ -324,3 +324,12 @@ def test_missing_tokenizer_file_names_the_flag(model, expected):
 def test_schedule_lengths_are_checked_before_megatron_asserts(argv, option):
     with pytest.raises(ConfigError, match=option):
         validate_args(parse_args(argv), world_size=1)
+
+
+@pytest.mark.parametrize("prefix", ["--exit-signal-h", "--nitp-loss-w", "--tensor-model-parallel"])
+def test_flag_prefixes_are_not_abbreviations(prefix, capsys):
+    # Megatron-LM's parser has allow_abbrev=False; a prefix must be an error, not another flag.
+    with pytest.raises(SystemExit) as e:
+        parse_args(BASE + [prefix, "1"])
+    assert e.value.code == 2
+    assert "unrecognized arguments" in capsys.readouterr().err
