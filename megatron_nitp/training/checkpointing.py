@@ -6,8 +6,10 @@ and load), scheduler, iteration, consumed samples, NITP config and args. Written
 killed mid-save resumes from the previous complete checkpoint.
 """
 
+import errno
 import os
 import shutil
+import signal
 import time
 
 import torch
@@ -69,34 +71,79 @@ def save_checkpoint(ckpt_dir, iteration, chunks, optimizer, scheduler, consumed_
 
     final = iteration_dir(ckpt_dir, iteration)
     tmp = final + ".tmp"
-    if _rank0():
-        os.makedirs(ckpt_dir, exist_ok=True)
-        _remove_partial_saves(ckpt_dir)
-        os.makedirs(tmp)
-    torch.distributed.barrier()
-    start = time.time()
-    model_state = _model_state(chunks)
-    state = dict(model_state)
-    state["optimizer"] = _optimizer_state(optimizer, model_state, is_loading=False)
-    state["opt_param_scheduler"] = scheduler.state_dict()
-    state["iteration"] = iteration
-    state["consumed_samples"] = consumed_samples
-    dist_checkpointing.save(state, tmp)
-    _test_slow_save(iteration)
-    torch.distributed.barrier()
-    if _rank0():
-        run_config = dict(args=json_safe_args(args), nitp=nitp_config.to_dict(),
-                          iteration=iteration, consumed_samples=consumed_samples,
-                          tokenizer=tokenizer_info)
-        _write_atomic(os.path.join(tmp, RUN_CONFIG), json.dumps(run_config, indent=1))
-        if os.path.exists(final):
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _write_atomic(os.path.join(ckpt_dir, TRACKER), str(iteration))
-        if keep_last_n:
-            _prune(ckpt_dir, keep_last_n, iteration)
-    torch.distributed.barrier()
+    # A file-size limit (ulimit -f) then fails the write with EFBIG instead of killing the run.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    try:
+        if _rank0():
+            os.makedirs(ckpt_dir, exist_ok=True)
+            _remove_partial_saves(ckpt_dir)
+            os.makedirs(tmp)
+        torch.distributed.barrier()
+        start = time.time()
+        model_state = _model_state(chunks)
+        state = dict(model_state)
+        state["optimizer"] = _optimizer_state(optimizer, model_state, is_loading=False)
+        state["opt_param_scheduler"] = scheduler.state_dict()
+        state["iteration"] = iteration
+        state["consumed_samples"] = consumed_samples
+        dist_checkpointing.save(state, tmp)
+        _test_slow_save(iteration)
+        torch.distributed.barrier()
+        if _rank0():
+            run_config = dict(args=json_safe_args(args), nitp=nitp_config.to_dict(),
+                              iteration=iteration, consumed_samples=consumed_samples,
+                              tokenizer=tokenizer_info)
+            _write_atomic(os.path.join(tmp, RUN_CONFIG), json.dumps(run_config, indent=1))
+            if os.path.exists(final):
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _write_atomic(os.path.join(ckpt_dir, TRACKER), str(iteration))
+            if keep_last_n:
+                _prune(ckpt_dir, keep_last_n, iteration)
+        torch.distributed.barrier()
+    except BaseException as e:  # incl. Ctrl-C: no half-written save may stay behind
+        if _rank0():
+            shutil.rmtree(tmp, ignore_errors=True)
+            _remove(os.path.join(ckpt_dir, TRACKER + ".tmp"))
+        if _out_of_space(e):
+            raise CheckpointError(f"no space left on device while saving iteration {iteration} "
+                                  f"to {ckpt_dir} (the partial save was removed; the latest "
+                                  f"checkpoint is still iteration "
+                                  f"{latest_iteration(ckpt_dir)})") from e
+        raise
     log(f"saved checkpoint iteration {iteration} to {final} in {time.time() - start:.1f} s")
+
+
+_SPACE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+# torch.save's zip writer and torch DCP's workers lose the errno; these are their words for it.
+_SPACE_WORDS = ("No space left", "File too large", "Disk quota exceeded", "unexpected pos")
+
+
+def _out_of_space(error) -> bool:
+    """Whether a failed save ran out of room (disk full, quota, file-size limit), searching the
+    exception's causes and torch DCP's per-rank failures."""
+    seen, todo = set(), [error]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _SPACE_ERRNOS:
+            return True
+        if any(word in str(e) for word in _SPACE_WORDS):
+            return True
+        todo += [e.__cause__, e.__context__]
+        failures = getattr(e, "failures", None)
+        if isinstance(failures, dict):
+            todo += [f for f in failures.values() if isinstance(f, BaseException)]
+    return False
+
+
+def _remove(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
 
 
 def _test_slow_save(iteration):
@@ -155,7 +202,7 @@ def verify_checkpoint_files(path):
     try:
         with open(meta_json) as f:
             backend = json.load(f).get("sharded_backend")
-    except (json.JSONDecodeError, AttributeError):
+    except (ValueError, AttributeError):  # bad JSON or undecodable bytes
         raise CheckpointError(f"--load: {meta_json}: corrupted (not megatron's JSON metadata)")
     if not os.path.isfile(os.path.join(path, "common.pt")):
         raise missing("common.pt")
@@ -182,6 +229,20 @@ def verify_checkpoint_files(path):
                                   f"truncated ({size} bytes, the metadata needs {end})")
 
 
+def _fresh_head(saved_run_config, nitp_config):
+    nitp = saved_run_config.get("nitp", {})
+    saved_head = nitp.get("enabled") and nitp.get("projector", "swiglu") == "swiglu" and \
+        nitp.get("loss_type") != "generic_cosine"
+    return nitp_config.uses_head and not saved_head
+
+
+def loads_optimizer_state(saved_run_config, nitp_config) -> bool:
+    """Whether a resume restores the optimizer and scheduler (not for a model-only checkpoint,
+    nor when a fresh NITP head joins: the optimizer's parameter set changed)."""
+    return not _fresh_head(saved_run_config, nitp_config) and \
+        not saved_run_config.get("model_only", False)
+
+
 def load_checkpoint(ckpt_dir, chunks, optimizer, scheduler, nitp_config, log=print):
     """Restore state in place; returns (iteration, consumed_samples)."""
     iteration = latest_iteration(ckpt_dir)
@@ -189,13 +250,11 @@ def load_checkpoint(ckpt_dir, chunks, optimizer, scheduler, nitp_config, log=pri
         raise CheckpointError(f"--load {ckpt_dir}: no checkpoint found")
     path = iteration_dir(ckpt_dir, iteration)
     saved = read_run_config(ckpt_dir, iteration)
-    saved_head = saved.get("nitp", {}).get("enabled") and saved["nitp"].get(
-        "projector", "swiglu") == "swiglu" and saved["nitp"].get("loss_type") != "generic_cosine"
-    fresh_head = nitp_config.uses_head and not saved_head
+    fresh_head = _fresh_head(saved, nitp_config)
     model_only = saved.get("model_only", False)
     model_state = _model_state(chunks, drop_head=fresh_head)
     state = dict(model_state)
-    load_optimizer = not fresh_head and not model_only
+    load_optimizer = loads_optimizer_state(saved, nitp_config)
     if load_optimizer:
         state["optimizer"] = _optimizer_state(optimizer, model_state, is_loading=True)
     try:
