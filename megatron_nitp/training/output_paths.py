@@ -7,15 +7,12 @@ fine when its nearest existing ancestor is a writable directory (it is created l
 
 import os
 
+from .flag_ranges import flag
 from .validation import ConfigError
 
 # (dest, what the path must be)
 DIRECTORIES = ("save", "tensorboard_dir", "data_cache_path", "wandb_save_dir")
 FILES = ("log_jsonl", "plot")
-
-
-def _flag(dest):
-    return "--" + dest.replace("_", "-")
 
 
 def _nearest_existing(path):
@@ -34,7 +31,7 @@ def _writable_dir(directory) -> bool:
 
 def probe(dest, path, is_dir):
     """ConfigError naming the flag when `path` cannot be used as the output it is for."""
-    name = _flag(dest)
+    name = flag(dest)
     absolute = os.path.abspath(path)
     if os.path.lexists(absolute):
         if is_dir and not os.path.isdir(absolute):
