@@ -6,7 +6,6 @@ and load), scheduler, iteration, consumed samples, NITP config and args. Written
 killed mid-save resumes from the previous complete checkpoint.
 """
 
-import errno
 import os
 import shutil
 import signal
@@ -24,6 +23,7 @@ from .checkpoint_io import (
     latest_iteration,
     read_run_config,
 )
+from .out_of_space import out_of_space
 
 SHARDING = "fully_reshardable"
 HEAD_PREFIX = "nitp_head."
@@ -65,78 +65,60 @@ def _write_atomic(path, text):
     os.replace(tmp, path)
 
 
-def save_checkpoint(ckpt_dir, iteration, chunks, optimizer, scheduler, consumed_samples, args,
-                    nitp_config, tokenizer_info, keep_last_n=None, log=print):
+def save_checkpoint(ckpt_dir, iteration, *args, **kwargs):
+    """Save (see _save_checkpoint); a failed save leaves no `.tmp` behind, and running out of
+    room (disk full, quota, `ulimit -f`) is one CheckpointError naming the iteration and DIR."""
+    # A file-size limit then fails the write with EFBIG instead of killing the run (SIGXFSZ).
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    try:
+        _save_checkpoint(ckpt_dir, iteration, *args, **kwargs)
+    except BaseException as e:  # incl. Ctrl-C: no half-written save may stay behind
+        if _rank0():
+            shutil.rmtree(iteration_dir(ckpt_dir, iteration) + ".tmp", ignore_errors=True)
+            _remove(os.path.join(ckpt_dir, TRACKER + ".tmp"))
+        if out_of_space(e):
+            latest = latest_iteration(ckpt_dir)
+            kept = ("there is no earlier checkpoint" if latest is None else
+                    f"the latest checkpoint is still iteration {latest}")
+            raise CheckpointError(f"no space left on device while saving iteration {iteration} "
+                                  f"to {ckpt_dir} (the partial save was removed; {kept})") from e
+        raise
+
+
+def _save_checkpoint(ckpt_dir, iteration, chunks, optimizer, scheduler, consumed_samples, args,
+                     nitp_config, tokenizer_info, keep_last_n=None, log=print):
     import json
 
     final = iteration_dir(ckpt_dir, iteration)
     tmp = final + ".tmp"
-    # A file-size limit (ulimit -f) then fails the write with EFBIG instead of killing the run.
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    try:
-        if _rank0():
-            os.makedirs(ckpt_dir, exist_ok=True)
-            _remove_partial_saves(ckpt_dir)
-            os.makedirs(tmp)
-        torch.distributed.barrier()
-        start = time.time()
-        model_state = _model_state(chunks)
-        state = dict(model_state)
-        state["optimizer"] = _optimizer_state(optimizer, model_state, is_loading=False)
-        state["opt_param_scheduler"] = scheduler.state_dict()
-        state["iteration"] = iteration
-        state["consumed_samples"] = consumed_samples
-        dist_checkpointing.save(state, tmp)
-        _test_slow_save(iteration)
-        torch.distributed.barrier()
-        if _rank0():
-            run_config = dict(args=json_safe_args(args), nitp=nitp_config.to_dict(),
-                              iteration=iteration, consumed_samples=consumed_samples,
-                              tokenizer=tokenizer_info)
-            _write_atomic(os.path.join(tmp, RUN_CONFIG), json.dumps(run_config, indent=1))
-            if os.path.exists(final):
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            _write_atomic(os.path.join(ckpt_dir, TRACKER), str(iteration))
-            if keep_last_n:
-                _prune(ckpt_dir, keep_last_n, iteration)
-        torch.distributed.barrier()
-    except BaseException as e:  # incl. Ctrl-C: no half-written save may stay behind
-        if _rank0():
-            shutil.rmtree(tmp, ignore_errors=True)
-            _remove(os.path.join(ckpt_dir, TRACKER + ".tmp"))
-        if _out_of_space(e):
-            raise CheckpointError(f"no space left on device while saving iteration {iteration} "
-                                  f"to {ckpt_dir} (the partial save was removed; the latest "
-                                  f"checkpoint is still iteration "
-                                  f"{latest_iteration(ckpt_dir)})") from e
-        raise
+    if _rank0():
+        os.makedirs(ckpt_dir, exist_ok=True)
+        _remove_partial_saves(ckpt_dir)
+        os.makedirs(tmp)
+    torch.distributed.barrier()
+    start = time.time()
+    model_state = _model_state(chunks)
+    state = dict(model_state)
+    state["optimizer"] = _optimizer_state(optimizer, model_state, is_loading=False)
+    state["opt_param_scheduler"] = scheduler.state_dict()
+    state["iteration"] = iteration
+    state["consumed_samples"] = consumed_samples
+    dist_checkpointing.save(state, tmp)
+    _test_slow_save(iteration)
+    torch.distributed.barrier()
+    if _rank0():
+        run_config = dict(args=json_safe_args(args), nitp=nitp_config.to_dict(),
+                          iteration=iteration, consumed_samples=consumed_samples,
+                          tokenizer=tokenizer_info)
+        _write_atomic(os.path.join(tmp, RUN_CONFIG), json.dumps(run_config, indent=1))
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _write_atomic(os.path.join(ckpt_dir, TRACKER), str(iteration))
+        if keep_last_n:
+            _prune(ckpt_dir, keep_last_n, iteration)
+    torch.distributed.barrier()
     log(f"saved checkpoint iteration {iteration} to {final} in {time.time() - start:.1f} s")
-
-
-_SPACE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
-# torch.save's zip writer and torch DCP's workers lose the errno; these are their words for it.
-_SPACE_WORDS = ("No space left", "File too large", "Disk quota exceeded", "unexpected pos")
-
-
-def _out_of_space(error) -> bool:
-    """Whether a failed save ran out of room (disk full, quota, file-size limit), searching the
-    exception's causes and torch DCP's per-rank failures."""
-    seen, todo = set(), [error]
-    while todo:
-        e = todo.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, OSError) and e.errno in _SPACE_ERRNOS:
-            return True
-        if any(word in str(e) for word in _SPACE_WORDS):
-            return True
-        todo += [e.__cause__, e.__context__]
-        failures = getattr(e, "failures", None)
-        if isinstance(failures, dict):
-            todo += [f for f in failures.values() if isinstance(f, BaseException)]
-    return False
 
 
 def _remove(path):

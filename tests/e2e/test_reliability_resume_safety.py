@@ -144,6 +144,30 @@ def test_disk_full_during_a_save_is_one_line_and_the_previous_checkpoint_survive
     verify_checkpoint_files(str(ckpt / "iter_0000002"))
 
 
+def test_a_file_size_limit_during_a_save_is_the_same_one_line(tmp_path):
+    """`ulimit -f` (RLIMIT_FSIZE): every shard file is larger than the limit, the log is not
+    (it goes to a pipe). The write fails with EFBIG instead of SIGXFSZ killing the run."""
+    import resource
+
+    from tests.e2e.engine_runner import engine_command
+    from tests.e2e.reliability_runs import env
+
+    ckpt = tmp_path / "ckpt"
+    limit = 100_000  # bytes; a TINY shard is ~370 kB
+
+    proc = subprocess.run(
+        engine_command(TINY + ["--train-iters", "2", "--save", ckpt, "--save-interval", "1"]),
+        capture_output=True, text=True, env=env(), timeout=240, cwd=tmp_path,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert _error_lines(proc.stderr) == [
+        f"error: no space left on device while saving iteration 1 to {ckpt} (the partial save "
+        "was removed; there is no earlier checkpoint)"], out
+    assert "Traceback" not in out
+    assert not ckpt.exists()  # the save directory this run created held nothing: removed
+
+
 def test_ctrl_c_with_the_exit_signal_handler_saves_and_exits_zero(tmp_path):
     ckpt = tmp_path / "ckpt"
     r = Run(tmp_path, "handled", TINY + ["--save", ckpt, "--exit-signal-handler"])
