@@ -41,7 +41,8 @@ RANGES = {
     # checkpoints, exits, logs
     "save_interval": AT_LEAST_1, "keep_last_n_checkpoints": AT_LEAST_1,
     "exit_interval": AT_LEAST_1, "exit_duration_in_mins": POSITIVE,
-    "eval_interval": AT_LEAST_1, "eval_iters": AT_LEAST_1, "log_interval": AT_LEAST_1,
+    # --eval-iters 0 is Megatron-LM's way to skip evaluation.
+    "eval_interval": AT_LEAST_1, "eval_iters": AT_LEAST_0, "log_interval": AT_LEAST_1,
 }
 
 

@@ -64,7 +64,7 @@ NUMERIC = {
     "lr negative": (["--lr", "-1"], ["--lr -1.0", ">= 0"]),
     "adam beta out of range": (["--adam-beta2", "1.5"], ["--adam-beta2 1.5", "[0, 1)"]),
     "dropout inf": (["--hidden-dropout", "inf"], ["--hidden-dropout inf", "finite"]),
-    "eval iters zero": (["--eval-iters", "0"], ["--eval-iters 0", ">= 1"]),
+    "log interval zero": (["--log-interval", "0"], ["--log-interval 0", ">= 1"]),
     "hidden size zero": (["--hidden-size", "0"], ["--hidden-size 0", ">= 1"]),
     "train iters 0 without --save": (["--train-iters", "0"],
                                      ["--train-iters 0", "needs --save"]),
