@@ -17,7 +17,8 @@ import copy
 import os
 import re
 import struct
-from typing import List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy
 import torch
@@ -27,6 +28,7 @@ from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, Moc
 from megatron.core.datasets.indexed_dataset import DType
 
 from megatron_nitp.data.errors import DataArgumentError
+from megatron_nitp.data.index_check import check_indexed_pair, index_identity
 
 _INDEX_HEADER = b"MMIDIDX\x00\x00"  # megatron.core.datasets.indexed_dataset._INDEX_HEADER
 _FULL_SCAN_TOKENS = 1 << 24  # below this the whole .bin is scanned for the largest id
@@ -91,7 +93,8 @@ def validate_data_args(
     if split is not None:
         parse_split(split)
     for prefix in prefixes:
-        dtype, _ = _read_index_header(prefix)
+        _read_index_header(prefix)
+        dtype, _ = check_indexed_pair(prefix)  # sizes, counts, dtype: before any model exists
         largest = _largest_token_id(prefix, dtype)
         if largest >= tokenizer.vocab_size:
             raise DataArgumentError(
@@ -123,7 +126,8 @@ def build_datasets(
     blend = None if mock else parse_blend(data_path)
     if blend is not None:
         _check_every_split_has_documents(blend[0], parse_split(split), sizes)
-    config = GPTDatasetConfig(
+    config = IdentifiedGPTDatasetConfig(
+        data_identity=None if blend is None else {p: index_identity(p) for p in blend[0]},
         random_seed=seed,
         sequence_length=seq_length,
         blend=blend,
@@ -138,10 +142,30 @@ def build_datasets(
         create_attention_mask=create_attention_mask,
     )
     builder = _BlendedDatasetBuilder(
-        MockGPTDataset if mock else GPTDataset, sizes, lambda: True, config
+        MockGPTDataset if mock else IdentifiedGPTDataset, sizes, lambda: True, config
     )
     train, valid, test = builder.build()
     return train, valid, test
+
+
+@dataclass
+class IdentifiedGPTDatasetConfig(GPTDatasetConfig):
+    data_identity: Optional[Dict[str, str]] = None
+    """{prefix: index_identity(prefix)}: what the cached sample indices were built from."""
+
+
+class IdentifiedGPTDataset(GPTDataset):
+    """megatron-core's GPTDataset with the data's identity in its cache key.
+
+    The sample/shuffle index cache is keyed by the MD5 of the dataset's unique description,
+    which names the data by its path only: data preprocessed again under the same prefix would
+    reuse the old indices (trains on part of the new data, or indexes past its end). Adding the
+    `.idx` content hash to the key attributes makes a new index for new data.
+    """
+
+    @staticmethod
+    def _key_config_attributes() -> List[str]:
+        return GPTDataset._key_config_attributes() + ["data_identity"]
 
 
 class _BlendedDatasetBuilder(BlendedMegatronDatasetBuilder):

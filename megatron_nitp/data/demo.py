@@ -14,6 +14,7 @@ import time
 from typing import Optional, Tuple
 
 from megatron_nitp.data.demo_corpus import build_demo_corpus
+from megatron_nitp.data.index_check import is_consistent
 from megatron_nitp.data.preprocess import document_prefix, preprocess_jsonl
 from megatron_nitp.data.tokenizer_training import train_tokenizer
 
@@ -49,8 +50,8 @@ def prepare_demo_data(
     with open(os.path.join(cache_dir, ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
 
-        def step(number: int, what: str, outputs, run) -> None:
-            if all(os.path.exists(path) for path in outputs):
+        def step(number: int, what: str, outputs, run, usable=lambda: True) -> None:
+            if all(os.path.exists(path) for path in outputs) and usable():
                 log(f"demo data [{number}/3] {what}: cached {outputs[0]}")
                 return
             log(f"demo data [{number}/3] {what} ...")
@@ -80,7 +81,9 @@ def prepare_demo_data(
 
         step(1, "corpus", [corpus], corpus_step)
         step(2, f"SentencePiece tokenizer ({vocab_size})", [tokenizer_model], tokenizer_step)
-        step(3, "indexed dataset", [data_prefix + ".bin", data_prefix + ".idx"], data_step)
+        # A truncated or mismatched cached pair (a full disk, a copy cut short) is rebuilt.
+        step(3, "indexed dataset", [data_prefix + ".bin", data_prefix + ".idx"], data_step,
+             usable=lambda: is_consistent(data_prefix))
     return data_prefix, tokenizer_model
 
 

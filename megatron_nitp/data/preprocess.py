@@ -14,6 +14,7 @@ the main process reads bytes and appends documents with megatron-core's `Indexed
 import collections
 import glob
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -225,6 +226,20 @@ def _commit(temporary: Dict[str, Tuple[str, str]], prefixes: Dict[str, str]) -> 
             os.remove(idx_path)  # an old .idx must never describe the new .bin
         os.replace(temporary[key][0], bin_path)
         os.replace(temporary[key][1], idx_path)
+        _clear_default_index_cache(prefix)
+
+
+def _clear_default_index_cache(prefix: str) -> None:
+    """megatron-core caches sample indices in `{prefix}/cache/` when no --data-cache-path is
+    given; they describe the data just replaced. (Caches elsewhere are keyed by the data's
+    identity, datasets.IdentifiedGPTDataset, so they cannot be reused for new data.)"""
+    cache = os.path.join(prefix, "cache")
+    if os.path.isdir(cache):
+        shutil.rmtree(cache, ignore_errors=True)
+        try:
+            os.rmdir(prefix)  # megatron created this directory only to hold the cache
+        except OSError:
+            pass
 
 
 @contextmanager

@@ -7,6 +7,7 @@ given on the command line override them. Unknown keys are an error (a typo must 
 
 import argparse
 import os
+import signal
 import sys
 
 import yaml
@@ -134,6 +135,15 @@ def _add_training_args(p):
     g.add_argument("--adam-beta2", type=float, default=0.95, help="AdamW beta2.")
     g.add_argument("--adam-eps", type=float, default=1e-8, help="AdamW epsilon.")
     g.add_argument("--clip-grad", type=float, default=1.0, help="Global grad-norm clip.")
+    # Megatron-LM's names (its underscore spelling too); see training/schedule_resume.py.
+    g.add_argument("--override-opt-param-scheduler", "--override-opt_param-scheduler",
+                   dest="override_opt_param_scheduler", action="store_true",
+                   help="On resume, take the schedule (lr, min lr, warmup, decay iterations and "
+                        "style, weight decay) from the flags, not the checkpoint.")
+    g.add_argument("--use-checkpoint-opt-param-scheduler", "--use-checkpoint-opt_param-scheduler",
+                   dest="use_checkpoint_opt_param_scheduler", action="store_true",
+                   help="On resume, take the schedule from the checkpoint, not the flags. "
+                        "With neither flag a resume whose schedule differs is refused.")
     g.add_argument("--max-bad-steps", type=int, default=3,
                    help="Stop after N consecutive non-finite steps (each is skipped).")
 
@@ -179,7 +189,11 @@ def _add_io_args(p):
     g.add_argument("--exit-duration-in-mins", type=float, default=None,
                    help="Save and exit after this many minutes.")
     g.add_argument("--exit-signal-handler", action="store_true",
-                   help="Save and exit 0 on SIGTERM (preemption).")
+                   help="Save and exit 0 on --exit-signal (preemption) or Ctrl-C (SIGINT).")
+    g.add_argument("--exit-signal", type=_signal_by_name, default=signal.SIGTERM,
+                   choices=list(signal.Signals), metavar="SIGNAL",
+                   help="The signal --exit-signal-handler saves and exits on, by name "
+                        "(SIGTERM, SIGUSR1, ...); SIGINT always is.")
     g = p.add_argument_group("evaluation and logging")
     g.add_argument("--eval-interval", type=int, default=None, help="Evaluate every N iterations.")
     g.add_argument("--eval-iters", type=int, default=2, help="Batches per evaluation.")
@@ -197,6 +211,14 @@ def _add_io_args(p):
     g.add_argument("--dry-run", action="store_true",
                    help="Validate, print parameter counts and the parallel plan, exit.")
     g.add_argument("--debug", action="store_true", help="Show tracebacks for config errors.")
+
+
+def _signal_by_name(name):
+    """Megatron-LM parses --exit-signal as a signal.Signals member name."""
+    try:
+        return signal.Signals[name]
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"{name!r}: not a signal name (e.g. SIGTERM, SIGUSR1)")
 
 
 def build_parser(model_family="gpt"):
@@ -292,7 +314,9 @@ def _fill_defaults(args):
         args.ffn_hidden_size = 4 * args.hidden_size
     if args.num_query_groups is None:
         args.num_query_groups = args.num_attention_heads
-    if args.kv_channels is None and args.num_attention_heads:
+    # Not divisible: left unset, so that validation names the flags (megatron would floor it).
+    if (args.kv_channels is None and args.num_attention_heads > 0
+            and args.hidden_size % args.num_attention_heads == 0):
         args.kv_channels = args.hidden_size // args.num_attention_heads
     if args.max_position_embeddings is None:
         args.max_position_embeddings = args.seq_length

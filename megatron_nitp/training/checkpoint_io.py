@@ -28,8 +28,9 @@ def latest_iteration(ckpt_dir: str):
     path = os.path.join(ckpt_dir, TRACKER)
     if not os.path.isfile(path):
         return None
-    text = open(path).read().strip()
-    if not text.isdigit():
+    with open(path, "rb") as f:
+        text = f.read().decode("utf-8", errors="replace").strip()
+    if not (text.isascii() and text.isdigit()):
         raise CheckpointError(f"{path}: corrupted tracker file (expected an iteration number, "
                               f"found {text[:40]!r})")
     return int(text)
@@ -47,8 +48,8 @@ def read_run_config(ckpt_dir: str, iteration=None) -> dict:
     try:
         with open(path) as f:
             return json.load(f)
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: corrupted ({e})")
+    except ValueError as e:  # JSONDecodeError, or UnicodeDecodeError for undecodable bytes
+        raise CheckpointError(f"{path}: corrupted ({str(e)[:200]})")
 
 
 def json_safe_args(args) -> dict:

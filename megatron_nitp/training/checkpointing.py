@@ -8,6 +8,7 @@ killed mid-save resumes from the previous complete checkpoint.
 
 import os
 import shutil
+import signal
 import time
 
 import torch
@@ -22,6 +23,7 @@ from .checkpoint_io import (
     latest_iteration,
     read_run_config,
 )
+from .out_of_space import out_of_space
 
 SHARDING = "fully_reshardable"
 HEAD_PREFIX = "nitp_head."
@@ -63,8 +65,28 @@ def _write_atomic(path, text):
     os.replace(tmp, path)
 
 
-def save_checkpoint(ckpt_dir, iteration, chunks, optimizer, scheduler, consumed_samples, args,
-                    nitp_config, tokenizer_info, keep_last_n=None, log=print):
+def save_checkpoint(ckpt_dir, iteration, *args, **kwargs):
+    """Save (see _save_checkpoint); a failed save leaves no `.tmp` behind, and running out of
+    room (disk full, quota, `ulimit -f`) is one CheckpointError naming the iteration and DIR."""
+    # A file-size limit then fails the write with EFBIG instead of killing the run (SIGXFSZ).
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    try:
+        _save_checkpoint(ckpt_dir, iteration, *args, **kwargs)
+    except BaseException as e:  # incl. Ctrl-C: no half-written save may stay behind
+        if _rank0():
+            shutil.rmtree(iteration_dir(ckpt_dir, iteration) + ".tmp", ignore_errors=True)
+            _remove(os.path.join(ckpt_dir, TRACKER + ".tmp"))
+        if out_of_space(e):
+            latest = latest_iteration(ckpt_dir)
+            kept = ("there is no earlier checkpoint" if latest is None else
+                    f"the latest checkpoint is still iteration {latest}")
+            raise CheckpointError(f"no space left on device while saving iteration {iteration} "
+                                  f"to {ckpt_dir} (the partial save was removed; {kept})") from e
+        raise
+
+
+def _save_checkpoint(ckpt_dir, iteration, chunks, optimizer, scheduler, consumed_samples, args,
+                     nitp_config, tokenizer_info, keep_last_n=None, log=print):
     import json
 
     final = iteration_dir(ckpt_dir, iteration)
@@ -97,6 +119,13 @@ def save_checkpoint(ckpt_dir, iteration, chunks, optimizer, scheduler, consumed_
             _prune(ckpt_dir, keep_last_n, iteration)
     torch.distributed.barrier()
     log(f"saved checkpoint iteration {iteration} to {final} in {time.time() - start:.1f} s")
+
+
+def _remove(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
 
 
 def _test_slow_save(iteration):
@@ -155,7 +184,7 @@ def verify_checkpoint_files(path):
     try:
         with open(meta_json) as f:
             backend = json.load(f).get("sharded_backend")
-    except (json.JSONDecodeError, AttributeError):
+    except (ValueError, AttributeError):  # bad JSON or undecodable bytes
         raise CheckpointError(f"--load: {meta_json}: corrupted (not megatron's JSON metadata)")
     if not os.path.isfile(os.path.join(path, "common.pt")):
         raise missing("common.pt")
@@ -182,6 +211,20 @@ def verify_checkpoint_files(path):
                                   f"truncated ({size} bytes, the metadata needs {end})")
 
 
+def _fresh_head(saved_run_config, nitp_config):
+    nitp = saved_run_config.get("nitp", {})
+    saved_head = nitp.get("enabled") and nitp.get("projector", "swiglu") == "swiglu" and \
+        nitp.get("loss_type") != "generic_cosine"
+    return nitp_config.uses_head and not saved_head
+
+
+def loads_optimizer_state(saved_run_config, nitp_config) -> bool:
+    """Whether a resume restores the optimizer and scheduler (not for a model-only checkpoint,
+    nor when a fresh NITP head joins: the optimizer's parameter set changed)."""
+    return not _fresh_head(saved_run_config, nitp_config) and \
+        not saved_run_config.get("model_only", False)
+
+
 def load_checkpoint(ckpt_dir, chunks, optimizer, scheduler, nitp_config, log=print):
     """Restore state in place; returns (iteration, consumed_samples)."""
     iteration = latest_iteration(ckpt_dir)
@@ -189,13 +232,11 @@ def load_checkpoint(ckpt_dir, chunks, optimizer, scheduler, nitp_config, log=pri
         raise CheckpointError(f"--load {ckpt_dir}: no checkpoint found")
     path = iteration_dir(ckpt_dir, iteration)
     saved = read_run_config(ckpt_dir, iteration)
-    saved_head = saved.get("nitp", {}).get("enabled") and saved["nitp"].get(
-        "projector", "swiglu") == "swiglu" and saved["nitp"].get("loss_type") != "generic_cosine"
-    fresh_head = nitp_config.uses_head and not saved_head
+    fresh_head = _fresh_head(saved, nitp_config)
     model_only = saved.get("model_only", False)
     model_state = _model_state(chunks, drop_head=fresh_head)
     state = dict(model_state)
-    load_optimizer = not fresh_head and not model_only
+    load_optimizer = loads_optimizer_state(saved, nitp_config)
     if load_optimizer:
         state["optimizer"] = _optimizer_state(optimizer, model_state, is_loading=True)
     try:

@@ -17,6 +17,10 @@ import torch
 from ..nitp.config import NITPConfig
 from .arguments import parse_args
 from .checkpoint_io import CheckpointError, iteration_dir, latest_iteration, read_run_config
+from .output_paths import probe_output_paths
+from .resume_changes import check_optimizer_layout, report_nitp_changes
+from .save_lock import SaveDirLock
+from .schedule_resume import check_schedule_on_resume
 from .validation import ConfigError, validate_args
 
 ARCH_FIELDS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
@@ -41,8 +45,9 @@ def _fail(msg, debug=False):
     sys.exit(2)
 
 
-def _check_resume_target(args, vocab_size_known):
-    """--load sanity before heavy work: empty dirs, architecture mismatches."""
+def _check_resume_target(args, vocab_size_known, nitp_config=None, log=print):
+    """--load sanity before heavy work: empty dirs, architecture mismatches, what else the
+    resume changes (schedule, NITP, optimizer layout)."""
     if not args.load:
         return
     if not os.path.isdir(args.load):
@@ -62,7 +67,8 @@ def _check_resume_target(args, vocab_size_known):
         raise ConfigError(f"--load {args.load}: no checkpoint in this directory "
                           "(no latest_checkpointed_iteration.txt); a mistyped path must not "
                           "train from scratch")
-    saved = read_run_config(args.load, it)["args"]
+    run_config = read_run_config(args.load, it)
+    saved = run_config["args"]
     for field in ARCH_FIELDS:
         if field == "padded_vocab_size" and not vocab_size_known:
             continue
@@ -70,9 +76,14 @@ def _check_resume_target(args, vocab_size_known):
         if field in saved and mine != theirs:
             raise ConfigError(f"--load {args.load}: checkpoint has a different architecture: "
                               f"{field} = {theirs} in the checkpoint, {mine} here")
-    from .checkpointing import verify_checkpoint_files
+    from .checkpointing import loads_optimizer_state, verify_checkpoint_files
 
     verify_checkpoint_files(iteration_dir(args.load, it))
+    if nitp_config is not None:
+        report_nitp_changes(run_config.get("nitp", {}), nitp_config.to_dict(), log)
+        if loads_optimizer_state(run_config, nitp_config):
+            check_optimizer_layout(saved, args, args.load)
+            check_schedule_on_resume(args, iteration_dir(args.load, it), log)
 
 
 def _setup_tokenizer_and_data_args(args, log):
@@ -108,6 +119,7 @@ def pretrain(model_family="gpt", argv=None):
         if model_family == "moe" and not args.num_experts:
             raise ConfigError("--num-experts: required by pretrain_moe_nitp.py")
         nitp_config = validate_args(args)
+        probe_output_paths(args)
         if args.plot and not args.log_jsonl:
             raise ConfigError("--plot: needs --log-jsonl (the plot is drawn from its records)")
         if args.dry_run:  # before any megatron-core import: a dry run costs the torch import
@@ -120,7 +132,9 @@ def pretrain(model_family="gpt", argv=None):
 
         args.padded_vocab_size = padded_vocab_size(
             args.vocab_size, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size)
-        _check_resume_target(args, vocab_size_known=True)
+        _check_resume_target(args, vocab_size_known=True, nitp_config=nitp_config, log=log)
+        if args.save and rank == 0:
+            SaveDirLock(args.save, log).acquire()
     except (ConfigError, CheckpointError, ValueError) as e:
         _fail(str(e), args.debug)
     except SystemExit as e:  # data-layer errors are SystemExit subclasses with a message
@@ -319,15 +333,20 @@ class Trainer:
         from .checkpointing import save_checkpoint
 
         a = self.args
-        save_checkpoint(a.save, self.iteration, self.chunks, self.optimizer, self.scheduler,
-                        self.consumed, a, self.nitp,
-                        {"type": a.tokenizer_type, "model": a.tokenizer_model},
-                        keep_last_n=a.keep_last_n_checkpoints, log=self.log)
+        try:
+            save_checkpoint(a.save, self.iteration, self.chunks, self.optimizer, self.scheduler,
+                            self.consumed, a, self.nitp,
+                            {"type": a.tokenizer_type, "model": a.tokenizer_model},
+                            keep_last_n=a.keep_last_n_checkpoints, log=self.log)
+        except CheckpointError as e:  # disk full: one line, the previous checkpoint intact
+            self.logger.close()
+            _fail(str(e), a.debug)
 
     def run(self):
         a = self.args
         if a.exit_signal_handler:
-            signal.signal(signal.SIGTERM, lambda *_: setattr(self, "sigterm", True))
+            for sig in {signal.Signals(a.exit_signal), signal.SIGINT}:
+                signal.signal(sig, self._on_exit_signal)
         self._setup()
         start_iteration = self.iteration
         tokens_per_step = a.global_batch_size * a.seq_length
@@ -369,8 +388,8 @@ class Trainer:
                 self._save()
                 last_saved = self.iteration
             stop = None
-            if a.exit_signal_handler and self._any_rank(self.sigterm):
-                stop = "SIGTERM"
+            if a.exit_signal_handler and self._any_rank(bool(self.sigterm)):
+                stop = self.sigterm or "a signal on another rank"
             elif a.exit_duration_in_mins and self._any_rank(
                     (time.time() - self.start_time) / 60 > a.exit_duration_in_mins):
                 stop = "--exit-duration-in-mins"
@@ -386,6 +405,12 @@ class Trainer:
         if a.save and last_saved != self.iteration:
             self._save()
         return self._finish(0)
+
+    def _on_exit_signal(self, signum, _frame):
+        """Finish the step, save, exit 0; a second Ctrl-C means stop now (exit 130)."""
+        if self.sigterm and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.sigterm = signal.Signals(signum).name  # no print here: not reentrant
 
     def _finish(self, code):
         """Close the logs; with --plot, draw the run's JSONL (rank 0; a plotting failure only
@@ -414,7 +439,15 @@ class Trainer:
 
 
 def main(model_family):
-    code = pretrain(model_family)
+    try:
+        code = pretrain(model_family)
+    except KeyboardInterrupt:
+        # Ctrl-C without --exit-signal-handler: one line, the shell's 128 + SIGINT, and no
+        # traceback; a save it interrupted has removed its .tmp (checkpointing.save_checkpoint).
+        if int(os.environ.get("RANK", 0)) == 0:
+            print("error: interrupted (SIGINT): exiting without saving; --exit-signal-handler "
+                  "makes Ctrl-C save a checkpoint and exit 0", file=sys.stderr, flush=True)
+        code = 130
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     sys.exit(code or 0)

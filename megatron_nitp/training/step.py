@@ -16,6 +16,7 @@ from megatron.core.utils import get_batch_on_this_cp_rank
 
 from ..nitp.loss import nitp_loss_func
 from ..parallel.pipeline import schedule_seq_length, target_is_carried
+from .schedule_resume import scheduler_kwargs
 
 BATCH_KEYS = ("tokens", "labels", "loss_mask", "position_ids")
 
@@ -74,21 +75,7 @@ def build_optimizer(args, model_chunks, config):
         use_distributed_optimizer=args.use_distributed_optimizer,
     )
     optimizer = get_megatron_optimizer(opt_config, model_chunks)
-    scheduler = OptimizerParamScheduler(
-        optimizer,
-        init_lr=0.0 if args.lr_warmup_iters else args.lr,
-        max_lr=args.lr,
-        min_lr=args.min_lr,
-        lr_warmup_steps=args.lr_warmup_iters,
-        lr_decay_steps=args.lr_decay_iters,
-        lr_decay_style=args.lr_decay_style,
-        start_wd=args.weight_decay,
-        end_wd=args.weight_decay,
-        wd_incr_steps=args.train_iters,
-        wd_incr_style="constant",
-        wsd_decay_steps=args.lr_wsd_decay_iters,
-        lr_wsd_decay_style=args.lr_wsd_decay_style,
-    )
+    scheduler = OptimizerParamScheduler(optimizer, **scheduler_kwargs(args))
     return optimizer, scheduler
 
 

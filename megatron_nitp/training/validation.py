@@ -9,6 +9,7 @@ import math
 import os
 
 from ..nitp.config import NITPConfig, NITPConfigError
+from .flag_ranges import range_errors
 
 
 class ConfigError(ValueError):
@@ -25,17 +26,9 @@ def validate_args(args, world_size=None):
     tp, pp, cp = (args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
                   args.context_parallel_size)
     ep = args.expert_model_parallel_size
-    for name, v in (("--tensor-model-parallel-size", tp), ("--pipeline-model-parallel-size", pp),
-                    ("--context-parallel-size", cp), ("--expert-model-parallel-size", ep)):
-        if v < 1:
-            raise ConfigError(f"{name} {v}: must be >= 1")
-    for name, v, low in (("--num-layers", args.num_layers, 1),
-                         ("--micro-batch-size", args.micro_batch_size, 1),
-                         ("--max-bad-steps", args.max_bad_steps, 1),
-                         ("--save-interval", args.save_interval, 1),
-                         ("--keep-last-n-checkpoints", args.keep_last_n_checkpoints, 1)):
-        if v is not None and v < low:
-            raise ConfigError(f"{name} {v}: must be >= {low}")
+    for message in range_errors(args):  # every numeric flag, before the cross-flag checks
+        raise ConfigError(message)
+    _validate_shape_and_outputs(args)
     if world_size % (tp * pp * cp) != 0:
         raise ConfigError(
             f"world size {world_size} is not divisible by --tensor-model-parallel-size {tp} x "
@@ -112,6 +105,40 @@ def validate_args(args, world_size=None):
                               "target is captured inside a recomputed (no-grad) block; use "
                               "selective recompute or keep stop-grad")
     return nitp
+
+
+def _validate_shape_and_outputs(args):
+    """What megatron-core would build silently wrong, or fail on mid-step."""
+    if args.kv_channels is None:  # _fill_defaults leaves it unset when it does not divide
+        raise ConfigError(f"--hidden-size {args.hidden_size}: not divisible by "
+                          f"--num-attention-heads {args.num_attention_heads}; give --kv-channels "
+                          "(the head dimension) or a hidden size that is a multiple of the heads")
+    if args.position_embedding_type == "rope" and args.kv_channels % 2:
+        raise ConfigError(f"--kv-channels {args.kv_channels} (the head dimension): RoPE rotates "
+                          "pairs of channels and needs an even head dimension")
+    if args.nitp and args.nitp_shift == 1 and args.seq_length < 2:
+        raise ConfigError(f"--seq-length {args.seq_length}: NITP predicts the next position's "
+                          "target and needs --seq-length >= 2")
+    if args.train_iters == 0 and not args.save:
+        raise ConfigError("--train-iters 0: needs --save (it writes the initial model as "
+                          "iteration 0); give --save DIR or --train-iters >= 1")
+    if args.wandb_project and os.environ.get("WANDB_MODE", "offline") in ("online", "run") \
+            and not _wandb_api_key():
+        raise ConfigError(f"--wandb-project {args.wandb_project}: WANDB_MODE="
+                          f"{os.environ['WANDB_MODE']} but no wandb API key (set WANDB_API_KEY "
+                          "or run `wandb login`), or unset WANDB_MODE to log offline")
+
+
+def _wandb_api_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    import netrc
+
+    try:
+        auth = netrc.netrc(os.environ.get("NETRC")).authenticators("api.wandb.ai")
+    except (OSError, netrc.NetrcParseError):
+        return False
+    return bool(auth and auth[2])
 
 
 def _validate_schedule(args):

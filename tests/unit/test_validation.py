@@ -34,8 +34,8 @@ CASES = {
     "unknown loss type": (["--nitp", "--nitp-loss-type", "cosin"], 1,
                           ["--nitp-loss-type 'cosin'", "cosine, mse, smooth_l1, kl"]),
     "NITP head width not divisible by TP": (
-        ["--hidden-size", "66", "--nitp", "--nitp-head-ffn-multiplier", "1",
-         "--tensor-model-parallel-size", "4"], 4,
+        ["--hidden-size", "66", "--kv-channels", "16", "--nitp", "--nitp-head-ffn-multiplier",
+         "1", "--tensor-model-parallel-size", "4"], 4,
         ["--nitp-head-ffn-multiplier 1", "66", "--tensor-model-parallel-size 4"]),
     "attention heads not divisible by TP": (
         ["--num-attention-heads", "6", "--hidden-size", "96", "--tensor-model-parallel-size", "4"],

@@ -1,0 +1,47 @@
+"""What a resume changes besides the architecture (checked in engine._check_resume_target).
+
+- NITP settings: legal to change (an ablation that continues a run), never silent: one notice
+  naming each field, the checkpoint's value and the new one (NITP on -> off drops the head).
+- Optimizer layout: megatron-core 0.16.1 cannot load one optimizer's state into the other
+  (the distributed optimizer's fully-reshardable state holds fp32 master copies,
+  `optimizer.state.param.*`, that the plain optimizer never saves; the plain optimizer's
+  param-group state lacks the distributed optimizer's `pre_wd_mult`), so a switch is refused in
+  one line naming the flag.
+"""
+
+from .validation import ConfigError
+
+
+def nitp_changes(saved_nitp: dict, current: dict):
+    """[(field, checkpoint value, new value)]; a disabled NITP's other fields do not matter."""
+    if not saved_nitp:
+        return []
+    if saved_nitp.get("enabled") != current.get("enabled"):
+        return [("enabled", saved_nitp.get("enabled"), current.get("enabled"))]
+    if not current.get("enabled"):
+        return []
+    return [(k, saved_nitp[k], current[k]) for k in sorted(current)
+            if k in saved_nitp and saved_nitp[k] != current[k]]
+
+
+def report_nitp_changes(saved_nitp: dict, current: dict, log=print):
+    changes = nitp_changes(saved_nitp, current)
+    if not changes:
+        return
+    listed = "; ".join(f"{k} {old} -> {new}" for k, old, new in changes)
+    extra = ""
+    if ("enabled", True, False) in changes:
+        extra = " (the checkpoint's NITP head is not loaded: this run trains NTP only)"
+    log(f"notice: resume changes NITP: {listed}{extra}")
+
+
+def check_optimizer_layout(saved_args: dict, args, load_dir: str):
+    if "use_distributed_optimizer" not in saved_args:
+        return
+    saved = bool(saved_args["use_distributed_optimizer"])
+    if saved != bool(args.use_distributed_optimizer):
+        how = "with" if saved else "without"
+        raise ConfigError(f"--use-distributed-optimizer: the checkpoint in {load_dir} was saved "
+                          f"{how} it and its optimizer state cannot be loaded into the other "
+                          f"optimizer; {'add' if saved else 'drop'} --use-distributed-optimizer "
+                          "to resume")

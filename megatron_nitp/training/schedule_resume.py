@@ -1,0 +1,94 @@
+"""The learning-rate/weight-decay schedule on resume: Megatron-LM's two flags, said out loud.
+
+megatron-core's `OptimizerParamScheduler.load_state_dict` compares each saved schedule value
+with the one built from the flags (`_check_and_set`): with `--override-opt_param-scheduler` the
+flags win, with `--use-checkpoint-opt_param-scheduler` the checkpoint wins, with neither
+(Megatron-LM 0.16.1's default) a difference is an assertion. Here the same comparison runs
+before the model is built, from the checkpoint's `common.pt`: a difference without a flag is one
+ConfigError naming the values and both flags, and with a flag a notice names each differing
+value and which one is used. megatron-core then applies the choice itself.
+"""
+
+import os
+
+from .validation import ConfigError
+
+# The values megatron's scheduler saves and checks, and the flags they come from.
+FLAGS = {
+    "max_lr": "--lr",
+    "min_lr": "--min-lr",
+    "lr_warmup_steps": "--lr-warmup-iters",
+    "lr_decay_steps": "--lr-decay-iters (default --train-iters)",
+    "lr_decay_style": "--lr-decay-style",
+    "start_wd": "--weight-decay",
+    "end_wd": "--weight-decay",
+    "wd_incr_steps": "--train-iters (the weight-decay schedule's length)",
+    "wd_incr_style": "constant weight decay",
+}
+
+
+def scheduler_kwargs(args) -> dict:
+    """OptimizerParamScheduler's keyword arguments from the flags (step.build_optimizer)."""
+    return dict(
+        init_lr=0.0 if args.lr_warmup_iters else args.lr,
+        max_lr=args.lr,
+        min_lr=args.min_lr,
+        lr_warmup_steps=args.lr_warmup_iters,
+        lr_decay_steps=args.lr_decay_iters,
+        lr_decay_style=args.lr_decay_style,
+        start_wd=args.weight_decay,
+        end_wd=args.weight_decay,
+        wd_incr_steps=args.train_iters,
+        wd_incr_style="constant",
+        wsd_decay_steps=args.lr_wsd_decay_iters,
+        lr_wsd_decay_style=args.lr_wsd_decay_style,
+        use_checkpoint_opt_param_scheduler=getattr(args, "use_checkpoint_opt_param_scheduler",
+                                                   False),
+        override_opt_param_scheduler=getattr(args, "override_opt_param_scheduler", False),
+    )
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return float(a) == float(b)
+    return a == b
+
+
+def schedule_differences(args, saved_state: dict):
+    """[(name, checkpoint value, flag value)] for every checked value that differs."""
+    mine = scheduler_kwargs(args)
+    return [(name, saved_state[name], mine[name]) for name in FLAGS
+            if name in saved_state and not _same(saved_state[name], mine[name])]
+
+
+def saved_scheduler_state(iteration_path: str):
+    import torch
+
+    common = torch.load(os.path.join(iteration_path, "common.pt"), weights_only=True,
+                        map_location="cpu")
+    return common.get("opt_param_scheduler") if isinstance(common, dict) else None
+
+
+def check_schedule_on_resume(args, iteration_path: str, log=print):
+    if args.override_opt_param_scheduler and args.use_checkpoint_opt_param_scheduler:
+        raise ConfigError("--override-opt_param-scheduler and --use-checkpoint-opt_param-"
+                          "scheduler: give at most one (flags win, or the checkpoint wins)")
+    state = saved_scheduler_state(iteration_path)
+    if not state:
+        return
+    diffs = schedule_differences(args, state)
+    if not diffs:
+        return
+    listed = "; ".join(f"{name} {saved} in the checkpoint, {mine} from {FLAGS[name]}"
+                       for name, saved, mine in diffs)
+    if args.override_opt_param_scheduler:
+        log(f"notice: resume changes the schedule: {listed}; using the flags' values "
+            "(--override-opt_param-scheduler)")
+    elif args.use_checkpoint_opt_param_scheduler:
+        log(f"notice: resume changes the schedule: {listed}; using the checkpoint's values "
+            "(--use-checkpoint-opt_param-scheduler)")
+    else:
+        raise ConfigError(f"--load {args.load}: the schedule differs from the checkpoint's "
+                          f"({listed}); pass --override-opt_param-scheduler to use the new "
+                          "values or --use-checkpoint-opt_param-scheduler to keep the "
+                          "checkpoint's")
