@@ -3,8 +3,10 @@
 Two runs saving into one directory would interleave checkpoints and race on the tracker. The lock
 is `SAVE/.megatron_nitp.lock`, created exclusively (O_EXCL) by global rank 0 and removed when the
 run ends. A lock left by a run that died without cleaning up (SIGKILL, node loss) is stale when
-its host is this host and its pid is gone; it is then taken over with a notice. A lock from
-another host cannot be checked from here: the message says how to remove it.
+its host is this host and its pid is gone, or when it names this run's own SLURM job (a requeued
+job: SLURM ends the earlier incarnation before it starts the job again, on any node); it is then
+taken over with a notice. A lock from another host cannot be checked from here: the message says
+how to remove it.
 """
 
 import atexit
@@ -49,7 +51,8 @@ class SaveDirLock:
         if not os.path.isdir(self.save_dir):
             os.makedirs(self.save_dir)
             self.created_dir = True
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
+              "slurm_job_id": os.environ.get("SLURM_JOB_ID")}
         for _ in range(2):
             try:
                 fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -66,6 +69,12 @@ class SaveDirLock:
     def _refuse_or_clear(self):
         owner = _read(self.path)
         pid, host = owner.get("pid"), owner.get("host")
+        job = os.environ.get("SLURM_JOB_ID")
+        if job and owner.get("slurm_job_id") == job:
+            self.log(f"notice: --save {self.save_dir}: taking over the lock of SLURM job {job}'s "
+                     f"earlier run (pid {pid} on {host}): the job was requeued")
+            os.remove(self.path)
+            return
         if isinstance(pid, int) and host and host != socket.gethostname():
             raise ConfigError(f"--save {self.save_dir}: in use by pid {pid} on host {host} "
                               f"(lock {self.path}); if that run is gone, delete the lock file")

@@ -25,6 +25,12 @@ def env(**extra):
     return engine_env(extra)
 
 
+def _default_sigint():
+    # A shell that starts pytest in the background leaves SIGINT ignored, and an ignored signal
+    # is inherited across exec: the Ctrl-C tests need the disposition a terminal gives.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Run:
     def __init__(self, workdir: Path, name: str, args, family="gpt", **env_extra):
         self.log_path = Path(workdir) / f"{name}.log"
@@ -32,7 +38,7 @@ class Run:
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT,
                                      env=env(**env_extra), cwd=str(workdir),
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=_default_sigint)
 
     @property
     def output(self) -> str:
