@@ -33,7 +33,9 @@ def validate_args(args, world_size=None):
                          ("--micro-batch-size", args.micro_batch_size, 1),
                          ("--max-bad-steps", args.max_bad_steps, 1),
                          ("--save-interval", args.save_interval, 1),
-                         ("--keep-last-n-checkpoints", args.keep_last_n_checkpoints, 1)):
+                         ("--keep-last-n-checkpoints", args.keep_last_n_checkpoints, 1),
+                         ("--nitp-metrics-interval", args.nitp_metrics_interval, 0),
+                         ("--nitp-metrics-num-pairs", args.nitp_metrics_num_pairs, 1)):
         if v is not None and v < low:
             raise ConfigError(f"{name} {v}: must be >= {low}")
     if world_size % (tp * pp * cp) != 0:
