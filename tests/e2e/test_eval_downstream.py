@@ -100,6 +100,7 @@ def ws(tmp_path_factory):
 
 def test_scores_every_checkpoint_and_lm_eval_equals_the_megatron_model(ws):
     pytest.importorskip("lm_eval", reason='lm-eval not installed: pip install -e ".[eval]"')
+    jobs, theirs = [], {}
     for name in FAMILIES:
         work = ws / "evals" / name
         out = _run([sys.executable, TOOL, "run", "--load", ws / "ckpt" / name, "--iterations",
@@ -113,23 +114,29 @@ def test_scores_every_checkpoint_and_lm_eval_equals_the_megatron_model(ws):
             assert rec["prefix_token_id"] == eod and f"prefix token {eod} (EOD)" in out
             assert 0 <= rec["scores"]["TinyMC"] <= 100 and rec["scores"]["TinyPPL"] > 1
             samples = {t: s for shots in rec["lm_eval"].values() for t, s in shots["samples"].items()}
-            (work / "samples.json").write_text(json.dumps(samples))
-            _run([sys.executable, OWN, "--load", ws / "ckpt" / name, "--iteration", str(it),
-                  "--tokenizer", hf, "--samples", work / "samples.json",
-                  "--prefix-token-id", str(eod), "--out", work / "own.json"])
-            own = json.loads((work / "own.json").read_text())
-            theirs_mc = [[r[0][0] for r in s["resps"]] for s in samples["tiny_mc"]]
-            theirs_ppl = [s["resps"][0][0] for s in samples["tiny_ppl"]]
-            assert len(theirs_mc) == len(MC) and len(theirs_ppl) == len(PPL)
-            # Every request fits the window (lm-eval would cut longer ones on the left).
+            # Every request fits the window (lm-eval cuts longer ones on the left); ASCII text
+            # has at most one token per character.
             assert max(len(c) + len(x) for s in samples["tiny_mc"] for c, x in s["arguments"]) < 64
-            for a, b in zip(theirs_mc, own["mc"]):
-                assert a == pytest.approx(b, abs=1e-4), (name, it, theirs_mc, own["mc"])
-            assert theirs_ppl == pytest.approx(own["rolling"], abs=1e-4), (name, it)
-        # Resumable: a second run scores nothing again.
-        again = _run([sys.executable, TOOL, "run", "--load", ws / "ckpt" / name, "--iterations",
-                      "all", "--work-dir", work, *TASK_FLAGS, "--include-path", ws / "tasks"])
-        assert again.stdout.count("scored earlier, skipped") == 2, again.stdout
+            (work / f"samples_{it}.json").write_text(json.dumps(samples))
+            job = {"load": str(ws / "ckpt" / name), "iteration": it, "tokenizer": str(hf),
+                   "samples": str(work / f"samples_{it}.json"), "prefix_token_id": eod,
+                   "out": str(work / f"own_{it}.json")}
+            (work / f"job_{it}.json").write_text(json.dumps(job))
+            jobs += ["--job", work / f"job_{it}.json"]
+            theirs[(name, it)] = ([[r[0][0] for r in s["resps"]] for s in samples["tiny_mc"]],
+                                  [s["resps"][0][0] for s in samples["tiny_ppl"]], job["out"])
+    _run([sys.executable, OWN, *jobs])
+    for (name, it), (mc, ppl, own_path) in theirs.items():
+        own = json.loads(open(own_path).read())
+        assert len(mc) == len(MC) and len(ppl) == len(PPL)
+        for a, b in zip(mc, own["mc"]):
+            assert a == pytest.approx(b, abs=1e-4), (name, it, mc, own["mc"])
+        assert ppl == pytest.approx(own["rolling"], abs=1e-4), (name, it, ppl, own["rolling"])
+    # Resumable: a second run scores nothing again.
+    again = _run([sys.executable, TOOL, "run", "--load", ws / "ckpt" / "dense", "--iterations",
+                  "all", "--work-dir", ws / "evals" / "dense", *TASK_FLAGS,
+                  "--include-path", ws / "tasks"])
+    assert again.stdout.count("scored earlier, skipped") == 2, again.stdout
 
 
 def test_report_writes_the_papers_layout_and_a_score_vs_step_png(ws):

@@ -2,9 +2,10 @@
 no lm-eval): for each sample lm-eval logged, the same tokens (lm-eval's context/continuation
 split, encoded with the exported tokenizer) through megatron-nitp's NITPGPTModel.
 
-    python own_loglikelihoods.py --load CKPT --iteration N --tokenizer HF_DIR --samples S.json \
-        --prefix-token-id ID --out OUT.json
-Writes {"mc": [[ll per choice] per doc], "rolling": [ll per doc]}.
+    python own_loglikelihoods.py --job JOB.json [--job ...]
+JOB.json: {"load", "iteration", "tokenizer" (HF dir), "samples" (lm-eval's, by task),
+"prefix_token_id", "out"}; writes OUT {"mc": [[ll per choice] per doc], "rolling": [ll per doc]}.
+One process for every job (megatron-core's import is the slow part).
 """
 
 import argparse
@@ -40,32 +41,34 @@ def loglikelihood(model, context_ids, continuation_ids):
     return logp[rows, targets].sum().item()
 
 
-def main():
-    p = argparse.ArgumentParser()
-    for k in ("--load", "--tokenizer", "--samples", "--out"):
-        p.add_argument(k, required=True)
-    p.add_argument("--iteration", type=int, required=True)
-    p.add_argument("--prefix-token-id", type=int, required=True)
-    a = p.parse_args()
+def score(job):
     from transformers import AutoTokenizer
 
+    from megatron_nitp.parallel.distributed import destroy_distributed_model_parallel
     from megatron_nitp.training.checkpoint_io import load_model_single_process
 
-    model, _, _ = load_model_single_process(a.load, a.iteration, drop_nitp_head=True)
-    tok = AutoTokenizer.from_pretrained(a.tokenizer)
-    samples = json.load(open(a.samples))
+    model, _, _ = load_model_single_process(job["load"], job["iteration"], drop_nitp_head=True)
+    tok = AutoTokenizer.from_pretrained(job["tokenizer"])
+    samples, prefix = json.load(open(job["samples"])), job["prefix_token_id"]
     out = {"mc": [], "rolling": []}
     for s in samples["tiny_mc"]:
         lls = []
         for context, continuation in s["arguments"]:
             ctx, cont = encode_pair(tok, context, continuation)
-            lls.append(loglikelihood(model, ctx or [a.prefix_token_id], cont))
+            lls.append(loglikelihood(model, ctx or [prefix], cont))
         out["mc"].append(lls)
     for s in samples["tiny_ppl"]:
-        (text,) = s["arguments"][0][:1]
-        ids = tok(text, add_special_tokens=False)["input_ids"]
-        out["rolling"].append(loglikelihood(model, [a.prefix_token_id], ids))
-    json.dump(out, open(a.out, "w"))
+        ids = tok(s["arguments"][0][0], add_special_tokens=False)["input_ids"]
+        out["rolling"].append(loglikelihood(model, [prefix], ids))
+    json.dump(out, open(job["out"], "w"))
+    destroy_distributed_model_parallel()
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--job", action="append", required=True)
+    for job in p.parse_args().job:
+        score(json.load(open(job)))
 
 
 if __name__ == "__main__":
