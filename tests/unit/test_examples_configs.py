@@ -40,6 +40,7 @@ EXTRA_KEYS = {
     "moe-router-load-balancing-type", "moe-aux-loss-coeff",  # DeepSeek-V2-style balancing
     "moe-token-dispatcher-type", "moe-grouped-gemm",         # GPU layout
     "nitp-no-stop-grad", "nitp-start-step",                  # Table 8 ablations
+    "nitp-metrics-interval",                                 # App. D monitoring
 }
 
 # name: (layers, dense layers, d, q heads, kv heads, head dim, dense FFN, MoE FFN = shared,
@@ -113,6 +114,7 @@ def test_config_matches_the_paper(name):
     else:
         assert not a.num_experts
     assert a.nitp and (a.nitp_target_layer, a.nitp_loss_weight) == (target, lam)
+    assert a.nitp_metrics_interval == 100  # App. D's geometry, overhead in benchmarks/README.md
     assert (a.nitp_shift, a.nitp_loss_type, a.nitp_no_stop_grad, a.nitp_start_step,
             a.nitp_no_projector, a.nitp_head_ffn_multiplier) == (1, "cosine", False, 0, False, 4)
     # Recipe shared by every model (App. B).
