@@ -24,8 +24,11 @@ tensor parallel only under sequence parallelism). A group whose ranks hold copie
 SP) would count tokens several times. Every tensor handed to a collective lives on the hidden
 states' device (NCCL needs it).
 
-Memory on a metrics step: each microbatch's report holds 8 (d² + d + 1) bytes of sums until the
-schedule ends (e.g. d = 1280: 13 MB per microbatch), plus the drawn tokens it holds.
+Memory on a metrics step: megatron's schedule keeps every microbatch's report until the step
+ends, and d² float64 sums per microbatch would add up (d = 3072, 96 microbatches: 7 GB). So the
+microbatches of one `GeometryProbe` add their sums into one buffer in place and every report
+refers to that same tensor (`reduce_geometry` counts each tensor once): 8 (d² + d + 1) bytes per
+step (75 MB at d = 3072), plus the drawn tokens each microbatch holds.
 """
 
 import math
@@ -144,6 +147,7 @@ class MicrobatchGeometry:
     plan: PairPlan
     first_sequence: int
     micro_batch_size: int
+    shared: Optional[dict] = None  # the probe's running sums (one buffer for all microbatches)
 
     @torch.no_grad()
     def sums(self, hidden: torch.Tensor, valid: torch.Tensor,
@@ -155,7 +159,14 @@ class MicrobatchGeometry:
         device = hidden.device
         x = hidden.detach().to(torch.float64)
         s_local, b, d = x.shape
-        out = {SUMS_KEY: _covariance_sums(_valid_tokens(x, valid))}
+        sums = _covariance_sums(_valid_tokens(x, valid))
+        if self.shared is not None:
+            if self.shared.get(SUMS_KEY) is None:
+                self.shared[SUMS_KEY] = sums
+            else:
+                self.shared[SUMS_KEY] += sums
+                sums = self.shared[SUMS_KEY]
+        out = {SUMS_KEY: sums}
         plan = self.plan
         seq = plan.sequence.to(device) - self.first_sequence
         row_of = torch.full((int(positions.max()) + 1 if positions.numel() else 1,), -1,
@@ -182,6 +193,7 @@ class GeometryProbe:
     def __init__(self, plan: PairPlan, micro_batch_size: int, dp_rank: int, dp_size: int):
         self.plan, self.mbs, self.dp_rank, self.dp_size = plan, micro_batch_size, dp_rank, dp_size
         self._next = 0
+        self._sums = {}
 
     @classmethod
     def for_step(cls, iteration: int, seed: int, global_batch_size: int, seq_length: int,
@@ -194,7 +206,7 @@ class GeometryProbe:
     def next_microbatch(self) -> MicrobatchGeometry:
         m, self._next = self._next, self._next + 1
         return MicrobatchGeometry(self.plan, (m * self.dp_size + self.dp_rank) * self.mbs,
-                                  self.mbs)
+                                  self.mbs, self._sums)
 
 
 # -- after the schedule ---------------------------------------------------------------------------
@@ -220,7 +232,9 @@ def reduce_geometry(reports: Sequence[Dict[str, torch.Tensor]], plan: PairPlan,
     reports = [r for r in reports if SUMS_KEY in r]
     if not reports:
         return {}
-    sums = torch.stack([r[SUMS_KEY] for r in reports]).sum(0)
+    # Microbatches of one probe share one running-sum tensor: count each tensor once.
+    unique = list({id(r[SUMS_KEY]): r[SUMS_KEY] for r in reports}.values())
+    sums = torch.stack(unique).sum(0)
     width = reports[0][PAIRS_KEY].size(1) - 1
     endpoints = sums.new_zeros(plan.num_endpoints, width)
     for r in reports:

@@ -119,3 +119,25 @@ def test_geometry_of_microbatches_equals_one_batch_of_all_their_sequences():
     # The last microbatch alone (what was measured before) is a different number.
     assert effective_rank(hidden[:, 6:], mask[:, 6:]) != pytest.approx(whole["effective_rank"],
                                                                         rel=1e-3)
+
+
+def test_a_probes_microbatches_share_one_sums_buffer_and_give_the_whole_batch():
+    # megatron keeps every microbatch's report until the step ends: d² sums must not be kept
+    # once per microbatch; the shared buffer must still give the numbers of the whole batch.
+    from megatron_nitp.nitp.metrics import SUMS_KEY, GeometryProbe, reduce_geometry
+
+    g = torch.Generator().manual_seed(6)
+    hidden = torch.randn(5, 8, 4, generator=g) @ torch.randn(4, 4, generator=g)
+    mask = torch.rand(5, 8, generator=g) > 0.2
+    plan = sample_pairs(8, 5, num_pairs=300, seed=2)
+    probe = GeometryProbe(plan, micro_batch_size=2, dp_rank=0, dp_size=1)
+    reports = []
+    for i in range(4):
+        mb = probe.next_microbatch()
+        assert mb.first_sequence == 2 * i
+        reports.append(mb.sums(hidden[:, 2 * i:2 * i + 2], mask[:, 2 * i:2 * i + 2], torch.arange(5)))
+    assert len({id(r[SUMS_KEY]) for r in reports}) == 1
+    got = reduce_geometry(reports, plan)
+    whole = geometry_of_batches([(hidden, mask)], num_pairs=300, seed=2)
+    assert got["effective_rank"] == pytest.approx(whole["effective_rank"], rel=1e-12)
+    assert got["pair_cosine"] == whole["pair_cosine"]
