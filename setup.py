@@ -29,5 +29,10 @@ setup(
         # Transformer Engine; apex comes with the NVIDIA PyTorch container (see Dockerfile).
         "gpu": ["transformer-engine[pytorch]"],
         "test": ["pytest", "pytest-timeout"],
+        # tools/eval_downstream.py: lm-eval's `hf` model needs its [hf] extra (transformers,
+        # accelerate, peft). Not in `test`: ~400 MB and ~1.7 min more to install.
+        "eval": ["lm-eval[hf]>=0.4.13,<0.5"],
+        # tools/eval_representations.py --mteb: the version App. E used (not installed in CI).
+        "mteb": ["mteb==2.12.0"],
     },
 )

@@ -38,7 +38,9 @@ def parse_args(argv=None):
     p.add_argument("--corpus", default=None,
                    help="demo corpus JSONL for the probe (default: the cached demo corpus)")
     p.add_argument("--mteb", action="store_true", help="also run MTEB tasks (needs `mteb`)")
-    p.add_argument("--mteb-tasks", default=None, help="comma-separated MTEB task names")
+    p.add_argument("--mteb-tasks", default=None,
+                   help="comma-separated MTEB task names, or `paper`: App. E's 25 tasks, "
+                        "reported with Table 6's groups")
     p.add_argument("--out", default=None, help="JSON file to write (default: stdout only)")
     return p.parse_args(argv)
 
@@ -64,8 +66,12 @@ def evaluate(args) -> dict:
     if not args.no_probe:
         report["probe"] = probe.offline_probe(encoder, args.corpus, args.per_topic)
     if args.mteb:
-        tasks = args.mteb_tasks.split(",") if args.mteb_tasks else probe.MTEB_DEFAULT_TASKS
+        paper = args.mteb_tasks == "paper"
+        tasks = (probe.MTEB_PAPER_TASKS if paper else args.mteb_tasks.split(",")
+                 if args.mteb_tasks else probe.MTEB_DEFAULT_TASKS)
         report["mteb"] = probe.run_mteb(encoder, tasks)
+        if paper and "skipped" not in report["mteb"]:
+            report["mteb_groups"] = probe.mteb_group_scores(report["mteb"])
     report["seconds"] = round(time.time() - start, 1)
     return report
 

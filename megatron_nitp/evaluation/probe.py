@@ -49,6 +49,38 @@ TOPIC_PREFIXES = (
 )
 
 MTEB_DEFAULT_TASKS = ("Banking77Classification", "STSBenchmark", "SprintDuplicateQuestions")
+# App. E, Table 6: the paper's 25 English MTEB tasks (MTEB v2.12.0) in its three groups; each
+# group's score is the macro average of its tasks' main scores, in percent.
+MTEB_PAPER_GROUPS = {
+    "Classification": (
+        "AmazonCounterfactualClassification", "AmazonReviewsClassification",
+        "Banking77Classification", "EmotionClassification", "MTOPDomainClassification",
+        "MTOPIntentClassification", "MassiveIntentClassification",
+        "MassiveScenarioClassification", "ToxicConversationsClassification",
+        "TweetSentimentExtractionClassification"),
+    "STS / Similarity": ("BIOSSES", "SICK-R", "STS12", "STS13", "STS14", "STS15", "STS16",
+                         "STS17", "STSBenchmark"),
+    "Retrieval / Dup.": ("AskUbuntuDupQuestions", "SciDocsRR", "SprintDuplicateQuestions",
+                         "StackOverflowDupQuestions", "TwitterSemEval2015", "TwitterURLCorpus"),
+}
+MTEB_PAPER_TASKS = tuple(t for tasks in MTEB_PAPER_GROUPS.values() for t in tasks)
+MTEB_PAPER_VERSION = "2.12.0"
+# Table 6 (3B MoE): group -> (NTP, NITP)
+MTEB_PAPER_TABLE6 = {"Classification": (40.09, 42.29), "STS / Similarity": (35.66, 38.58),
+                     "Retrieval / Dup.": (43.19, 44.83), "Overall (25 tasks)": (39.24, 41.56)}
+
+
+def mteb_group_scores(scores: Dict[str, float]) -> Dict[str, Optional[float]]:
+    """Table 6's rows from {task: main score in [0, 1]}: each group's macro average (percent)
+    over its tasks, and the overall macro average over all 25; None for a group with a task
+    missing (a partial average would not be the paper's number)."""
+    out = {}
+    for group, tasks in MTEB_PAPER_GROUPS.items():
+        vals = [scores.get(t) for t in tasks]
+        out[group] = None if None in vals else 100.0 * sum(vals) / len(vals)
+    vals = [scores.get(t) for t in MTEB_PAPER_TASKS]
+    out["Overall (25 tasks)"] = None if None in vals else 100.0 * sum(vals) / len(vals)
+    return out
 
 
 def topic_of(source: str) -> Optional[str]:

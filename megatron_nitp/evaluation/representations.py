@@ -7,8 +7,8 @@ Shared by `tools/eval_representations.py` and `examples/demo_compare/run.py`:
 - `validation_batches`: a fixed, deterministic list of held-out micro-batches built exactly as
   the engine builds its validation split, so two models are measured on the same tokens.
 - `representation_geometry`: App. D's effective rank and pair cosine on those batches, with the
-  library metrics (`megatron_nitp.nitp.metrics`) — the same functions the training loop logs —
-  one value per batch (as in training: one micro-batch at a time), then averaged.
+  library metrics (`megatron_nitp.nitp.metrics`, the code the training loop logs with): each
+  held-out batch taken as one mini-batch (pairs across its sequences), then averaged.
 - `mean_pooled_embeddings`: App. E's sentence representation: mean over valid tokens, L2-normed.
 """
 
@@ -51,20 +51,20 @@ class MegatronEncoder:
     def hidden_states(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens [b, s] -> final-norm hidden states [s, b, d] (float32).
 
-        The model records the decoder output (after the final norm) when `record_hidden` is set;
-        with `labels=None` the forward computes logits, which we drop.
+        The decoder (TransformerBlock) applies the final norm on the last stage: its output is
+        read by a forward hook; with `labels=None` the forward computes logits, which we drop.
         """
         model = self.model
         tokens = tokens.to(next(model.parameters()).device)
         position_ids = torch.arange(tokens.size(1), device=tokens.device).unsqueeze(0)
         position_ids = position_ids.expand_as(tokens)
-        model.record_hidden = True
+        seen = []
+        handle = model.decoder.register_forward_hook(lambda _m, _i, out: seen.append(out))
         try:
             model(tokens, position_ids, None, labels=None)
-            h = model.last_hidden
         finally:
-            model.record_hidden, model.last_hidden, model.last_valid = False, None, None
-        return h.float().cpu()
+            handle.remove()
+        return seen[0].detach().float().cpu()
 
 
 class HFEncoder:

@@ -2,7 +2,9 @@
 
 Forward on the last pipeline chunk returns, when NITP is on and labels are given,
 (lm_loss [b, s], nitp_loss [b, s], nitp_valid [b, s]) for `nitp_loss_func`; otherwise exactly
-what GPTModel returns. The head exists only on the last chunk; the target hook only on the chunk
+what GPTModel returns. On a metrics step the forward step passes `geometry=` (a
+`nitp.metrics.MicrobatchGeometry`); the last chunk then appends App. D's sums of this
+microbatch's final hidden states: (lm_loss, nitp_loss or None, nitp_valid or None, sums). The head exists only on the last chunk; the target hook only on the chunk
 that holds layer k; everything between them carries z next to h (parallel/pipeline.py).
 """
 
@@ -15,6 +17,7 @@ from megatron.core.models.gpt import GPTModel
 from ..nitp.config import NITPConfig
 from ..nitp.head import NITPHead, get_nitp_head_spec
 from ..nitp.objective import nitp_token_losses, tp_rows
+from ..nitp.shift import local_global_positions
 from ..nitp.target import ImplicitTargetCapture
 from ..parallel.pipeline import AFTER, BEFORE, OWNER, chunk_role, target_is_carried
 
@@ -32,9 +35,7 @@ class NITPGPTModel(GPTModel):
         self._carried = False
         self._role = None
         self._carried_target = None
-        self.record_hidden = False  # set by the trainer on metric iterations
-        self.last_hidden = None
-        self.last_valid = None
+        self._geometry = None  # set for the duration of one forward (a metrics step)
         if not cfg.uses_target and not cfg.enabled:
             return
         if self.post_process and cfg.uses_head:
@@ -58,14 +59,26 @@ class NITPGPTModel(GPTModel):
             self._carried_target, input_tensor = z, h
         super().set_input_tensor(input_tensor)
 
-    def forward(self, *args, **kwargs):
+    def forward(self, *args, geometry=None, **kwargs):
         self._capture.arm()
+        self._geometry = geometry
         try:
             return super().forward(*args, **kwargs)
         finally:
             self._capture.disarm()
             self._capture.take()
             self._carried_target = None
+            self._geometry = None
+
+    def _geometry_sums(self, hidden_states, loss_mask, seq_length):
+        """App. D's sums of this microbatch's final hidden states (this rank's SP/CP rows)."""
+        sp = self.config.sequence_parallel
+        tp, cp = self.tp_group, self.cp_group
+        positions = local_global_positions(
+            seq_length, tp.rank() if sp else 0, tp.size() if sp else 1,
+            cp.rank() if cp.size() > 1 else 0, cp.size(), sp)
+        valid = tp_rows(loss_mask.T.bool(), tp, sp)
+        return self._geometry.sums(hidden_states, valid, positions)
 
     def _implicit_target(self, decoder_input):
         if self._role == OWNER:
@@ -84,20 +97,20 @@ class NITPGPTModel(GPTModel):
                     target = torch.zeros_like(out)
                 out = torch.cat([out, target.to(out.dtype)], dim=0)
             return out
-        if self.record_hidden:  # for the representation metrics (effective rank, pair cos)
-            self.last_hidden = hidden_states.detach()
-            mask = kwargs.get("loss_mask")
-            if mask is not None:
-                self.last_valid = tp_rows(mask.T.bool(), self.tp_group,
-                                          self.config.sequence_parallel)
         labels = kwargs.get("labels", args[2] if len(args) > 2 else None)
         lm = super()._postprocess(hidden_states, *args, **kwargs)
+        geometry = None
+        if self._geometry is not None and labels is not None:
+            mask = kwargs.get("loss_mask")
+            if mask is None:
+                mask = torch.ones_like(labels, dtype=torch.bool)
+            geometry = self._geometry_sums(hidden_states, mask, labels.size(1) * self.cp_group.size())
         if not cfg.enabled or labels is None:
-            return lm
+            return lm if geometry is None else (lm, None, None, geometry)
         assert cfg.loss_type == "generic_cosine" or target is not None, "implicit target missing"
         per_tok, valid = nitp_token_losses(
             hidden_states, target, kwargs.get("loss_mask"), self.nitp_head, cfg,
             seq_length=labels.size(1) * self.cp_group.size(),
             sequence_parallel=self.config.sequence_parallel,
             tp_group=self.tp_group, cp_group=self.cp_group)
-        return lm, per_tok, valid
+        return (lm, per_tok, valid) if geometry is None else (lm, per_tok, valid, geometry)

@@ -84,11 +84,15 @@ def nitp_loss_func(loss_mask, nitp_weight, calculate_per_token_loss, output):
     """Megatron 3-tuple loss function for one microbatch.
 
     output: the last stage's model output: either the LM per-token loss [b, s] (NTP) or
-    (lm_loss [b, s], nitp_loss [b, s] zero where invalid, nitp_valid [b, s]).
-    Returns (loss to backprop, LM token count, {name: [sum, count]} for logging).
+    (lm_loss [b, s], nitp_loss [b, s] zero where invalid, nitp_valid [b, s]); on a metrics step
+    a 4th element, App. D's sums of the microbatch (nitp_loss/nitp_valid None for NTP).
+    Returns (loss to backprop, LM token count, {name: [sum, count]} for logging, plus the
+    geometry sums as they are: `nitp.metrics.reduce_geometry` reduces them).
     """
+    geometry = None
     if isinstance(output, tuple):
-        lm, nitp_tok, nitp_valid = output
+        lm, nitp_tok, nitp_valid, *rest = output
+        geometry = rest[0] if rest else None
     else:
         lm, nitp_tok, nitp_valid = output, None, None
     mask = loss_mask.reshape(-1).float()
@@ -108,4 +112,6 @@ def nitp_loss_func(loss_mask, nitp_weight, calculate_per_token_loss, output):
                 # own mean over valid NITP tokens.
                 total = total + nitp_weight * nitp_sum / n_nitp.clamp(min=1) * mask.sum()
         report["nitp loss"] = torch.stack([nitp_sum.detach(), n_nitp])
+    if geometry is not None:
+        report.update(geometry)
     return total, num_tokens, report

@@ -91,7 +91,10 @@ def _add_nitp_args(p):
     g.add_argument("--nitp-head-recompute", action="store_true",
                    help="Recompute the head's activations in backward (saves memory).")
     g.add_argument("--nitp-metrics-interval", type=int, default=0,
-                   help="Measure effective rank / pair cosine every N iterations (0: never).")
+                   help="Measure effective rank / pair cosine (App. D) of the step's mini-batch "
+                        "every N iterations (0: never).")
+    g.add_argument("--nitp-metrics-num-pairs", type=int, default=1024,
+                   help="Token pairs (across sequences) the pair cosine averages.")
 
 
 def _add_training_args(p):

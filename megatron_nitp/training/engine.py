@@ -258,18 +258,17 @@ class Trainer:
 
     # -- one step ----------------------------------------------------------------------------
     def _train_step(self):
-        from .step import forward_backward, reduce_losses
+        from .step import forward_backward, reduce_losses, reduce_step_geometry
 
         a = self.args
         for chunk in self.model:
             chunk.zero_grad_buffer()
         self.optimizer.zero_grad()
-        record = self._want_metrics()
-        for c in self.chunks:
-            c.record_hidden = record and c.post_process
+        probe = self._geometry_probe() if self._want_metrics() else None
         raw = forward_backward(a, self.model, self.config, self.nitp, self.train_iter,
-                               self.num_microbatches, self.iteration)
+                               self.num_microbatches, self.iteration, geometry=probe)
         losses = reduce_losses(raw)
+        metrics = reduce_step_geometry(raw, probe, self.config)
         if self._injected_nan():  # test hook: a poisoned step
             losses = {k: float("nan") for k in losses}
             for p in self.chunks[0].parameters():
@@ -283,31 +282,22 @@ class Trainer:
             finite = bool(ok) and grad_norm is not None and math.isfinite(grad_norm)
             if finite:
                 self.scheduler.step(increment=1)
-        metrics = self._metrics() if record else {}
-        for c in self.chunks:
-            c.record_hidden, c.last_hidden, c.last_valid = False, None, None
+        if probe is not None:
+            metrics = self._pipeline_broadcast(metrics, ["effective_rank", "pair_cosine"])
         return losses, grad_norm, finite, metrics
 
     def _want_metrics(self):
         k = self.args.nitp_metrics_interval
         return bool(k) and (self.iteration + 1) % k == 0
 
-    def _metrics(self):
-        """Effective rank and pair cosine of the last microbatch's final hidden states."""
-        from megatron.core import parallel_state as ps
+    def _geometry_probe(self):
+        """App. D's plan for this step's mini-batch (the same pairs on every rank)."""
+        from ..nitp.metrics import GeometryProbe
 
-        from ..nitp.metrics import effective_rank, pair_cosine
-
-        last = self.chunks[-1]
-        vals = {}
-        if last.post_process and last.last_hidden is not None:
-            groups = [ps.get_data_parallel_group(with_context_parallel=True)]
-            if self.config.sequence_parallel:
-                groups.append(ps.get_tensor_model_parallel_group())
-            h, m = last.last_hidden.float(), last.last_valid
-            vals = {"effective_rank": effective_rank(h, m, groups),
-                    "pair_cosine": pair_cosine(h, m, groups)}
-        return self._pipeline_broadcast(vals, ["effective_rank", "pair_cosine"])
+        a = self.args
+        return GeometryProbe.for_step(self.iteration, a.seed, a.global_batch_size, a.seq_length,
+                                      a.micro_batch_size, self.dp_rank, self.dp_size,
+                                      a.nitp_metrics_num_pairs)
 
     def evaluate(self):
         from .step import forward_backward, reduce_losses

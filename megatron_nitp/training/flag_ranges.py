@@ -27,6 +27,7 @@ RANGES = {
     # NITP
     "nitp_loss_weight": AT_LEAST_0, "nitp_start_step": AT_LEAST_0,
     "nitp_head_ffn_multiplier": AT_LEAST_1, "nitp_metrics_interval": AT_LEAST_0,
+    "nitp_metrics_num_pairs": AT_LEAST_1,
     # training, optimizer, schedule
     "micro_batch_size": AT_LEAST_1, "global_batch_size": AT_LEAST_1, "train_iters": AT_LEAST_0,
     "seed": AT_LEAST_0, "recompute_num_layers": AT_LEAST_1,

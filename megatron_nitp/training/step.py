@@ -12,9 +12,10 @@ from megatron.core.distributed import DistributedDataParallelConfig, finalize_mo
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.pipeline_parallel import get_forward_backward_func
-from megatron.core.utils import get_batch_on_this_cp_rank
+from megatron.core.utils import get_attr_wrapped_model, get_batch_on_this_cp_rank
 
 from ..nitp.loss import nitp_loss_func
+from ..nitp.metrics import GEOMETRY_KEYS, reduce_geometry
 from ..parallel.pipeline import schedule_seq_length, target_is_carried
 from .schedule_resume import scheduler_kwargs
 
@@ -30,13 +31,19 @@ def get_batch(data_iterator, device):
     return batch
 
 
-def make_forward_step(nitp_weight: float, calculate_per_token_loss: bool, device="cpu"):
-    """megatron forward_step_func: (data_iterator, model) -> (output, loss_func)."""
+def make_forward_step(nitp_weight: float, calculate_per_token_loss: bool, device="cpu",
+                      geometry=None):
+    """megatron forward_step_func: (data_iterator, model) -> (output, loss_func).
+    geometry: a `nitp.metrics.GeometryProbe` on a metrics step (the last chunk measures each
+    microbatch; the schedule runs a chunk's microbatches in order)."""
 
     def forward_step(data_iterator, model):
         batch = get_batch(data_iterator, device) if data_iterator is not None else {}
+        kwargs = {}
+        if geometry is not None and get_attr_wrapped_model(model, "post_process"):
+            kwargs["geometry"] = geometry.next_microbatch()
         output = model(batch.get("tokens"), batch.get("position_ids"), None,
-                       labels=batch.get("labels"), loss_mask=batch.get("loss_mask"))
+                       labels=batch.get("labels"), loss_mask=batch.get("loss_mask"), **kwargs)
         return output, partial(nitp_loss_func, batch.get("loss_mask"), nitp_weight,
                                calculate_per_token_loss)
 
@@ -86,7 +93,8 @@ def reduce_losses(losses_per_microbatch):
     totals = {}
     for record in losses_per_microbatch:
         for name, value in record.items():
-            totals[name] = totals.get(name, 0) + value.detach().float()
+            if name not in GEOMETRY_KEYS:  # reduced by nitp.metrics.reduce_geometry
+                totals[name] = totals.get(name, 0) + value.detach().float()
     out = {}
     group = parallel_state.get_data_parallel_group(with_context_parallel=True)
     for name in sorted(totals):
@@ -96,15 +104,32 @@ def reduce_losses(losses_per_microbatch):
     return out
 
 
+def geometry_groups(config):
+    """The groups whose ranks hold different tokens: DP x CP, and TP under sequence parallel."""
+    groups = [parallel_state.get_data_parallel_group(with_context_parallel=True)]
+    if config.sequence_parallel:
+        groups.append(parallel_state.get_tensor_model_parallel_group())
+    return groups
+
+
+def reduce_step_geometry(losses_per_microbatch, geometry, config):
+    """App. D's effective rank and pair cosine of the step's mini-batch on the last pipeline
+    stage (its microbatch reports hold the sums); {} elsewhere or without a probe."""
+    if geometry is None or not parallel_state.is_pipeline_last_stage(ignore_virtual=True):
+        return {}
+    return reduce_geometry(losses_per_microbatch, geometry.plan, geometry_groups(config))
+
+
 def forward_backward(args, model, config, nitp_config, data_iterators, num_microbatches,
-                     iteration, forward_only=False):
+                     iteration, forward_only=False, geometry=None):
     weight = nitp_config.weight_at(iteration) if nitp_config.enabled else 0.0
     carried = (nitp_config.uses_target and args.pipeline_model_parallel_size > 1
                and target_is_carried(config, nitp_config.target_layer))
     return get_forward_backward_func()(
         forward_step_func=make_forward_step(
             weight, config.calculate_per_token_loss,
-            device=torch.cuda.current_device() if torch.cuda.is_available() else "cpu"),
+            device=torch.cuda.current_device() if torch.cuda.is_available() else "cpu",
+            geometry=geometry),
         data_iterator=data_iterators,
         model=model,
         num_microbatches=num_microbatches,
@@ -115,14 +140,17 @@ def forward_backward(args, model, config, nitp_config, data_iterators, num_micro
 
 
 def train_step(args, model, optimizer, scheduler, config, nitp_config, data_iterators,
-               num_microbatches, iteration):
-    """Returns (losses {name: global mean}, grad_norm, update_successful)."""
+               num_microbatches, iteration, geometry=None):
+    """Returns (losses {name: global mean}, grad_norm, update_successful); with a geometry
+    probe the losses also hold "effective_rank" and "pair_cosine" (last pipeline stage)."""
     for chunk in model:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
     losses = forward_backward(args, model, config, nitp_config, data_iterators,
-                              num_microbatches, iteration)
+                              num_microbatches, iteration, geometry=geometry)
     update_successful, grad_norm, _ = optimizer.step()
     if update_successful:
         scheduler.step(increment=1)  # schedule lengths are in iterations
-    return reduce_losses(losses), grad_norm, update_successful
+    reduced = reduce_losses(losses)
+    reduced.update(reduce_step_geometry(losses, geometry, config))
+    return reduced, grad_norm, update_successful

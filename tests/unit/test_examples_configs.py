@@ -40,6 +40,7 @@ EXTRA_KEYS = {
     "moe-router-load-balancing-type", "moe-aux-loss-coeff",  # DeepSeek-V2-style balancing
     "moe-token-dispatcher-type", "moe-grouped-gemm",         # GPU layout
     "nitp-no-stop-grad", "nitp-start-step",                  # Table 8 ablations
+    "nitp-metrics-interval",                                 # App. D monitoring
 }
 
 # name: (layers, dense layers, d, q heads, kv heads, head dim, dense FFN, MoE FFN = shared,
@@ -113,6 +114,7 @@ def test_config_matches_the_paper(name):
     else:
         assert not a.num_experts
     assert a.nitp and (a.nitp_target_layer, a.nitp_loss_weight) == (target, lam)
+    assert a.nitp_metrics_interval == 100  # App. D's geometry, overhead in benchmarks/README.md
     assert (a.nitp_shift, a.nitp_loss_type, a.nitp_no_stop_grad, a.nitp_start_step,
             a.nitp_no_projector, a.nitp_head_ffn_multiplier) == (1, "cosine", False, 0, False, 4)
     # Recipe shared by every model (App. B).
@@ -165,7 +167,7 @@ ABLATION_EXPECT = {
     "start_step_1000": ("nitp_start_step", 1000), "start_step_2000": ("nitp_start_step", 2000),
     "start_step_3000": ("nitp_start_step", 3000), "ntp_baseline": ("nitp", False),
     **{f"loss_weight_{w}": ("nitp_loss_weight", float(w))
-       for w in ("0.2", "0.5", "0.8", "1.0", "1.5")},
+       for w in ("0.6", "0.8", "1.0", "1.2", "1.4")},  # Fig. 4's axis
 }
 
 
@@ -197,3 +199,17 @@ def test_a_later_config_can_switch_a_boolean_off(tmp_path):
     off.write_text("moe-grouped-gemm: false\n")
     a = parse_args(["--config", config_path("moe_9b_a1b"), "--config", str(off)])
     assert a.moe_grouped_gemm is False
+
+
+def test_the_grid_runs_fig4s_lambda_sweep():
+    """Fig. 4 (3B MoE) sweeps lambda over 0.6, 0.8, 1.0, 1.2, 1.4; 1.0 is the base's default."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("run_grid", os.path.join(ABLATIONS, "run_grid.py"))
+    run_grid = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_grid)
+    entries, aliases = run_grid.grid(run_grid.parse_args(["--out", "unused"]))
+    swept = sorted(n for n, _ in entries if n.startswith("loss_weight_")) + sorted(
+        n for n in aliases if n.startswith("loss_weight_"))
+    assert sorted(swept) == [f"loss_weight_{w}" for w in ("0.6", "0.8", "1.0", "1.2", "1.4")]
+    assert aliases["loss_weight_1.0"] == run_grid.DEFAULT
