@@ -28,10 +28,12 @@ setup(
     extras_require={
         # Transformer Engine; apex comes with the NVIDIA PyTorch container (see Dockerfile).
         "gpu": ["transformer-engine[pytorch]"],
-        "test": ["pytest", "pytest-timeout"],
         # tools/eval_downstream.py: lm-eval's `hf` model needs its [hf] extra (transformers,
-        # accelerate, peft). Not in `test`: ~400 MB and ~1.7 min more to install.
+        # accelerate, peft).
         "eval": ["lm-eval[hf]>=0.4.13,<0.5"],
+        # lm-eval too (~400 MB, ~1.7 min to install): its log-likelihoods on our exports are
+        # part of what the suite checks.
+        "test": ["pytest", "pytest-timeout", "lm-eval[hf]>=0.4.13,<0.5"],
         # tools/eval_representations.py --mteb: the version App. E used (not installed in CI).
         "mteb": ["mteb==2.12.0"],
     },
