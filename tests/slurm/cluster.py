@@ -35,10 +35,10 @@ def missing_binaries() -> List[str]:
 
 def install() -> Optional[str]:
     """Install slurm-wlm and munge with apt-get; None on success, else why it cannot be done."""
+    if os.geteuid() != 0:  # slurmd launches the jobs' processes as root
+        return "the localhost cluster runs its daemons as root; not root here"
     if not missing_binaries():
         return None
-    if os.geteuid() != 0:
-        return f"SLURM not installed ({', '.join(missing_binaries())} missing) and not root"
     if shutil.which("apt-get") is None:
         return "SLURM not installed and no apt-get to install Debian's slurm-wlm and munge"
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")

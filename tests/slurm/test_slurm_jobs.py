@@ -46,7 +46,7 @@ nitp: true
 nitp-target-layer: 1
 """
 KEYS = ("iteration", "lm_loss", "nitp_loss", "lr", "grad_norm", "consumed_samples", "skipped")
-pytestmark = pytest.mark.timeout(600)
+pytestmark = pytest.mark.timeout(900)  # the first test also installs SLURM when missing
 
 
 def records(path):
@@ -192,10 +192,14 @@ def test_scancel_stops_within_the_grace_time_and_is_not_requeued(slurm, config, 
     # Gone: every process of the job exited (squeue lists running and completing jobs).
     job.wait_for(lambda: job.id not in slurm.run("squeue", "-h", "-o", "%i").stdout.split(),
                  "the job to leave the queue", timeout=KILL_WAIT_S + 30)
-    assert time.time() - start < KILL_WAIT_S + 5, f"{time.time() - start:.1f} s"
+    # SLURM SIGKILLs what is left after KillWait; the slack is the controller's completing
+    # phase on a loaded 2-core machine (18 s measured at load 10).
+    took = time.time() - start
+    assert took < KILL_WAIT_S + 20, f"{took:.1f} s\n{job.out[-4000:]}"
     info = job.info()
     assert info["JobState"] == "CANCELLED" and info["Restarts"] == "0", info
-    assert "exiting at iteration 4 (SIGTERM)" in job.out and "requeueing" not in job.out
+    assert "exiting at iteration 4 (SIGTERM)" in job.out, job.out[-4000:]
+    assert "requeueing" not in job.out, job.out[-4000:]
     time.sleep(3)  # a requeue by the batch script would show as PENDING / Restarts 1 by now
     assert slurm.job(job.id).get("Restarts") == "0" and job.id not in slurm.run(
         "squeue", "-h", "-o", "%i").stdout.split()
