@@ -172,6 +172,9 @@ def _add_io_args(p):
     g = p.add_argument_group("checkpointing")
     g.add_argument("--save", default=None, help="Checkpoint directory (none: nothing written).")
     g.add_argument("--load", default=None, help="Resume from this checkpoint directory.")
+    g.add_argument("--finetune", action="store_true",
+                   help="With --load: model weights only (iteration 0, fresh optimizer and "
+                        "scheduler, RNG not loaded), as Megatron-LM's --finetune; at any layout.")
     g.add_argument("--save-interval", type=int, default=None, help="Save every N iterations.")
     g.add_argument("--keep-last-n-checkpoints", type=int, default=None,
                    help="Delete older checkpoints.")

@@ -184,7 +184,8 @@ class Trainer:
 
             try:
                 self.iteration, self.consumed = load_checkpoint(
-                    a.load, self.chunks, self.optimizer, self.scheduler, self.nitp, self.log)
+                    a.load, self.chunks, self.optimizer, self.scheduler, self.nitp, self.log,
+                    finetune=a.finetune)
             except CheckpointError as e:
                 _fail(str(e), a.debug)
             self.log(f"resumed from {a.load} at iteration {self.iteration}")
@@ -383,7 +384,9 @@ class Trainer:
                 return self._finish(0)
         if a.eval_interval and self.iteration % a.eval_interval != 0:
             self._log_eval()
-        if a.save and last_saved != self.iteration:
+        # --train-iters 0 --save: the initialised (or --finetune-loaded) model as iteration 0,
+        # a seed checkpoint that any layout can --load --finetune.
+        if a.save and (last_saved != self.iteration or self.iteration == a.train_iters == 0):
             self._save()
         return self._finish(0)
 

@@ -12,6 +12,7 @@ from megatron.core.distributed import DistributedDataParallelConfig, finalize_mo
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.pipeline_parallel import get_forward_backward_func
+from megatron.core.transformer.module import Float16Module
 from megatron.core.utils import get_batch_on_this_cp_rank
 
 from ..nitp.loss import nitp_loss_func
@@ -43,6 +44,15 @@ def make_forward_step(nitp_weight: float, calculate_per_token_loss: bool, device
 
 
 def wrap_ddp(chunks, config, use_distributed_optimizer: bool):
+    """Float16Module (bf16/fp16 runs) then megatron DDP, in Megatron-LM's get_model order.
+
+    Float16Module casts every parameter to the model dtype in place (the torch norms of the local
+    spec are built fp32 otherwise) and returns the last stage's outputs in fp32. megatron's
+    mixed-precision optimizer keeps fp32 main copies only of 16-bit parameters; an fp32 norm among
+    bf16 ones has no entry in its checkpoint mapping ("Param id N does not match any model
+    sharded param"). `chunks` stay the inner models (same parameter objects)."""
+    if config.bf16 or config.fp16:
+        chunks = [Float16Module(config, chunk) for chunk in chunks]
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True,
         overlap_grad_reduce=False,
@@ -74,13 +84,16 @@ def build_optimizer(args, model_chunks, config):
         use_distributed_optimizer=args.use_distributed_optimizer,
     )
     optimizer = get_megatron_optimizer(opt_config, model_chunks)
+    decay_steps = args.lr_decay_iters
+    if not args.train_iters:  # a seed checkpoint takes no step; megatron asserts warmup < decay
+        decay_steps = max(decay_steps, args.lr_warmup_iters + 1)
     scheduler = OptimizerParamScheduler(
         optimizer,
         init_lr=0.0 if args.lr_warmup_iters else args.lr,
         max_lr=args.lr,
         min_lr=args.min_lr,
         lr_warmup_steps=args.lr_warmup_iters,
-        lr_decay_steps=args.lr_decay_iters,
+        lr_decay_steps=decay_steps,
         lr_decay_style=args.lr_decay_style,
         start_wd=args.weight_decay,
         end_wd=args.weight_decay,
