@@ -63,6 +63,8 @@ def _check_resume_target(args, vocab_size_known):
                           "(no latest_checkpointed_iteration.txt); a mistyped path must not "
                           "train from scratch")
     saved = read_run_config(args.load, it)["args"]
+    if vocab_size_known:
+        _adopt_saved_vocab_padding(args, saved)
     for field in ARCH_FIELDS:
         if field == "padded_vocab_size" and not vocab_size_known:
             continue
@@ -73,6 +75,28 @@ def _check_resume_target(args, vocab_size_known):
     from .checkpointing import verify_checkpoint_files
 
     verify_checkpoint_files(iteration_dir(args.load, it))
+
+
+def _adopt_saved_vocab_padding(args, saved):
+    """The vocabulary is padded to a multiple of make_vocab_size_divisible_by x TP, so a
+    checkpoint saved at another TP size has another row count (512 at TP2, 384 at TP1 for 301
+    ids). Padding rows are never a target; the checkpoint's count is adopted when the tokenizer
+    fits in it and the new TP size divides it, as dist checkpointing then reshards the rows."""
+    theirs, mine = saved.get("padded_vocab_size"), args.padded_vocab_size
+    if theirs is None or theirs == mine:
+        return
+    tp = args.tensor_model_parallel_size
+    if theirs < args.vocab_size:
+        raise ConfigError(f"--load {args.load}: the checkpoint's vocabulary has {theirs} rows, "
+                          f"the tokenizer {args.vocab_size} ids (--tokenizer-model/--vocab-size "
+                          "must be the checkpoint's tokenizer)")
+    if theirs % tp:
+        raise ConfigError(f"--load {args.load}: the checkpoint's padded vocabulary ({theirs} "
+                          f"rows) does not split over --tensor-model-parallel-size {tp}; use a "
+                          f"TP size dividing {theirs}")
+    print(f"notice: --load {args.load}: using the checkpoint's padded vocabulary of {theirs} "
+          f"rows ({mine} at this TP size)", flush=True)
+    args.padded_vocab_size = theirs
 
 
 def _setup_tokenizer_and_data_args(args, log):
