@@ -107,5 +107,9 @@ def build_model_chunks(args, config: TransformerConfig, nitp_config: NITPConfig)
             rotary_base=args.rotary_base,
             vp_stage=vp_stage,
         )
+        if torch.cuda.is_available():
+            # megatron builds its layers on the GPU, torch's norms (local spec) on the CPU;
+            # Megatron-LM's get_model moves every chunk the same way.
+            model.cuda(torch.cuda.current_device())
         chunks.append(model)
     return chunks

@@ -80,7 +80,7 @@ def _all_gather_rows(x: torch.Tensor, group: Groups) -> torch.Tensor:
     for g in _groups(group):
         if g.size() == 1:
             continue
-        counts = torch.zeros(g.size(), dtype=torch.long)
+        counts = torch.zeros(g.size(), dtype=torch.long, device=x.device)  # NCCL: on x.device
         counts[g.rank()] = x.size(0)
         dist.all_reduce(counts, group=g)
         width = int(counts.max())

@@ -64,5 +64,6 @@ def test_a_padded_vocabulary_that_does_not_split_over_tp_names_the_flag(tmp_path
                       "--save", tmp_path / "a"])  # 301 ids -> 303 rows
     res = run_engine(run + ["--tensor-model-parallel-size", "2", "--load", tmp_path / "a"],
                      nproc=2, expect_code=None)  # torchrun reports a rank's exit 2 as 1
-    assert res.returncode != 0 and ("padded vocabulary (303 rows) does not split over --tensor-model-parallel-size 2"
+    assert res.returncode != 0
+    assert ("padded vocabulary (303 rows) does not split over --tensor-model-parallel-size 2"
             in res.stdout)
