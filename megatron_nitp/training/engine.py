@@ -187,6 +187,7 @@ class Trainer:
         from ..models.builder import (build_model_chunks, transformer_config_from_args,
                                       virtual_pipeline_size)
         from ..parallel.distributed import initialize_distributed
+        from ..parallel.speed import speed_settings
         from .loggers import RunLogger
         from .step import build_optimizer, wrap_ddp
 
@@ -197,7 +198,11 @@ class Trainer:
                                timeout_minutes=a.distributed_timeout_minutes)
         self.config = transformer_config_from_args(a)
         self.chunks = build_model_chunks(a, self.config, self.nitp)
-        self.model = wrap_ddp(self.chunks, self.config, a.use_distributed_optimizer)
+        self.model = wrap_ddp(self.chunks, self.config, a.use_distributed_optimizer,
+                              a.overlap_grad_reduce, a.overlap_param_gather)
+        notice = speed_settings(a)[1]
+        if notice:
+            self.log(notice)
         self.optimizer, self.scheduler = build_optimizer(a, self.model, self.config)
         self.dp_rank = ps.get_data_parallel_rank()
         self.dp_size = ps.get_data_parallel_world_size()
@@ -327,6 +332,7 @@ class Trainer:
             return {}
         a = self.args
         valid_iter = self._iters(self.valid_ds, 0)
+        gathered = self._params_gathered()
         for c in self.model:
             c.eval()
         totals = []
@@ -337,17 +343,34 @@ class Trainer:
                 totals += raw
         for c in self.model:
             c.train()
+        self._resume_param_overlap(gathered)
         return self._pipeline_broadcast(reduce_losses(totals), ["lm loss", "nitp loss"])
 
     # -- loop --------------------------------------------------------------------------------
+    def _params_gathered(self):
+        """With --overlap-param-gather the optimizer step leaves the new parameters' all-gather
+        to the next forward's pre-hooks: finish it first (Megatron-LM does so before
+        evaluation and checkpoints); the caller re-enables the hooks."""
+        if self.args.overlap_param_gather:
+            for chunk in self.model:
+                chunk.disable_forward_pre_hook(param_sync=True)
+        return self.args.overlap_param_gather
+
+    def _resume_param_overlap(self, gathered):
+        if gathered:
+            for chunk in self.model:
+                chunk.enable_forward_pre_hook()
+
     def _save(self):
         from .checkpointing import save_checkpoint
 
         a = self.args
+        gathered = self._params_gathered()
         save_checkpoint(a.save, self.iteration, self.chunks, self.optimizer, self.scheduler,
                         self.consumed, a, self.nitp,
                         {"type": a.tokenizer_type, "model": a.tokenizer_model},
                         keep_last_n=a.keep_last_n_checkpoints, log=self.log)
+        self._resume_param_overlap(gathered)
 
     def run(self):
         a = self.args
