@@ -5,6 +5,7 @@ model chunks (DDP) + optimizer + scheduler -> resume -> loop (train_step, metric
 checkpoints, exits) .
 """
 
+import contextlib
 import math
 import os
 import signal
@@ -38,6 +39,9 @@ def _fail(msg, debug=False):
         if debug:
             traceback.print_exc()
         print(f"error: {msg}", file=sys.stderr, flush=True)
+    else:
+        # torchrun kills the other ranks as soon as one exits: let rank 0 print its line first.
+        time.sleep(3)
     sys.exit(2)
 
 
@@ -332,7 +336,6 @@ class Trainer:
             return {}
         a = self.args
         valid_iter = self._iters(self.valid_ds, 0)
-        gathered = self._params_gathered()
         for c in self.model:
             c.eval()
         totals = []
@@ -343,21 +346,22 @@ class Trainer:
                 totals += raw
         for c in self.model:
             c.train()
-        self._resume_param_overlap(gathered)
         return self._pipeline_broadcast(reduce_losses(totals), ["lm loss", "nitp loss"])
 
     # -- loop --------------------------------------------------------------------------------
-    def _params_gathered(self):
+    @contextlib.contextmanager
+    def _params_in_sync(self):
         """With --overlap-param-gather the optimizer step leaves the new parameters' all-gather
-        to the next forward's pre-hooks: finish it first (Megatron-LM does so before
-        evaluation and checkpoints); the caller re-enables the hooks."""
-        if self.args.overlap_param_gather:
-            for chunk in self.model:
-                chunk.disable_forward_pre_hook(param_sync=True)
-        return self.args.overlap_param_gather
-
-    def _resume_param_overlap(self, gathered):
-        if gathered:
+        to the next forward's pre-hooks: finish it before evaluation and checkpoints (as
+        Megatron-LM does), then hand the gather back to the hooks."""
+        if not self.args.overlap_param_gather:
+            yield
+            return
+        for chunk in self.model:
+            chunk.disable_forward_pre_hook(param_sync=True)
+        try:
+            yield
+        finally:
             for chunk in self.model:
                 chunk.enable_forward_pre_hook()
 
@@ -365,12 +369,11 @@ class Trainer:
         from .checkpointing import save_checkpoint
 
         a = self.args
-        gathered = self._params_gathered()
-        save_checkpoint(a.save, self.iteration, self.chunks, self.optimizer, self.scheduler,
-                        self.consumed, a, self.nitp,
-                        {"type": a.tokenizer_type, "model": a.tokenizer_model},
-                        keep_last_n=a.keep_last_n_checkpoints, log=self.log)
-        self._resume_param_overlap(gathered)
+        with self._params_in_sync():
+            save_checkpoint(a.save, self.iteration, self.chunks, self.optimizer, self.scheduler,
+                            self.consumed, a, self.nitp,
+                            {"type": a.tokenizer_type, "model": a.tokenizer_model},
+                            keep_last_n=a.keep_last_n_checkpoints, log=self.log)
 
     def run(self):
         a = self.args
@@ -452,7 +455,8 @@ class Trainer:
         return code
 
     def _log_eval(self):
-        ev = self.evaluate()
+        with self._params_in_sync():
+            ev = self.evaluate()
         if not ev:
             return
         rec = {"iteration": self.iteration, "split": "valid", "lm_loss": ev.get("lm loss"),
