@@ -82,9 +82,11 @@ def variant_args(config_file, overrides, variant, device, pp=1):
     from megatron_nitp.models.builder import padded_vocab_size
     from megatron_nitp.training.arguments import parse_args
 
-    argv = ["--config", os.path.join(CONFIGS, config_file), "--transformer-impl",
-            "transformer_engine" if device == "cuda" else "local",
+    # On a GPU the default: Transformer Engine when it imports, else the local spec.
+    argv = ["--config", os.path.join(CONFIGS, config_file),
             "--nitp" if variant != "ntp" else "--no-nitp"]
+    if device != "cuda":
+        argv += ["--transformer-impl", "local"]
     if variant == "nitp_recompute":
         argv.append("--nitp-head-recompute")
     args = parse_args(argv)

@@ -6,6 +6,7 @@ from megatron.core import parallel_state
 from megatron.core.transformer import TransformerConfig
 
 from ..nitp.config import NITPConfig
+from ..parallel.speed import speed_settings
 from .param_count import padded_vocab_size  # noqa: F401  (re-exported for the engine)
 from .gpt_nitp import NITPGPTModel
 from .specs import get_layer_spec, resolve_transformer_impl
@@ -66,12 +67,8 @@ def transformer_config_from_args(args) -> TransformerConfig:
         recompute_method=args.recompute_method,
         recompute_num_layers=args.recompute_num_layers,
         calculate_per_token_loss=args.calculate_per_token_loss,
-        # Fusions are CUDA kernels; the unfused paths compute the same function.
-        bias_activation_fusion=False,
-        masked_softmax_fusion=False,
-        apply_rope_fusion=False,
-        gradient_accumulation_fusion=False,
-        persist_layer_norm=False,
+        # Megatron-LM's flags, less what this machine has no kernel for (parallel/speed.py).
+        **{k: v for k, v in speed_settings(args)[0].items() if not k.startswith("overlap_")},
         deallocate_pipeline_outputs=True,
         # Batched p2p posts both directions to the same peer when PP=2 with the interleaved
         # schedule; gloo (and NCCL, NVIDIA/Megatron-LM#750) can then match activations with
@@ -107,5 +104,9 @@ def build_model_chunks(args, config: TransformerConfig, nitp_config: NITPConfig)
             rotary_base=args.rotary_base,
             vp_stage=vp_stage,
         )
+        if torch.cuda.is_available():
+            # megatron builds its layers on the GPU, torch's norms (local spec) on the CPU;
+            # Megatron-LM's get_model moves every chunk the same way.
+            model.cuda(torch.cuda.current_device())
         chunks.append(model)
     return chunks

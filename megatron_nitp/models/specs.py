@@ -16,15 +16,7 @@ from megatron.core.transformer.transformer_block import (
 )
 
 from ..parallel.norms import use_sequence_parallel_norms
-
-
-def transformer_engine_available() -> bool:
-    try:
-        import transformer_engine  # noqa: F401
-        from megatron.core.extensions import transformer_engine as _te  # noqa: F401
-    except Exception:
-        return False
-    return True
+from ..parallel.without_te import transformer_engine_available
 
 
 def resolve_transformer_impl(requested):

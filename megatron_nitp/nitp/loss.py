@@ -11,6 +11,11 @@ import torch
 import torch.nn.functional as F
 
 
+def fp32(x):
+    """x in at least fp32 (bf16/fp16 are upcast; fp64 stays)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def cosine_token_loss(p, z, eps=1e-8):
     """1 - cos(p, z), each norm clamped at eps as in F.cosine_similarity. Zero target rows (no
     next position) give 1, and are masked by the caller.
@@ -34,8 +39,8 @@ def smooth_l1_token_loss(p, z):
 
 def kl_token_loss(p, z):
     """KL(softmax(z) || softmax(p)) over the hidden dimension: the paper's 'distillation' row."""
-    log_q = F.log_softmax(z.float(), dim=-1)
-    log_p = F.log_softmax(p.float(), dim=-1)
+    log_q = F.log_softmax(fp32(z), dim=-1)
+    log_p = F.log_softmax(fp32(p), dim=-1)
     return (log_q.exp() * (log_q - log_p)).sum(dim=-1)
 
 

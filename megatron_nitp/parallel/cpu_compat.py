@@ -11,6 +11,8 @@ parallel code, and so that tests can check parallel equivalence on CPU.
 Rules: applied only when `torch.cuda.is_available()` is False (no-op otherwise), idempotent,
 every patch names the megatron-core function it covers and why. Each patch was confirmed necessary
 by disabling it and watching `tests/distributed/test_cpu_compat.py` fail (error or wrong numbers).
+What megatron-core needs without Transformer Engine on any device (GPU too) is in without_te.py,
+applied from here and, on GPUs, by `initialize_distributed`.
 
 What is global and what is scoped:
 - global, but only turning CUDA-less errors into CPU behaviour: `torch.cuda.current_device`,
@@ -29,6 +31,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+
+from .without_te import apply_without_transformer_engine
 
 _APPLIED = False
 
@@ -50,7 +54,7 @@ def apply_cpu_compat() -> bool:
     _patch_moe()
     _patch_uneven_all_gather()
     _patch_dist_checkpointing()
-    _patch_distributed_optimizer_state()
+    apply_without_transformer_engine()  # a CPU never has Transformer Engine
     _APPLIED = True
     return True
 
@@ -310,19 +314,14 @@ def _patch_cuda_device_literals() -> None:
 
 
 def _patch_moe() -> None:
-    """MoE without Transformer Engine, and the alltoall dispatcher, on CPU.
+    """The alltoall MoE dispatcher on CPU (`te_general_gemm`: see without_te.py).
 
-    - `moe_utils.router_gating_linear` (RouterGatingLinearFunction) tests `te_general_gemm is not
-      None`, but the name is only bound when Transformer Engine imports: NameError. Bind it to None.
     - `moe_utils.maybe_move_tensor_to_cpu(t, as_numpy=True)` converts only CUDA tensors, so on CPU
       `MoEAlltoAllTokenDispatcher._maybe_dtoh_and_synchronize` keeps tensors where the dispatcher
       expects numpy split sizes (it then calls `.tolist()`/`sum()` on them). Return numpy for CPU
       tensors too; patched where the dispatcher imported it by name.
     """
     from megatron.core.transformer.moe import moe_utils, token_dispatcher
-
-    if not hasattr(moe_utils, "te_general_gemm"):
-        moe_utils.te_general_gemm = None
 
     def maybe_move_tensor_to_cpu(tensor, as_numpy: bool = False, record_stream: bool = False):
         if torch.is_tensor(tensor):
@@ -406,77 +405,3 @@ def _patch_dist_checkpointing() -> None:
     save.__doc__ = original_save.__doc__
     serialization.save = save
     dist_checkpointing.save = save
-
-
-# ---------------------------------------------------------------------------------------------
-# Distributed optimizer state with torch's Adam (no apex / TE FusedAdam on CPU)
-# ---------------------------------------------------------------------------------------------
-
-
-def _fill_empty_adam_state(inner_optimizer: torch.optim.Optimizer) -> None:
-    """What one Adam step would create, without stepping: a private zero `step` and zero moments."""
-    for group in inner_optimizer.param_groups:
-        for param in group["params"]:
-            state = inner_optimizer.state[param]
-            if len(state) == 0:
-                state["step"] = torch.zeros((), dtype=torch.float32)
-                state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-
-
-def _privatise_steps(inner_optimizer: torch.optim.Optimizer) -> None:
-    """Give every parameter its own `step` tensor (see `_patch_distributed_optimizer_state`)."""
-    seen = set()
-    for state in inner_optimizer.state.values():
-        step = state.get("step")
-        if torch.is_tensor(step):
-            if id(step) in seen:
-                state["step"] = step.detach().clone()
-            seen.add(id(state["step"]))
-
-
-def _patch_distributed_optimizer_state() -> None:
-    """`DistributedOptimizer` checkpoint load with torch.optim.Adam/AdamW (the CPU optimizer).
-
-    Without apex/TE, megatron reads the iteration from the per-parameter Adam `step` state:
-    - `DistributedOptimizer.state_dict` asserts exactly one step value among the inner state, so
-      `sharded_state_dict(is_loading=True)` on a fresh optimizer (empty state) fails. Pre-fill the
-      state as one Adam step would (zeros; the load overwrites them) before it runs.
-    - `DistributedOptimizer.load_state_dict` puts ONE `step` tensor object into every parameter's
-      state. torch Adam increments `step` in place once per parameter, so after resume the shared
-      counter races ahead (+N per optimizer step for N params) and the bias correction is silently
-      wrong: the next-step loss after resume differs from an uninterrupted run. Give each parameter
-      a private copy after loading.
-    - `DistributedOptimizer._set_main_param_and_optimizer_states` (used by
-      `load_parameter_state_from_fully_reshardable` and the other param-state loaders) copies every
-      key of the inner state from the loaded tensors, but the loaders deliberately leave `step` out
-      (it comes from the param groups): KeyError 'step'. Keep the current value for keys the
-      checkpoint does not carry.
-    """
-    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
-
-    original_sharded_state_dict = DistributedOptimizer.sharded_state_dict
-    original_load_state_dict = DistributedOptimizer.load_state_dict
-    original_set_states = DistributedOptimizer._set_main_param_and_optimizer_states
-
-    def sharded_state_dict(self, model_sharded_state_dict={}, is_loading=False, *args, **kwargs):
-        if is_loading and isinstance(self.optimizer, (torch.optim.Adam, torch.optim.AdamW)):
-            _fill_empty_adam_state(self.optimizer)
-        return original_sharded_state_dict(
-            self, model_sharded_state_dict, is_loading, *args, **kwargs
-        )
-
-    def load_state_dict(self, state_dict):
-        result = original_load_state_dict(self, state_dict)
-        if isinstance(self.optimizer, torch.optim.Optimizer):
-            _privatise_steps(self.optimizer)
-        return result
-
-    def _set_main_param_and_optimizer_states(self, model_param, tensors):
-        current = self._get_main_param_and_optimizer_states(model_param)
-        kept = {key: value for key, value in current.items() if key not in tensors}
-        return original_set_states(self, model_param, {**kept, **tensors})
-
-    DistributedOptimizer.sharded_state_dict = sharded_state_dict
-    DistributedOptimizer.load_state_dict = load_state_dict
-    DistributedOptimizer._set_main_param_and_optimizer_states = _set_main_param_and_optimizer_states

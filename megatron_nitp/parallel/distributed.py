@@ -21,6 +21,7 @@ from megatron.core.process_groups_config import ProcessGroupCollection
 from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 
 from megatron_nitp.parallel.cpu_compat import apply_cpu_compat
+from megatron_nitp.parallel.without_te import apply_without_transformer_engine
 
 
 def _free_port() -> int:
@@ -106,6 +107,7 @@ def initialize_distributed(
             world_size=launch["world_size"],
             timeout=timedelta(minutes=timeout_minutes),
         )
+    apply_without_transformer_engine()  # GPUs without Transformer Engine too
     apply_cpu_compat()
 
     if parallel_state.model_parallel_is_initialized():

@@ -151,6 +151,29 @@ def _add_training_args(p):
                    help="Stop after N consecutive non-finite steps (each is skipped).")
 
 
+def _add_speed_args(p):
+    g = p.add_argument_group("speed (Megatron-LM's names and defaults; parallel/speed.py)")
+    b = argparse.BooleanOptionalAction
+    g.add_argument("--overlap-grad-reduce", action="store_true",
+                   help="Overlap the DP gradient reduction with backward.")
+    g.add_argument("--overlap-param-gather", action="store_true",
+                   help="Overlap the distributed optimizer's parameter all-gather with forward "
+                        "(needs --use-distributed-optimizer and --overlap-grad-reduce).")
+    g.add_argument("--gradient-accumulation-fusion", action=b, default=True,
+                   help="Fuse weight-gradient accumulation into the GEMM (apex or TE).")
+    g.add_argument("--bias-swiglu-fusion", action=b, default=True, help="Fused SwiGLU.")
+    g.add_argument("--bias-gelu-fusion", action=b, default=True, help="Fused GELU.")
+    g.add_argument("--bias-dropout-fusion", action=b, default=True, help="Fused dropout-add.")
+    g.add_argument("--masked-softmax-fusion", action=b, default=True,
+                   help="Fused scale-mask-softmax kernel.")
+    g.add_argument("--rope-fusion", dest="apply_rope_fusion", action=b, default=True,
+                   help="Fused RoPE (TE or apex).")
+    g.add_argument("--no-persist-layer-norm", action="store_true",
+                   help="No persistent fused layer-norm kernel (apex/TE norms).")
+    g.add_argument("--cross-entropy-loss-fusion", action="store_true",
+                   help="Fused LM cross-entropy.")
+
+
 def _add_parallel_args(p):
     g = p.add_argument_group("parallelism")
     g.add_argument("--tensor-model-parallel-size", type=int, default=1, help="TP.")
@@ -185,6 +208,9 @@ def _add_io_args(p):
     g = p.add_argument_group("checkpointing")
     g.add_argument("--save", default=None, help="Checkpoint directory (none: nothing written).")
     g.add_argument("--load", default=None, help="Resume from this checkpoint directory.")
+    g.add_argument("--finetune", action="store_true",
+                   help="With --load: model weights only (iteration 0, fresh optimizer and "
+                        "scheduler, RNG not loaded), as Megatron-LM's --finetune; at any layout.")
     g.add_argument("--save-interval", type=int, default=None, help="Save every N iterations.")
     g.add_argument("--keep-last-n-checkpoints", type=int, default=None,
                    help="Delete older checkpoints.")
@@ -238,6 +264,7 @@ def build_parser(model_family="gpt"):
     _add_model_args(p)
     _add_nitp_args(p)
     _add_training_args(p)
+    _add_speed_args(p)
     _add_parallel_args(p)
     _add_data_args(p)
     _add_io_args(p)

@@ -225,8 +225,12 @@ def loads_optimizer_state(saved_run_config, nitp_config) -> bool:
         not saved_run_config.get("model_only", False)
 
 
-def load_checkpoint(ckpt_dir, chunks, optimizer, scheduler, nitp_config, log=print):
-    """Restore state in place; returns (iteration, consumed_samples)."""
+def load_checkpoint(ckpt_dir, chunks, optimizer, scheduler, nitp_config, log=print,
+                    finetune=False):
+    """Restore state in place; returns (iteration, consumed_samples).
+
+    `finetune` (Megatron-LM's --finetune): the model weights only; the run starts at iteration 0
+    with its fresh optimizer and scheduler."""
     iteration = latest_iteration(ckpt_dir)
     if iteration is None:
         raise CheckpointError(f"--load {ckpt_dir}: no checkpoint found")
@@ -236,7 +240,7 @@ def load_checkpoint(ckpt_dir, chunks, optimizer, scheduler, nitp_config, log=pri
     model_only = saved.get("model_only", False)
     model_state = _model_state(chunks, drop_head=fresh_head)
     state = dict(model_state)
-    load_optimizer = loads_optimizer_state(saved, nitp_config)
+    load_optimizer = loads_optimizer_state(saved, nitp_config) and not finetune
     if load_optimizer:
         state["optimizer"] = _optimizer_state(optimizer, model_state, is_loading=True)
     try:
@@ -246,6 +250,11 @@ def load_checkpoint(ckpt_dir, chunks, optimizer, scheduler, nitp_config, log=pri
                               f"({type(e).__name__}: {str(e).splitlines()[0][:200]})")
     for i, chunk in enumerate(chunks):
         chunk.load_state_dict(loaded[f"model{i}"], strict=not fresh_head)
+    if not load_optimizer:
+        # The mixed-precision optimizer copied its fp32 main weights from the initial model when
+        # it was built; without its checkpoint state they must be refreshed from the loaded
+        # weights (Megatron-LM does the same), or the first step writes the initial model back.
+        optimizer.reload_model_params()
     if fresh_head:
         log("notice: the checkpoint has no NITP head (an NTP run); starting a fresh head and a "
             "fresh optimizer state")
@@ -253,6 +262,10 @@ def load_checkpoint(ckpt_dir, chunks, optimizer, scheduler, nitp_config, log=pri
         optimizer.load_state_dict(loaded["optimizer"])
         # megatron's scheduler state omits the WSD fields: ours come from the current args.
         scheduler.load_state_dict(loaded["opt_param_scheduler"])
+    elif finetune:
+        log(f"--finetune: model weights of iteration {iteration} loaded; starting at iteration "
+            "0 with a fresh optimizer and scheduler")
+        return 0, 0
     elif model_only:
         log("notice: model-only checkpoint (e.g. converted from HF); fresh optimizer")
         return 0, 0

@@ -5,6 +5,7 @@ model chunks (DDP) + optimizer + scheduler -> resume -> loop (train_step, metric
 checkpoints, exits) .
 """
 
+import contextlib
 import math
 import os
 import signal
@@ -42,6 +43,9 @@ def _fail(msg, debug=False):
         if debug:
             traceback.print_exc()
         print(f"error: {msg}", file=sys.stderr, flush=True)
+    else:
+        # torchrun kills the other ranks as soon as one exits: let rank 0 print its line first.
+        time.sleep(3)
     sys.exit(2)
 
 
@@ -69,6 +73,8 @@ def _check_resume_target(args, vocab_size_known, nitp_config=None, log=print):
                           "train from scratch")
     run_config = read_run_config(args.load, it)
     saved = run_config["args"]
+    if vocab_size_known:
+        _adopt_saved_vocab_padding(args, saved)
     for field in ARCH_FIELDS:
         if field == "padded_vocab_size" and not vocab_size_known:
             continue
@@ -81,9 +87,31 @@ def _check_resume_target(args, vocab_size_known, nitp_config=None, log=print):
     verify_checkpoint_files(iteration_dir(args.load, it))
     if nitp_config is not None:
         report_nitp_changes(run_config.get("nitp", {}), nitp_config.to_dict(), log)
-        if loads_optimizer_state(run_config, nitp_config):
+        if loads_optimizer_state(run_config, nitp_config) and not args.finetune:
             check_optimizer_layout(saved, args, args.load)
             check_schedule_on_resume(args, iteration_dir(args.load, it), log)
+
+
+def _adopt_saved_vocab_padding(args, saved):
+    """The vocabulary is padded to a multiple of make_vocab_size_divisible_by x TP, so a
+    checkpoint saved at another TP size has another row count (512 at TP2, 384 at TP1 for 301
+    ids). Padding rows are never a target; the checkpoint's count is adopted when the tokenizer
+    fits in it and the new TP size divides it, as dist checkpointing then reshards the rows."""
+    theirs, mine = saved.get("padded_vocab_size"), args.padded_vocab_size
+    if theirs is None or theirs == mine:
+        return
+    tp = args.tensor_model_parallel_size
+    if theirs < args.vocab_size:
+        raise ConfigError(f"--load {args.load}: the checkpoint's vocabulary has {theirs} rows, "
+                          f"the tokenizer {args.vocab_size} ids (--tokenizer-model/--vocab-size "
+                          "must be the checkpoint's tokenizer)")
+    if theirs % tp:
+        raise ConfigError(f"--load {args.load}: the checkpoint's padded vocabulary ({theirs} "
+                          f"rows) does not split over --tensor-model-parallel-size {tp}; use a "
+                          f"TP size dividing {theirs}")
+    print(f"notice: --load {args.load}: using the checkpoint's padded vocabulary of {theirs} "
+          f"rows ({mine} at this TP size)", flush=True)
+    args.padded_vocab_size = theirs
 
 
 def _setup_tokenizer_and_data_args(args, log):
@@ -177,6 +205,7 @@ class Trainer:
         from ..models.builder import (build_model_chunks, transformer_config_from_args,
                                       virtual_pipeline_size)
         from ..parallel.distributed import initialize_distributed
+        from ..parallel.speed import speed_settings
         from .loggers import RunLogger
         from .step import build_optimizer, wrap_ddp
 
@@ -187,7 +216,11 @@ class Trainer:
                                timeout_minutes=a.distributed_timeout_minutes)
         self.config = transformer_config_from_args(a)
         self.chunks = build_model_chunks(a, self.config, self.nitp)
-        self.model = wrap_ddp(self.chunks, self.config, a.use_distributed_optimizer)
+        self.model = wrap_ddp(self.chunks, self.config, a.use_distributed_optimizer,
+                              a.overlap_grad_reduce, a.overlap_param_gather)
+        notice = speed_settings(a)[1]
+        if notice:
+            self.log(notice)
         self.optimizer, self.scheduler = build_optimizer(a, self.model, self.config)
         self.dp_rank = ps.get_data_parallel_rank()
         self.dp_size = ps.get_data_parallel_world_size()
@@ -198,7 +231,8 @@ class Trainer:
 
             try:
                 self.iteration, self.consumed = load_checkpoint(
-                    a.load, self.chunks, self.optimizer, self.scheduler, self.nitp, self.log)
+                    a.load, self.chunks, self.optimizer, self.scheduler, self.nitp, self.log,
+                    finetune=a.finetune)
             except CheckpointError as e:
                 _fail(str(e), a.debug)
             self.log(f"resumed from {a.load} at iteration {self.iteration}")
@@ -319,15 +353,32 @@ class Trainer:
         return self._pipeline_broadcast(reduce_losses(totals), ["lm loss", "nitp loss"])
 
     # -- loop --------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _params_in_sync(self):
+        """With --overlap-param-gather the optimizer step leaves the new parameters' all-gather
+        to the next forward's pre-hooks: finish it before evaluation and checkpoints (as
+        Megatron-LM does), then hand the gather back to the hooks."""
+        if not self.args.overlap_param_gather:
+            yield
+            return
+        for chunk in self.model:
+            chunk.disable_forward_pre_hook(param_sync=True)
+        try:
+            yield
+        finally:
+            for chunk in self.model:
+                chunk.enable_forward_pre_hook()
+
     def _save(self):
         from .checkpointing import save_checkpoint
 
         a = self.args
         try:
-            save_checkpoint(a.save, self.iteration, self.chunks, self.optimizer, self.scheduler,
-                            self.consumed, a, self.nitp,
-                            {"type": a.tokenizer_type, "model": a.tokenizer_model},
-                            keep_last_n=a.keep_last_n_checkpoints, log=self.log)
+            with self._params_in_sync():
+                save_checkpoint(a.save, self.iteration, self.chunks, self.optimizer,
+                                self.scheduler, self.consumed, a, self.nitp,
+                                {"type": a.tokenizer_type, "model": a.tokenizer_model},
+                                keep_last_n=a.keep_last_n_checkpoints, log=self.log)
         except CheckpointError as e:  # disk full: one line, the previous checkpoint intact
             self.logger.close()
             _fail(str(e), a.debug)
@@ -392,7 +443,9 @@ class Trainer:
                 return self._finish(0)
         if a.eval_interval and self.iteration % a.eval_interval != 0:
             self._log_eval()
-        if a.save and last_saved != self.iteration:
+        # --train-iters 0 --save: the initialised (or --finetune-loaded) model as iteration 0,
+        # a seed checkpoint that any layout can --load --finetune.
+        if a.save and (last_saved != self.iteration or self.iteration == a.train_iters == 0):
             self._save()
         return self._finish(0)
 
@@ -417,7 +470,8 @@ class Trainer:
         return code
 
     def _log_eval(self):
-        ev = self.evaluate()
+        with self._params_in_sync():
+            ev = self.evaluate()
         if not ev:
             return
         rec = {"iteration": self.iteration, "split": "valid", "lm_loss": ev.get("lm loss"),

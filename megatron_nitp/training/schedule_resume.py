@@ -29,12 +29,15 @@ FLAGS = {
 
 def scheduler_kwargs(args) -> dict:
     """OptimizerParamScheduler's keyword arguments from the flags (step.build_optimizer)."""
+    decay_steps = args.lr_decay_iters
+    if not args.train_iters:  # a seed checkpoint takes no step; megatron asserts warmup < decay
+        decay_steps = max(decay_steps, args.lr_warmup_iters + 1)
     return dict(
         init_lr=0.0 if args.lr_warmup_iters else args.lr,
         max_lr=args.lr,
         min_lr=args.min_lr,
         lr_warmup_steps=args.lr_warmup_iters,
-        lr_decay_steps=args.lr_decay_iters,
+        lr_decay_steps=decay_steps,
         lr_decay_style=args.lr_decay_style,
         start_wd=args.weight_decay,
         end_wd=args.weight_decay,

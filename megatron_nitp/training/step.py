@@ -12,6 +12,7 @@ from megatron.core.distributed import DistributedDataParallelConfig, finalize_mo
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.pipeline_parallel import get_forward_backward_func
+from megatron.core.transformer.module import Float16Module
 from megatron.core.utils import get_attr_wrapped_model, get_batch_on_this_cp_rank
 
 from ..nitp.loss import nitp_loss_func
@@ -50,10 +51,21 @@ def make_forward_step(nitp_weight: float, calculate_per_token_loss: bool, device
     return forward_step
 
 
-def wrap_ddp(chunks, config, use_distributed_optimizer: bool):
+def wrap_ddp(chunks, config, use_distributed_optimizer: bool, overlap_grad_reduce=False,
+             overlap_param_gather=False):
+    """Float16Module (bf16/fp16 runs) then megatron DDP, in Megatron-LM's get_model order.
+
+    Float16Module casts every parameter to the model dtype in place (the torch norms of the local
+    spec are built fp32 otherwise) and returns the last stage's outputs in fp32. megatron's
+    mixed-precision optimizer keeps fp32 main copies only of 16-bit parameters; an fp32 norm among
+    bf16 ones has no entry in its checkpoint mapping ("Param id N does not match any model
+    sharded param"). `chunks` stay the inner models (same parameter objects)."""
+    if config.bf16 or config.fp16:
+        chunks = [Float16Module(config, chunk) for chunk in chunks]
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True,
-        overlap_grad_reduce=False,
+        overlap_grad_reduce=overlap_grad_reduce,
+        overlap_param_gather=overlap_param_gather,
         use_distributed_optimizer=use_distributed_optimizer,
     )
     wrapped = [DDP(config, ddp_config, chunk, disable_bucketing=(i > 0))
@@ -64,6 +76,15 @@ def wrap_ddp(chunks, config, use_distributed_optimizer: bool):
     if len(wrapped) == 1:
         config.no_sync_func = config.no_sync_func[0]
     config.finalize_model_grads_func = finalize_model_grads
+    # As Megatron-LM (align_grad_reduce / align_param_gather, its defaults): the schedule starts
+    # each chunk's reduction or gather itself, so all PP stages launch them in the same order.
+    one = len(wrapped) == 1
+    if overlap_grad_reduce:
+        config.grad_sync_func = [w.start_grad_sync for w in wrapped]
+        config.grad_sync_func = config.grad_sync_func[0] if one else config.grad_sync_func
+    if overlap_param_gather:
+        config.param_sync_func = [w.start_param_sync for w in wrapped]
+        config.param_sync_func = config.param_sync_func[0] if one else config.param_sync_func
     return wrapped
 
 

@@ -214,6 +214,13 @@ def _validate_impl(args):
     # to debug a bf16 configuration). Only a GPU without bf16 is rejected.
     import torch
 
+    if args.overlap_param_gather and not (args.use_distributed_optimizer
+                                          and args.overlap_grad_reduce):
+        # Megatron-LM's rule: the gather it overlaps is the distributed optimizer's.
+        raise ConfigError("--overlap-param-gather: needs --use-distributed-optimizer and "
+                          "--overlap-grad-reduce")
+    if args.finetune and not args.load:
+        raise ConfigError("--finetune: needs --load (the checkpoint whose weights to start from)")
     if args.bf16 and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
         raise ConfigError("--bf16: this GPU has no bf16 support (needs Ampere or newer); "
                           "drop --bf16")

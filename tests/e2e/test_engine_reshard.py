@@ -35,3 +35,35 @@ def test_checkpoint_saved_at_two_way_parallelism_resumes_at_one_process(layout, 
     for it in (4, 5):
         for name, x, y in zip(("lm_loss", "nitp_loss", "grad_norm"), a[it], b[it]):
             assert abs(x - y) <= TOLERANCE * max(1.0, abs(x)), (it, name, x, y)
+
+
+def test_tp2_checkpoint_resumes_at_tp1_with_default_vocabulary_padding(tmp_path):
+    """Issue #17: with the default --make-vocab-size-divisible-by 128, 301 ids pad to 512 rows
+    at TP2 and to 384 at TP1; the TP1 run adopts the checkpoint's 512 (it says so) and its
+    iterations 4-5 equal TP2 continuing."""
+    run = [a for a in RUN if a not in ("--make-vocab-size-divisible-by", "64")]
+    run[run.index("--vocab-size") + 1] = "300"  # NullTokenizer: 300 ids + EOD
+    run_engine(run + ["--tensor-model-parallel-size", "2", "--save", tmp_path / "a",
+                      "--save-interval", "3", "--log-jsonl", tmp_path / "a.jsonl"], nproc=2)
+    ckpt = checkpoint_at(tmp_path / "a", 3, tmp_path / "at3")
+    res = run_engine(run + ["--load", ckpt, "--log-jsonl", tmp_path / "b.jsonl"])
+    assert "using the checkpoint's padded vocabulary of 512 rows (384 at this TP size)" \
+        in res.stdout
+    a = losses_by_iteration(read_log(tmp_path / "a.jsonl")[0])
+    b = losses_by_iteration(read_log(tmp_path / "b.jsonl")[0])
+    assert sorted(b) == [4, 5]
+    for it in (4, 5):
+        for name, x, y in zip(("lm_loss", "nitp_loss", "grad_norm"), a[it], b[it]):
+            assert abs(x - y) <= TOLERANCE * max(1.0, abs(x)), (it, name, x, y)
+
+
+def test_a_padded_vocabulary_that_does_not_split_over_tp_names_the_flag(tmp_path):
+    run = [a for a in RUN if a not in ("--make-vocab-size-divisible-by", "64")]
+    run[run.index("--vocab-size") + 1] = "300"
+    run_engine(run + ["--train-iters", "0", "--make-vocab-size-divisible-by", "3",
+                      "--save", tmp_path / "a"])  # 301 ids -> 303 rows
+    res = run_engine(run + ["--tensor-model-parallel-size", "2", "--load", tmp_path / "a"],
+                     nproc=2, expect_code=None)  # torchrun reports a rank's exit 2 as 1
+    assert res.returncode != 0
+    assert ("padded vocabulary (303 rows) does not split over --tensor-model-parallel-size 2"
+            in res.stdout)
