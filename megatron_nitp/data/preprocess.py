@@ -30,6 +30,7 @@ import numpy
 from megatron_nitp.data import jsonl
 from megatron_nitp.data.errors import DataArgumentError, ensure_output_directory
 from megatron_nitp.data.tokenizers import build_tokenizer
+from megatron_nitp.processes import process_alive
 
 TOKENIZER_ERROR = "tokenizer error"
 SUMMARY_KINDS = (*jsonl.BAD_KINDS, TOKENIZER_ERROR)
@@ -204,18 +205,8 @@ def _remove_stale_partials(prefix: str) -> None:
     """Delete temporaries left by a killed earlier run (SIGKILL leaves no chance to clean up)."""
     for path in glob.glob(glob.escape(prefix) + ".*.partial-*"):
         pid = path.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _process_alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             os.remove(path)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _commit(temporary: Dict[str, Tuple[str, str]], prefixes: Dict[str, str]) -> None:

@@ -78,7 +78,10 @@ def _covariance_sums(x: torch.Tensor) -> torch.Tensor:
 def effective_rank_from_sums(sums: torch.Tensor) -> float:
     """Roy & Vetterli's effective rank of the mean-centred covariance from N, Σx, Σxxᵀ: k for
     isotropic data spanning k dimensions, 1 for rank-1 data, 0.0 when the tokens have no spread
-    (or there are none). Tiny negative eigenvalues (round-off) are clamped to 0."""
+    (or there are none), nan when the sums are not finite (a diverging step: the engine skips
+    it, eigvalsh would raise). Tiny negative eigenvalues (round-off) are clamped to 0."""
+    if not bool(torch.isfinite(sums).all()):
+        return float("nan")
     d = int(round((math.sqrt(4 * sums.numel() - 3) - 1) / 2))
     n = sums[0].item()
     if n < 1:

@@ -1,12 +1,14 @@
-"""One run per --save directory: a lock file naming the owner (pid, host), taken before any work.
+"""One run per --save directory: a lock file naming the owner (pid, host, SLURM job), taken before
+any work.
 
 Two runs saving into one directory would interleave checkpoints and race on the tracker. The lock
-is `SAVE/.megatron_nitp.lock`, created exclusively (O_EXCL) by global rank 0 and removed when the
-run ends. A lock left by a run that died without cleaning up (SIGKILL, node loss) is stale when
-its host is this host and its pid is gone, or when it names this run's own SLURM job (a requeued
-job: SLURM ends the earlier incarnation before it starts the job again, on any node); it is then
-taken over with a notice. A lock from another host cannot be checked from here: the message says
-how to remove it.
+is `SAVE/.megatron_nitp.lock`, created by global rank 0 with its content in one step (a hard link
+of a finished temporary file: no reader ever sees an empty lock) and removed when the run ends.
+A lock left by a run that died without cleaning up (SIGKILL, node loss) is stale when its host is
+this host and its pid is gone, or when it names an earlier incarnation of this run's own SLURM job
+(a requeue: SLURM ends the job before it starts it again, on any node, with a higher
+SLURM_RESTART_COUNT); it is then taken over with a notice. A lock from another host cannot be
+checked from here: the message says how to remove it.
 """
 
 import atexit
@@ -15,19 +17,10 @@ import os
 import socket
 import time
 
+from ..processes import process_alive
 from .validation import ConfigError
 
 LOCK_NAME = ".megatron_nitp.lock"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _read(path):
@@ -36,7 +29,14 @@ def _read(path):
             owner = json.loads(f.read().decode("utf-8", errors="replace"))
         return owner if isinstance(owner, dict) else {}
     except (OSError, ValueError):
-        return {}  # half-written by a killed run: no owner to protect
+        return {}  # unreadable (another tool's file, a damaged disk): no owner to protect
+
+
+def _restart_count(value) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
 
 
 class SaveDirLock:
@@ -46,48 +46,69 @@ class SaveDirLock:
         self.log = log
         self.created_dir = False
         self.held = False
+        self.me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
+                   "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+                   "slurm_restart_count": _restart_count(os.environ.get("SLURM_RESTART_COUNT"))}
 
     def acquire(self):
         if not os.path.isdir(self.save_dir):
             os.makedirs(self.save_dir)
             self.created_dir = True
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
-              "slurm_job_id": os.environ.get("SLURM_JOB_ID")}
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                self._refuse_or_clear()
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
-            self.held = True
-            atexit.register(self.release)
-            return self
+        temporary = f"{self.path}.{os.getpid()}"
+        with open(temporary, "w") as f:
+            json.dump(self.me, f)
+        try:
+            for _ in range(3):
+                try:
+                    os.link(temporary, self.path)  # atomic: fails if a lock exists
+                except FileExistsError:
+                    self._refuse_or_clear()
+                    continue
+                self.held = True
+                atexit.register(self.release)
+                return self
+        finally:
+            os.remove(temporary)
         raise ConfigError(f"--save {self.save_dir}: could not take the lock {self.path}")
+
+    def _stale_reason(self, owner):
+        """Why the owner's lock may be taken over, or None if the owner may still be running."""
+        pid, host = owner.get("pid"), owner.get("host")
+        if isinstance(pid, int) and host == self.me["host"]:
+            return None if process_alive(pid) else f"pid {pid} on this host is gone"
+        job = self.me["slurm_job_id"]
+        if job and owner.get("slurm_job_id") == job and \
+                _restart_count(owner.get("slurm_restart_count")) < self.me["slurm_restart_count"]:
+            return f"it is SLURM job {job}'s earlier run (the job was requeued)"
+        if not owner:
+            return "it names no owner"
+        return None
 
     def _refuse_or_clear(self):
         owner = _read(self.path)
+        reason = self._stale_reason(owner)
         pid, host = owner.get("pid"), owner.get("host")
-        job = os.environ.get("SLURM_JOB_ID")
-        if job and owner.get("slurm_job_id") == job:
-            self.log(f"notice: --save {self.save_dir}: taking over the lock of SLURM job {job}'s "
-                     f"earlier run (pid {pid} on {host}): the job was requeued")
-            os.remove(self.path)
-            return
-        if isinstance(pid, int) and host and host != socket.gethostname():
-            raise ConfigError(f"--save {self.save_dir}: in use by pid {pid} on host {host} "
-                              f"(lock {self.path}); if that run is gone, delete the lock file")
-        if isinstance(pid, int) and _alive(pid):
+        if reason is None:
+            where = "this host" if host == self.me["host"] else f"host {host}"
+            hint = "" if host == self.me["host"] else "; if that run is gone, delete the lock file"
             raise ConfigError(f"--save {self.save_dir}: in use by another run (pid {pid} on "
-                              f"this host, lock {self.path}); two runs must not write one "
-                              "checkpoint directory")
-        self.log(f"notice: --save {self.save_dir}: removing the stale lock of pid {pid} "
-                 f"on {host or 'an unknown host'} (that run is gone)")
+                              f"{where}, lock {self.path}); two runs must not write one "
+                              f"checkpoint directory{hint}")
+        # Take over by renaming, then check that what was renamed is the stale lock just read:
+        # another run may have taken it over first and put its own live lock there.
+        claimed = f"{self.path}.stale-{os.getpid()}"
         try:
-            os.remove(self.path)
+            os.rename(self.path, claimed)
         except FileNotFoundError:
-            pass
+            return
+        if _read(claimed) != owner:
+            os.rename(claimed, self.path)
+            raise ConfigError(f"--save {self.save_dir}: another run took the lock {self.path} "
+                              "at the same moment; two runs must not write one checkpoint "
+                              "directory")
+        os.remove(claimed)
+        self.log(f"notice: --save {self.save_dir}: taking over the lock of pid {pid} on "
+                 f"{host or 'an unknown host'}: {reason}")
 
     def release(self):
         if not self.held:

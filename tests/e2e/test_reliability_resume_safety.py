@@ -111,7 +111,7 @@ def test_a_second_run_on_the_same_save_is_refused_and_a_stale_lock_is_taken_over
     first.kill()  # SIGKILL: the lock stays behind, its pid is gone
     assert (ckpt / LOCK).exists()
     out = run(tmp_path, "third", TINY + ["--train-iters", "2", "--save", ckpt])
-    assert f"removing the stale lock of pid {first.proc.pid}" in out
+    assert f"taking over the lock of pid {first.proc.pid}" in out
     assert tracker(ckpt) == "2" and not (ckpt / LOCK).exists()
 
 

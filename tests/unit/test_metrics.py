@@ -141,3 +141,12 @@ def test_a_probes_microbatches_share_one_sums_buffer_and_give_the_whole_batch():
     whole = geometry_of_batches([(hidden, mask)], num_pairs=300, seed=2)
     assert got["effective_rank"] == pytest.approx(whole["effective_rank"], rel=1e-12)
     assert got["pair_cosine"] == whole["pair_cosine"]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_diverged_step_gives_nan_metrics_instead_of_raising(bad):
+    # A loss spike on a metrics step must reach the engine's skip-the-step path, not eigvalsh.
+    h = torch.randn(2, 8, 16)
+    h[0, 3, 5] = bad
+    assert math.isnan(effective_rank(h))
+    assert math.isnan(pair_cosine(h))
