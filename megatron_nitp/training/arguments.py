@@ -245,9 +245,12 @@ def _add_io_args(p):
 def _signal_by_name(name):
     """Megatron-LM parses --exit-signal as a signal.Signals member name."""
     try:
-        return signal.Signals[name]
+        sig = signal.Signals[name]
     except KeyError:
         raise argparse.ArgumentTypeError(f"{name!r}: not a signal name (e.g. SIGTERM, SIGUSR1)")
+    if sig in (signal.SIGKILL, signal.SIGSTOP):
+        raise argparse.ArgumentTypeError(f"{name}: cannot be caught (e.g. SIGTERM, SIGUSR1)")
+    return sig
 
 
 def build_parser(model_family="gpt"):

@@ -225,6 +225,12 @@ def loads_optimizer_state(saved_run_config, nitp_config) -> bool:
         not saved_run_config.get("model_only", False)
 
 
+def continues_schedule(saved_run_config, finetune=False) -> bool:
+    """Whether a resume continues the checkpoint's iteration count and learning-rate schedule
+    (not --finetune, not a model-only checkpoint such as an HF import)."""
+    return not finetune and not saved_run_config.get("model_only", False)
+
+
 def load_checkpoint(ckpt_dir, chunks, optimizer, scheduler, nitp_config, log=print,
                     finetune=False):
     """Restore state in place; returns (iteration, consumed_samples).
@@ -255,14 +261,16 @@ def load_checkpoint(ckpt_dir, chunks, optimizer, scheduler, nitp_config, log=pri
         # it was built; without its checkpoint state they must be refreshed from the loaded
         # weights (Megatron-LM does the same), or the first step writes the initial model back.
         optimizer.reload_model_params()
-    if fresh_head:
+    if fresh_head and not finetune:
         log("notice: the checkpoint has no NITP head (an NTP run); starting a fresh head and a "
-            "fresh optimizer state")
+            "fresh optimizer state (the learning-rate schedule continues)")
     if load_optimizer:
         optimizer.load_state_dict(loaded["optimizer"])
+    if continues_schedule(saved, finetune) and "opt_param_scheduler" in loaded:
+        # The schedule does not depend on the parameter set: a fresh head keeps it too.
         # megatron's scheduler state omits the WSD fields: ours come from the current args.
         scheduler.load_state_dict(loaded["opt_param_scheduler"])
-    elif finetune:
+    if finetune:
         log(f"--finetune: model weights of iteration {iteration} loaded; starting at iteration "
             "0 with a fresh optimizer and scheduler")
         return 0, 0

@@ -82,13 +82,14 @@ def _check_resume_target(args, vocab_size_known, nitp_config=None, log=print):
         if field in saved and mine != theirs:
             raise ConfigError(f"--load {args.load}: checkpoint has a different architecture: "
                               f"{field} = {theirs} in the checkpoint, {mine} here")
-    from .checkpointing import loads_optimizer_state, verify_checkpoint_files
+    from .checkpointing import continues_schedule, loads_optimizer_state, verify_checkpoint_files
 
     verify_checkpoint_files(iteration_dir(args.load, it))
     if nitp_config is not None:
         report_nitp_changes(run_config.get("nitp", {}), nitp_config.to_dict(), log)
         if loads_optimizer_state(run_config, nitp_config) and not args.finetune:
             check_optimizer_layout(saved, args, args.load)
+        if continues_schedule(run_config, args.finetune):
             check_schedule_on_resume(args, iteration_dir(args.load, it), log)
 
 

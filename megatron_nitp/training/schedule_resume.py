@@ -11,6 +11,7 @@ value and which one is used. megatron-core then applies the choice itself.
 
 import os
 
+from .checkpoint_io import CheckpointError
 from .validation import ConfigError
 
 # The values megatron's scheduler saves and checks, and the flags they come from.
@@ -45,9 +46,8 @@ def scheduler_kwargs(args) -> dict:
         wd_incr_style="constant",
         wsd_decay_steps=args.lr_wsd_decay_iters,
         lr_wsd_decay_style=args.lr_wsd_decay_style,
-        use_checkpoint_opt_param_scheduler=getattr(args, "use_checkpoint_opt_param_scheduler",
-                                                   False),
-        override_opt_param_scheduler=getattr(args, "override_opt_param_scheduler", False),
+        use_checkpoint_opt_param_scheduler=args.use_checkpoint_opt_param_scheduler,
+        override_opt_param_scheduler=args.override_opt_param_scheduler,
     )
 
 
@@ -67,15 +67,16 @@ def schedule_differences(args, saved_state: dict):
 def saved_scheduler_state(iteration_path: str):
     import torch
 
-    common = torch.load(os.path.join(iteration_path, "common.pt"), weights_only=True,
-                        map_location="cpu")
+    path = os.path.join(iteration_path, "common.pt")
+    try:
+        common = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as e:  # truncated or garbage: one line, as load_checkpoint says it
+        raise CheckpointError(f"--load {path}: cannot read the checkpoint "
+                              f"({type(e).__name__}: {str(e).splitlines()[0][:200]})")
     return common.get("opt_param_scheduler") if isinstance(common, dict) else None
 
 
 def check_schedule_on_resume(args, iteration_path: str, log=print):
-    if args.override_opt_param_scheduler and args.use_checkpoint_opt_param_scheduler:
-        raise ConfigError("--override-opt_param-scheduler and --use-checkpoint-opt_param-"
-                          "scheduler: give at most one (flags win, or the checkpoint wins)")
     state = saved_scheduler_state(iteration_path)
     if not state:
         return

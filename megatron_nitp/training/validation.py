@@ -219,6 +219,9 @@ def _validate_impl(args):
         # Megatron-LM's rule: the gather it overlaps is the distributed optimizer's.
         raise ConfigError("--overlap-param-gather: needs --use-distributed-optimizer and "
                           "--overlap-grad-reduce")
+    if args.override_opt_param_scheduler and args.use_checkpoint_opt_param_scheduler:
+        raise ConfigError("--override-opt_param-scheduler and --use-checkpoint-opt_param-"
+                          "scheduler: give at most one (flags win, or the checkpoint wins)")
     if args.finetune and not args.load:
         raise ConfigError("--finetune: needs --load (the checkpoint whose weights to start from)")
     if args.bf16 and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():

@@ -83,9 +83,28 @@ def test_use_checkpoint_keeps_the_checkpoints_schedule_with_a_notice(tmp_path, b
      "notice: resume changes NITP: shift 1 -> 0; target_layer 1 -> 0"),
 ])
 def test_a_resume_that_changes_nitp_says_what_changed(tmp_path, base, change, expected):
-    out, _, _ = _resume(tmp_path, base, "nitp", ["--train-iters", "4"] + change)
+    # Two more steps (at the checkpoint's ended schedule) so the changed model really trains.
+    out, _, log = _resume(tmp_path, base, "nitp", ["--train-iters", "6",
+                                                   "--use-checkpoint-opt_param-scheduler"] + change)
     assert expected in out
     assert "resumed from" in out and "at iteration 4" in out
+    records = train_records(log)
+    assert [r["iteration"] for r in records] == [5, 6]
+    assert all(math.isfinite(r["lm_loss"]) for r in records)
+
+
+def test_an_ntp_checkpoint_resumed_with_nitp_continues_its_schedule(tmp_path):
+    # A fresh NITP head means a fresh optimizer, but the lr schedule and iteration go on.
+    ckpt, log = tmp_path / "ckpt", tmp_path / "log.jsonl"
+    run(tmp_path, "ntp", TINY + ["--no-nitp", "--train-iters", "8", "--exit-interval", "4",
+                                 "--save", ckpt])
+    out = run(tmp_path, "nitp", TINY + ["--train-iters", "8", "--load", ckpt, "--save", ckpt,
+                                        "--log-jsonl", log])
+    assert "starting a fresh head and a fresh optimizer state" in out
+    lrs = {r["iteration"]: r["lr"] for r in train_records(log)}
+    assert sorted(lrs) == [5, 6, 7, 8]
+    for it, lr in lrs.items():
+        assert lr == pytest.approx(_cosine_lr(it, 8), rel=1e-6, abs=1e-12), it
 
 
 def test_switching_to_the_distributed_optimizer_is_refused_naming_the_flag(tmp_path, base):
