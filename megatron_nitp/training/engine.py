@@ -193,6 +193,10 @@ def _dry_run(args, nitp_config):
     return 0
 
 
+class SecondInterrupt(KeyboardInterrupt):
+    """Ctrl-C again while --exit-signal-handler is already saving: stop now."""
+
+
 class Trainer:
     def __init__(self, args, nitp_config: NITPConfig, tokenizer, log, start_time=None):
         self.args, self.nitp, self.tokenizer, self.log = args, nitp_config, tokenizer, log
@@ -248,7 +252,7 @@ class Trainer:
 
         a = self.args
         gbs = a.global_batch_size
-        n_evals = (a.train_iters // a.eval_interval + 1) if a.eval_interval else 0
+        n_evals = (a.train_iters // a.eval_interval + 1) if a.eval_interval and a.eval_iters else 0
         sizes = (a.train_iters * gbs, max(n_evals * a.eval_iters * gbs, 1), a.eval_iters * gbs)
         # Every rank calls it: megatron-core builds the index cache on rank 0 first, then loads
         # it on the others (its own barrier).
@@ -320,6 +324,11 @@ class Trainer:
         if probe is not None:
             metrics = self._pipeline_broadcast(metrics, ["effective_rank", "pair_cosine"])
         return losses, grad_norm, finite, metrics
+
+    def _eval_due(self):
+        # --eval-iters 0 is Megatron-LM's way to skip evaluation altogether.
+        a = self.args
+        return bool(a.eval_interval and a.eval_iters) and self.iteration % a.eval_interval == 0
 
     def _want_metrics(self):
         k = self.args.nitp_metrics_interval
@@ -404,7 +413,8 @@ class Trainer:
             self.consumed += a.global_batch_size
             bad_in_a_row = 0 if ok else bad_in_a_row + 1
             dt = time.time() - t0
-            if self.iteration % a.log_interval == 0 or not ok:
+            # A metrics step is always logged: its measurement would otherwise be thrown away.
+            if self.iteration % a.log_interval == 0 or not ok or metrics:
                 rec = {"iteration": self.iteration, "lm_loss": losses.get("lm loss"),
                        "nitp_loss": losses.get("nitp loss") if self.nitp.enabled else None,
                        "lr": self.optimizer.param_groups[0]["lr"],
@@ -424,7 +434,7 @@ class Trainer:
                         # last good state.
                         self._save()
                     return self._finish(3)
-            if a.eval_interval and self.iteration % a.eval_interval == 0:
+            if self._eval_due():
                 self._log_eval()
             if a.save and a.save_interval and self.iteration % a.save_interval == 0:
                 self._save()
@@ -442,7 +452,7 @@ class Trainer:
                     self._save()
                 self.log(f"exiting at iteration {self.iteration} ({stop})")
                 return self._finish(0)
-        if a.eval_interval and self.iteration % a.eval_interval != 0:
+        if a.eval_interval and a.eval_iters and self.iteration % a.eval_interval != 0:
             self._log_eval()
         # --train-iters 0 --save: the initialised (or --finetune-loaded) model as iteration 0,
         # a seed checkpoint that any layout can --load --finetune.
@@ -453,7 +463,7 @@ class Trainer:
     def _on_exit_signal(self, signum, _frame):
         """Finish the step, save, exit 0; a second Ctrl-C means stop now (exit 130)."""
         if self.sigterm and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+            raise SecondInterrupt
         self.sigterm = signal.Signals(signum).name  # no print here: not reentrant
 
     def _finish(self, code):
@@ -486,12 +496,15 @@ class Trainer:
 def main(model_family):
     try:
         code = pretrain(model_family)
-    except KeyboardInterrupt:
-        # Ctrl-C without --exit-signal-handler: one line, the shell's 128 + SIGINT, and no
-        # traceback; a save it interrupted has removed its .tmp (checkpointing.save_checkpoint).
+    except KeyboardInterrupt as e:
+        # Ctrl-C without --exit-signal-handler (or a second one with it): one line, the shell's
+        # 128 + SIGINT, and no traceback; a save it interrupted has removed its .tmp
+        # (checkpointing.save_checkpoint).
         if int(os.environ.get("RANK", 0)) == 0:
-            print("error: interrupted (SIGINT): exiting without saving; --exit-signal-handler "
-                  "makes Ctrl-C save a checkpoint and exit 0", file=sys.stderr, flush=True)
+            hint = ("a second Ctrl-C stops at once" if isinstance(e, SecondInterrupt) else
+                    "--exit-signal-handler makes Ctrl-C save a checkpoint and exit 0")
+            print(f"error: interrupted (SIGINT): exiting without saving; {hint}",
+                  file=sys.stderr, flush=True)
         code = 130
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()

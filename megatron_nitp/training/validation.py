@@ -143,6 +143,9 @@ def _wandb_api_key() -> bool:
 
 def _validate_schedule(args):
     """megatron's OptimizerParamScheduler asserts these; say it in terms of the flags."""
+    if args.lr_decay_iters < 1 and args.train_iters:  # 0 only for a seed checkpoint
+        raise ConfigError(f"--lr-decay-iters {args.lr_decay_iters}: must be >= 1 (the length of "
+                          "the decay; default --train-iters)")
     if args.lr_decay_iters and args.lr_warmup_iters >= args.lr_decay_iters:
         raise ConfigError(f"--lr-warmup-iters {args.lr_warmup_iters}: must be smaller than the "
                           f"decay length (--lr-decay-iters, default --train-iters) "

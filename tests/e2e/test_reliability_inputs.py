@@ -139,3 +139,17 @@ def read_only_dir(tmp_path):
 def test_save_on_a_read_only_file_system_is_refused(refused, read_only_dir):
     refused(["--save", "ro/ckpt"], ["--save ro/ckpt", "not writable",
                                                 "read-only"])
+
+
+def test_eval_iters_0_skips_evaluation_and_metrics_steps_are_always_logged(tmp_path):
+    from tests.e2e.engine_runner import read_log
+    from tests.e2e.reliability_runs import run
+
+    log = tmp_path / "log.jsonl"
+    out = run(tmp_path, "run", TINY + ["--train-iters", "6", "--log-interval", "4",
+                                       "--nitp-metrics-interval", "3", "--eval-interval", "2",
+                                       "--eval-iters", "0", "--log-jsonl", log])
+    train, valid = read_log(log)
+    assert valid == [] and "validation at" not in out  # Megatron-LM: --eval-iters 0 = no eval
+    assert [r["iteration"] for r in train] == [3, 4, 6]  # 3 and 6 are metrics steps
+    assert [("effective_rank" in r) for r in train] == [True, False, True]

@@ -21,6 +21,9 @@ MOE = ["--num-experts", "4", "--moe-router-topk", "2"]
 
 # id: (argv, world size, substrings the one-line message must contain)
 CASES = {
+    "lr decay length zero": (["--lr-decay-iters", "0"], 1, ["--lr-decay-iters 0", ">= 1"]),
+    "lr decay length negative is not blamed on warmup": (
+        ["--lr-decay-iters", "-3"], 1, ["--lr-decay-iters -3", ">= 1"]),
     "target layer above the range": (
         ["--nitp", "--nitp-target-layer", "4"], 1, ["--nitp-target-layer 4", "[0, 4)"]),
     "target layer negative": (
