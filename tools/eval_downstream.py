@@ -142,11 +142,23 @@ def run(a) -> int:
     skipped = [t.name for t in tasks if not t.lm_eval_task]
     if skipped:
         print(f"not scored (no lm-eval task; give one with --task-map): {', '.join(skipped)}")
+    # What decides a score: a result made with other settings (a --limit smoke run, another
+    # suite or window) is scored again, never reused.
+    settings = {"source": os.path.abspath(a.load or a.hf), "suite": a.suite,
+                "tasks": [[t.name, t.lm_eval_task, t.num_fewshot, t.metric] for t in tasks],
+                "limit": a.limit, "max_length": a.max_length, "prefix_token_id": a.prefix_token_id,
+                "include_path": a.include_path and os.path.abspath(a.include_path)}
     for iteration, hf_dir in jobs:
         result_path = os.path.join(a.work_dir, "results", f"iter_{iteration:07d}.json")
         if os.path.isfile(result_path):
-            print(f"iteration {iteration}: scored earlier, skipped")
-            continue
+            with open(result_path) as fh:
+                earlier = json.load(fh).get("settings")
+            if earlier == settings:
+                print(f"iteration {iteration}: scored earlier, skipped")
+                continue
+            changed = sorted(k for k in settings if (earlier or {}).get(k) != settings[k])
+            print(f"iteration {iteration}: scored earlier with other settings "
+                  f"({', '.join(changed)}): scoring again")
         exported = hf_dir is None
         if exported:
             hf_dir = _export(a.load, iteration, os.path.join(a.work_dir, "hf", f"iter_{iteration:07d}"))
@@ -165,7 +177,7 @@ def run(a) -> int:
                   "tasks": {t.name: {"lm_eval_task": t.lm_eval_task, "num_fewshot": t.num_fewshot,
                                      "metric": t.metric} for t in tasks},
                   "scores": out["scores"], "average": average(out["scores"]),
-                  "lm_eval": out["lm_eval"]}
+                  "lm_eval": out["lm_eval"], "settings": settings}
         _write_json_atomic(result_path, record)
         shown = ", ".join(f"{k} {v:.2f}" for k, v in out["scores"].items() if v is not None)
         print(f"iteration {iteration}: {shown}")
@@ -215,6 +227,9 @@ def report(a) -> int:
 
 
 def main(argv=None) -> int:
+    # Before anything imports transformers / huggingface_hub: they read these at import time.
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     a = build_parser().parse_args(argv)
     import warnings
 

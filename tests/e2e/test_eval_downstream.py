@@ -137,6 +137,13 @@ def test_scores_every_checkpoint_and_lm_eval_equals_the_megatron_model(ws):
                   "all", "--work-dir", ws / "evals" / "dense", *TASK_FLAGS,
                   "--include-path", ws / "tasks"])
     assert again.stdout.count("scored earlier, skipped") == 2, again.stdout
+    # A result made with other settings (here a --limit smoke run) is never reused.
+    smoke = _run([sys.executable, TOOL, "run", "--load", ws / "ckpt" / "dense", "--iterations",
+                  "2", "--work-dir", ws / "evals" / "dense", *TASK_FLAGS,
+                  "--include-path", ws / "tasks", "--limit", "1"])
+    assert "iteration 2: scored earlier with other settings (limit): scoring again" in smoke.stdout
+    rec = json.loads((ws / "evals" / "dense" / "results" / "iter_0000002.json").read_text())
+    assert rec["settings"]["limit"] == 1
 
 
 def test_report_writes_the_papers_layout_and_a_score_vs_step_png(ws):
