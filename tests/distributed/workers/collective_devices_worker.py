@@ -115,7 +115,8 @@ def main(out_dir):
     install()
     from megatron.core import parallel_state as ps
 
-    from megatron_nitp.nitp.metrics import effective_rank, pair_cosine
+    from megatron_nitp.nitp.metrics import (MicrobatchGeometry, effective_rank, reduce_geometry,
+                                            sample_pairs)
     from megatron_nitp.training.engine import pretrain
 
     argv = ["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "2",
@@ -127,10 +128,14 @@ def main(out_dir):
             "--save", os.path.join(out_dir, "ckpt"), "--save-interval", "2"]
     with MarkUnplacedTensors():
         code = pretrain("gpt", argv)
-        # The metrics' sampled-pairs path (the engine logs the exact mean): DP-sharded tokens.
+        # The metrics' reductions called directly too, over the DP group (the engine's metrics
+        # steps above reduce over its groups the same way).
         h = torch.randn(8, 2, 16)
         group = ps.get_data_parallel_group()
-        pair_cosine(h, None, group, num_pairs=16)
+        plan = sample_pairs(2, 8, 16, 0)
+        report = MicrobatchGeometry(plan, 0, 2).sums(h, torch.ones(8, 2, dtype=torch.bool),
+                                                    torch.arange(8))
+        reduce_geometry([report], plan, group)
         effective_rank(h, None, group)
     report = dict(exit_code=code, collectives=calls["n"], problems=problems,
                   probe_caught=probe())
