@@ -151,7 +151,9 @@ def build_datasets(
 @dataclass
 class IdentifiedGPTDatasetConfig(GPTDatasetConfig):
     data_identity: Optional[Dict[str, str]] = None
-    """{prefix: index_identity(prefix)}: what the cached sample indices were built from."""
+    """{prefix: index_identity(prefix)}: what the cached sample indices were built from. Each
+    dataset's copy holds its own prefix only (`_BlendedDatasetBuilder`), so re-preprocessing one
+    prefix of a blend does not invalidate the others' caches."""
 
 
 class IdentifiedGPTDataset(GPTDataset):
@@ -180,6 +182,10 @@ class _BlendedDatasetBuilder(BlendedMegatronDatasetBuilder):
         if cls is BlendedDataset and not torch.distributed.is_initialized():
             config = copy.copy(args[-1])
             config.path_to_cache = None
+            args = (*args[:-1], config)
+        if cls is IdentifiedGPTDataset:  # args: (dataset, dataset_path, ..., config)
+            config = copy.copy(args[-1])
+            config.data_identity = {args[1]: (config.data_identity or {}).get(args[1])}
             args = (*args[:-1], config)
         return BlendedMegatronDatasetBuilder.build_generic_dataset(
             cls, is_built_on_rank, synchronize_ranks, *args

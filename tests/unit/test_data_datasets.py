@@ -8,6 +8,7 @@ import pytest
 
 from megatron_nitp.data.datasets import build_datasets, parse_blend, parse_split, validate_data_args
 from megatron_nitp.data.errors import DataArgumentError
+from megatron_nitp.data.index_check import index_identity
 from megatron_nitp.data.iterators import build_data_iterator
 from megatron_nitp.data.preprocess import preprocess_jsonl
 from megatron_nitp.data.tokenizers import build_tokenizer
@@ -143,3 +144,19 @@ def test_blend_parsing_follows_megatron_lm():
     assert parse_blend(["30", "a"]) == (["a"], [30.0])
     assert parse_split("98,2,0") == pytest.approx([0.98, 0.02, 0.0])
     assert parse_split("9,1") == pytest.approx([0.9, 0.1, 0.0])
+
+
+def test_each_prefix_of_a_blend_is_cached_under_its_own_data_identity(data, tokenizer, tmp_path):
+    # Re-preprocessing (or adding) one prefix must not invalidate the other prefixes' caches.
+    def cache_keys(blend):
+        train, _, _ = build_datasets(blend, "100,0,0", False, SEQ, tokenizer, seed=1,
+                                     train_val_test_num_samples=(50, 0, 0),
+                                     data_cache_path=str(tmp_path / "cache"))
+        return {d.dataset_path: (d.unique_identifiers["data_identity"], d.unique_description_hash)
+                for d in train.datasets}
+
+    both = cache_keys(["0.5", data["a"], "0.5", data["b"]])
+    assert both[data["a"]][0] == {data["a"]: index_identity(data["a"])}  # its own prefix only
+    with_tiny = cache_keys(["0.4", data["a"], "0.4", data["b"], "0.2", data["tiny"]])
+    for prefix in (data["a"], data["b"]):
+        assert with_tiny[prefix][0] == both[prefix][0]
