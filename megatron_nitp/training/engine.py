@@ -162,8 +162,6 @@ def pretrain(model_family="gpt", argv=None):
         args.padded_vocab_size = padded_vocab_size(
             args.vocab_size, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size)
         _check_resume_target(args, vocab_size_known=True, nitp_config=nitp_config, log=log)
-        if args.save and rank == 0:
-            SaveDirLock(args.save, log).acquire()
     except (ConfigError, CheckpointError, ValueError) as e:
         _fail(str(e), args.debug)
     except SystemExit as e:  # data-layer errors are SystemExit subclasses with a message
@@ -219,6 +217,7 @@ class Trainer:
                                virtual_pipeline_size(a), a.context_parallel_size,
                                a.expert_model_parallel_size, seed=a.seed,
                                timeout_minutes=a.distributed_timeout_minutes)
+        self._lock_save_dir()
         self.config = transformer_config_from_args(a)
         self.chunks = build_model_chunks(a, self.config, self.nitp)
         self.model = wrap_ddp(self.chunks, self.config, a.use_distributed_optimizer,
@@ -245,6 +244,18 @@ class Trainer:
         self.logger = RunLogger(a, enabled=torch.distributed.get_rank() == 0,
                                 start_iteration=self.iteration)
         self._build_data()
+
+    def _lock_save_dir(self):
+        """Rank 0 takes the --save lock; every rank learns the verdict (launched by srun, no
+        launcher would stop ranks left waiting for a rank 0 that refused)."""
+        refused = None
+        if self.args.save and torch.distributed.get_rank() == 0:
+            try:
+                SaveDirLock(self.args.save, self.log).acquire()
+            except ConfigError as e:
+                refused = str(e)
+        if self._any_rank(refused is not None):
+            _fail(refused or "", self.args.debug)
 
     def _build_data(self):
         from ..data.datasets import build_datasets

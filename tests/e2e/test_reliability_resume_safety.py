@@ -218,3 +218,38 @@ def test_ctrl_c_without_the_handler_is_one_line_and_exit_130(tmp_path):
                                  "exit 0"], out
     assert "Traceback" not in out and "KeyboardInterrupt" not in out
     assert not ckpt.exists()  # nothing saved: the lock and the directory it made are gone
+
+
+def test_a_refused_lock_stops_every_rank_when_no_launcher_would(tmp_path):
+    # Ranks started as srun starts them (no torchrun to kill the others when rank 0 exits):
+    # rank 1 must learn rank 0's verdict, not wait for it until the distributed timeout.
+    import json
+    import os
+    import socket
+
+    from tests.e2e.engine_runner import engine_command
+    from tests.e2e.reliability_runs import env
+
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / LOCK).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [subprocess.Popen(
+        engine_command(TINY + ["--save", ckpt]), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+        env=env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=str(port)))
+        for r in range(2)]
+    outs = []
+    for p in procs:
+        try:
+            outs.append(p.communicate(timeout=180)[0])
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise AssertionError("a rank kept waiting after rank 0 refused the lock")
+    assert [p.returncode for p in procs] == [2, 2], outs
+    assert _error_lines(outs[0]) == [_error_lines(outs[0])[0]]
+    assert "in use by another run" in outs[0] and _error_lines(outs[1]) == []
