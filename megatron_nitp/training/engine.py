@@ -90,7 +90,7 @@ def _check_resume_target(args, vocab_size_known, nitp_config=None, log=print):
         if loads_optimizer_state(run_config, nitp_config) and not args.finetune:
             check_optimizer_layout(saved, args, args.load)
         if continues_schedule(run_config, args.finetune):
-            check_schedule_on_resume(args, iteration_dir(args.load, it), log)
+            check_schedule_on_resume(args, iteration_dir(args.load, it), log, saved)
 
 
 def _adopt_saved_vocab_padding(args, saved):

@@ -76,15 +76,33 @@ def saved_scheduler_state(iteration_path: str):
     return common.get("opt_param_scheduler") if isinstance(common, dict) else None
 
 
-def check_schedule_on_resume(args, iteration_path: str, log=print):
+# Schedule settings megatron's scheduler does not save; the run config's args hold them. The
+# global batch size is one: Megatron-LM counts schedule steps in samples, so a changed batch size
+# changes its saved schedule (here steps are iterations, the batch size is compared directly).
+FROM_SAVED_ARGS = {
+    "lr_wsd_decay_iters": "--lr-wsd-decay-iters",
+    "lr_wsd_decay_style": "--lr-wsd-decay-style",
+    "global_batch_size": "--global-batch-size",
+}
+
+
+def check_schedule_on_resume(args, iteration_path: str, log=print, saved_args=None):
     state = saved_scheduler_state(iteration_path)
     if not state:
         return
-    diffs = schedule_differences(args, state)
+    flags = dict(FLAGS, **FROM_SAVED_ARGS)
+    diffs = schedule_differences(args, state) + [
+        (name, saved_args[name], getattr(args, name)) for name in FROM_SAVED_ARGS
+        if saved_args and name in saved_args and not _same(saved_args[name], getattr(args, name))]
     if not diffs:
         return
-    listed = "; ".join(f"{name} {saved} in the checkpoint, {mine} from {FLAGS[name]}"
+    listed = "; ".join(f"{name} {saved} in the checkpoint, {mine} from {flags[name]}"
                        for name, saved, mine in diffs)
+    if args.use_checkpoint_opt_param_scheduler:
+        # megatron-core restores what its scheduler saved; the WSD settings come from here.
+        for name, saved, _ in diffs:
+            if name.startswith("lr_wsd_"):
+                setattr(args, name, saved)
     if args.override_opt_param_scheduler:
         log(f"notice: resume changes the schedule: {listed}; using the flags' values "
             "(--override-opt_param-scheduler)")

@@ -56,6 +56,13 @@ def test_a_changed_schedule_without_a_flag_is_refused_naming_both_flags(tmp_path
     assert tracker(ckpt) == "4" and not (ckpt / LOCK).exists()
 
 
+def test_a_changed_global_batch_size_is_a_schedule_change_as_in_megatron_lm(tmp_path, base):
+    # Megatron-LM counts schedule steps in samples: a new batch size trips its schedule check.
+    out, _, _ = _resume(tmp_path, base, "gbs", ["--global-batch-size", "4"], expect=2)
+    (line,) = _error_lines(out)
+    assert "global_batch_size 2 in the checkpoint, 4 from --global-batch-size" in line
+
+
 def test_override_takes_the_flags_schedule_with_a_notice(tmp_path, base):
     out, ckpt, log = _resume(tmp_path, base, "override",
                              ["--train-iters", "8", "--override-opt_param-scheduler"])
