@@ -9,6 +9,7 @@ from ..nitp.config import NITPConfig
 from ..parallel.speed import speed_settings
 from .param_count import padded_vocab_size  # noqa: F401  (re-exported for the engine)
 from .gpt_nitp import NITPGPTModel
+from .options import attention_config, moe_routing_config
 from .specs import get_layer_spec, resolve_transformer_impl
 
 
@@ -29,14 +30,13 @@ def transformer_config_from_args(args) -> TransformerConfig:
             moe_ffn_hidden_size=args.moe_ffn_hidden_size,
             moe_shared_expert_intermediate_size=args.moe_shared_expert_intermediate_size,
             moe_layer_freq=args.moe_layer_freq,
-            # DeepSeek-V2 routing: softmax over all experts, then top-k (no renormalisation).
-            moe_router_pre_softmax=True,
             moe_router_load_balancing_type=args.moe_router_load_balancing_type,
             moe_aux_loss_coeff=args.moe_aux_loss_coeff,
             moe_token_dispatcher_type=args.moe_token_dispatcher_type,
             moe_grouped_gemm=args.moe_grouped_gemm,
             moe_router_dtype=args.moe_router_dtype,
             moe_shared_expert_overlap=args.moe_shared_expert_overlap,
+            **moe_routing_config(args),
         )
     return TransformerConfig(
         num_layers=args.num_layers,
@@ -49,8 +49,7 @@ def transformer_config_from_args(args) -> TransformerConfig:
         layernorm_epsilon=args.norm_epsilon,
         gated_linear_unit=args.swiglu,
         activation_func=F.silu if args.swiglu else F.gelu,
-        add_bias_linear=False,
-        add_qkv_bias=False,
+        **attention_config(args),
         hidden_dropout=args.hidden_dropout,
         attention_dropout=args.attention_dropout,
         init_method_std=args.init_method_std,
@@ -102,6 +101,7 @@ def build_model_chunks(args, config: TransformerConfig, nitp_config: NITPConfig)
             share_embeddings_and_output_weights=not args.untie_embeddings_and_output_weights,
             position_embedding_type=args.position_embedding_type,
             rotary_base=args.rotary_base,
+            rotary_percent=getattr(args, "rotary_percent", 1.0),
             vp_stage=vp_stage,
         )
         if torch.cuda.is_available():

@@ -89,12 +89,9 @@ def count_parameters(args) -> dict:
     hd = get_arg(args, "kv_channels", d // nh)
     swiglu = get_arg(args, "swiglu", True)
     layernorm_has_bias = get_arg(args, "normalization", "RMSNorm") == "LayerNorm"
-    # Our CLI has no bias flag and the model builder turns linear biases off (the paper's
-    # DeepSeek-V2 / Qwen-style backbones); accept Megatron-LM's spellings if they appear.
-    if get_arg(args, "disable_bias_linear", False):
-        bias = False
-    else:
-        bias = bool(get_arg(args, "add_bias_linear", False))
+    # Linear biases are off by default here (--add-bias-linear turns them on; Megatron-LM's
+    # --disable-bias-linear restates the default). Biases everywhere include the QKV ones.
+    bias = bool(get_arg(args, "add_bias_linear", False))
     qkv_bias = bias or bool(get_arg(args, "add_qkv_bias", False))
     qk_layernorm = bool(get_arg(args, "qk_layernorm", False))
     tp = get_arg(args, "tensor_model_parallel_size", 1)

@@ -42,10 +42,11 @@ def get_layer_spec(config, transformer_impl: str, vp_stage=None, pp_rank=None):
             get_gpt_layer_with_transformer_engine_spec,
         )
 
-        return get_gpt_layer_with_transformer_engine_spec()
+        return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=config.qk_layernorm)
     else:
         n = get_num_layers_to_build(config, vp_stage=vp_stage, pp_rank=pp_rank)
-        layer = get_gpt_layer_local_spec(normalization=config.normalization)
+        layer = get_gpt_layer_local_spec(normalization=config.normalization,
+                                         qk_layernorm=config.qk_layernorm)
         block = TransformerBlockSubmodules(layer_specs=[layer] * n, layer_norm=None)
     if use_te:
         return block
