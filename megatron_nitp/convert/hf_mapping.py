@@ -72,6 +72,7 @@ def family_option_problems(args) -> List[str]:
         return getattr(args, name, default)
 
     problems = [flag for flag, bad in (
+        ("--multi-latent-attention", on("multi_latent_attention")),
         ("--qk-layernorm", on("qk_layernorm")),
         ("--add-qkv-bias", on("add_qkv_bias")),
         ("--add-bias-linear", on("add_bias_linear")),

@@ -3,13 +3,13 @@
 import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state
-from megatron.core.transformer import TransformerConfig
+from megatron.core.transformer import MLATransformerConfig, TransformerConfig
 
 from ..nitp.config import NITPConfig
 from ..parallel.speed import speed_settings
 from .param_count import padded_vocab_size  # noqa: F401  (re-exported for the engine)
 from .gpt_nitp import NITPGPTModel
-from .options import attention_config, moe_routing_config
+from .options import attention_config, mla_config, moe_routing_config
 from .specs import get_layer_spec, resolve_transformer_impl
 
 
@@ -38,7 +38,8 @@ def transformer_config_from_args(args) -> TransformerConfig:
             moe_shared_expert_overlap=args.moe_shared_expert_overlap,
             **moe_routing_config(args),
         )
-    return TransformerConfig(
+    mla = mla_config(args)
+    return (MLATransformerConfig if mla else TransformerConfig)(
         num_layers=args.num_layers,
         hidden_size=args.hidden_size,
         ffn_hidden_size=args.ffn_hidden_size,
@@ -77,6 +78,7 @@ def transformer_config_from_args(args) -> TransformerConfig:
         overlap_p2p_comm=torch.cuda.is_available() and virtual_pipeline_size(args) is not None,
         enable_cuda_graph=getattr(args, "enable_cuda_graph", False),
         **moe,
+        **mla,
     )
 
 

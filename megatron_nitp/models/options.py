@@ -24,6 +24,23 @@ def attention_config(args) -> dict:
     )
 
 
+def mla_config(args) -> dict:
+    """MLATransformerConfig's extra fields (empty without --multi-latent-attention). The RoPE
+    type stays MLATransformerConfig's default (YaRN), as in Megatron-LM without --rope-type."""
+    if not _get(args, "multi_latent_attention", False):
+        return {}
+    return dict(
+        multi_latent_attention=True,
+        q_lora_rank=_get(args, "q_lora_rank"),
+        kv_lora_rank=args.kv_lora_rank, qk_head_dim=args.qk_head_dim,
+        qk_pos_emb_head_dim=args.qk_pos_emb_head_dim, v_head_dim=args.v_head_dim,
+        rotary_base=args.rotary_base, rotary_percent=_get(args, "rotary_percent", 1.0),
+        rotary_scaling_factor=args.rotary_scaling_factor, mscale=args.mscale,
+        mscale_all_dim=args.mscale_all_dim,
+        original_max_position_embeddings=args.max_position_embeddings,
+    )
+
+
 def moe_routing_config(args) -> dict:
     return dict(
         moe_router_pre_softmax=bool(_get(args, "moe_router_pre_softmax", True)),
@@ -61,6 +78,13 @@ def option_errors(args, transformer_impl):
     if _get(args, "layernorm_zero_centered_gamma", False) and transformer_impl == "local":
         yield ("--apply-layernorm-1p: torch's norms (--transformer-impl local) have no "
                "zero-centred weight; use --transformer-impl transformer_engine")
+    if _get(args, "multi_latent_attention", False):
+        if _get(args, "group_query_attention", False):
+            yield ("--multi-latent-attention: excludes --group-query-attention (the KV latent "
+                   "replaces the KV heads), as in Megatron-LM")
+        if _get(args, "position_embedding_type", "rope") != "rope":
+            yield ("--multi-latent-attention: needs --position-embedding-type rope (MLA applies "
+                   "its own YaRN RoPE)")
     experts = _get(args, "num_experts", 0)
     if not experts:
         flags = moe_routing_flags_set(args)

@@ -61,6 +61,20 @@ def _mlp_params(d, f, swiglu, bias):
     return fc1_out * d + d * f + ((fc1_out + d) if bias else 0)
 
 
+def _mla_layer(args, d, nh, bias, layernorm_has_bias, qk_layernorm):
+    """(projection params, q/kv-layernorm params) of one megatron-core MLASelfAttention: the
+    down/up projections have no bias whatever the flags; only linear_proj follows them."""
+    q_lora = get_arg(args, "q_lora_rank", None)
+    kv_lora = get_arg(args, "kv_lora_rank", 32)
+    qk, pos = get_arg(args, "qk_head_dim", 128), get_arg(args, "qk_pos_emb_head_dim", 64)
+    v = get_arg(args, "v_head_dim", 128)
+    q = nh * (qk + pos) * (q_lora if q_lora else d) + (q_lora * d if q_lora else 0)
+    kv = (kv_lora + pos) * d + nh * (qk + v) * kv_lora
+    proj = d * nh * v + (d if bias else 0)
+    norm_dims = (kv_lora + (q_lora or 0)) if qk_layernorm else 0
+    return q + kv + proj, norm_dims * (2 if layernorm_has_bias else 1)
+
+
 def nitp_uses_head(args):
     """The head exists unless --nitp-no-projector or the generic cosine baseline (no target)."""
     return not get_arg(args, "nitp_no_projector", False) and \
@@ -116,6 +130,10 @@ def count_parameters(args) -> dict:
     attn_layer = (q_out + 2 * kv_out) * d + (q_out + 2 * kv_out if qkv_bias else 0)
     attn_layer += q_out * d + (d if bias else 0)
     qk_norm_layer = 2 * hd * (2 if layernorm_has_bias else 1) if qk_layernorm else 0
+
+    if get_arg(args, "multi_latent_attention", False):
+        attn_layer, qk_norm_layer = _mla_layer(args, d, nh, bias, layernorm_has_bias,
+                                               qk_layernorm)
 
     attention = L * attn_layer
     norms = L * (2 * norm + qk_norm_layer) + norm  # + decoder.final_layernorm

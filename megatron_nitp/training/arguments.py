@@ -52,6 +52,21 @@ def _add_model_args(p):
     g.add_argument("--add-bias-linear", dest="add_bias_linear", action="store_true",
                    default=False, help="Biases on every linear layer (Megatron-LM's default; "
                                        "implies --add-qkv-bias as there).")
+    g.add_argument("--multi-latent-attention", action="store_true",
+                   help="DeepSeek-V2/V3 multi-latent attention (megatron-core's MLA spec, YaRN "
+                        "RoPE inside the attention); dims below, Megatron-LM's defaults.")
+    g.add_argument("--q-lora-rank", type=int, default=None,
+                   help="MLA: rank of the query's low-rank projection (None: full-rank query).")
+    g.add_argument("--kv-lora-rank", type=int, default=32, help="MLA: rank of the joint KV latent.")
+    g.add_argument("--qk-head-dim", type=int, default=128,
+                   help="MLA: per-head q/k dimension without RoPE.")
+    g.add_argument("--qk-pos-emb-head-dim", type=int, default=64,
+                   help="MLA: per-head q/k dimension that carries RoPE.")
+    g.add_argument("--v-head-dim", type=int, default=128, help="MLA: per-head value dimension.")
+    g.add_argument("--rotary-scaling-factor", type=float, default=1.0,
+                   help="MLA: YaRN RoPE scaling factor.")
+    g.add_argument("--mscale", type=float, default=1.0, help="MLA: YaRN mscale.")
+    g.add_argument("--mscale-all-dim", type=float, default=0.0, help="MLA: YaRN mscale_all_dim.")
     g.add_argument("--apply-layernorm-1p", dest="layernorm_zero_centered_gamma",
                    action="store_true",
                    help="Zero-centred norm weights, (1 + gamma) * x (needs Transformer Engine "

@@ -162,6 +162,7 @@ def test_moe_layer_freq_written_as_megatron_would_parse_it():
 
 @pytest.mark.parametrize("flags, named", [
     (["--qk-layernorm"], "--qk-layernorm"),
+    (["--multi-latent-attention"], "--multi-latent-attention"),
     (["--add-qkv-bias"], "--add-qkv-bias"),
     (["--add-bias-linear"], "--add-bias-linear"),
     (["--apply-layernorm-1p"], "--apply-layernorm-1p"),

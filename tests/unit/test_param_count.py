@@ -101,6 +101,18 @@ FAMILY_ARGV = {
         "--group-query-attention", "--num-query-groups", "2", "--vocab-size", "1000",
         "--qk-layernorm", "--add-qkv-bias", "--rotary-percent", "0.5",
         "--untie-embeddings-and-output-weights", "--transformer-impl", "local"],
+    "cli_mla_full_rank_q_add_bias": [
+        "--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4",
+        "--vocab-size", "128", "--multi-latent-attention", "--kv-lora-rank", "16",
+        "--qk-head-dim", "8", "--qk-pos-emb-head-dim", "4", "--v-head-dim", "8",
+        "--add-bias-linear", "--transformer-impl", "local"],
+    "cli_mla_q_lora_qk_layernorm_moe": [
+        "--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4",
+        "--vocab-size", "128", "--multi-latent-attention", "--q-lora-rank", "12",
+        "--kv-lora-rank", "16", "--qk-head-dim", "8", "--qk-pos-emb-head-dim", "4",
+        "--v-head-dim", "6", "--qk-layernorm", "--num-experts", "4",
+        "--moe-shared-expert-intermediate-size", "16", "--moe-layer-freq", "([0]+[1])",
+        "--transformer-impl", "local"],
     "cli_add_bias_linear_moe_sigmoid": [
         "--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4",
         "--vocab-size", "500", "--add-bias-linear", "--num-experts", "4",
