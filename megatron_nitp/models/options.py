@@ -82,6 +82,14 @@ def option_errors(args, transformer_impl):
         if _get(args, "group_query_attention", False):
             yield ("--multi-latent-attention: excludes --group-query-attention (the KV latent "
                    "replaces the KV heads), as in Megatron-LM")
+        if transformer_impl == "local" and _get(args, "tensor_model_parallel_size", 1) > 1:
+            # The local spec's down-projection is column-parallel and gathered; the RoPE key
+            # part then feeds each rank's own heads, and the gather's backward keeps only this
+            # rank's share of its gradient (TE's duplicated down-projection does not). Measured
+            # on the CPU suite: gradients off by up to 7e-3 relative at TP2, losses equal.
+            yield ("--multi-latent-attention: with --transformer-impl local needs "
+                   "--tensor-model-parallel-size 1 (megatron-core 0.16.1's local MLA gets part of "
+                   "the gradient wrong at TP > 1); use transformer_engine for TP")
         if _get(args, "position_embedding_type", "rope") != "rope":
             yield ("--multi-latent-attention: needs --position-embedding-type rope (MLA applies "
                    "its own YaRN RoPE)")

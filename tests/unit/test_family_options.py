@@ -52,6 +52,8 @@ def test_routing_flags_reach_transformer_config():
     (BASE + ["--moe-router-enable-expert-bias"], "local", "--moe-router-enable-expert-bias"),
     (BASE + ["--multi-latent-attention", "--group-query-attention"], "local",
      "--multi-latent-attention"),
+    (BASE + ["--multi-latent-attention", "--tensor-model-parallel-size", "2"], "local",
+     "--multi-latent-attention"),
     (MOE + ["--moe-router-enable-expert-bias"], "local", "--moe-router-enable-expert-bias"),
     (MOE + ["--moe-router-group-topk", "1"], "local", "--moe-router-group-topk"),
     (MOE + ["--moe-router-num-groups", "3", "--moe-router-group-topk", "1"], "local",
