@@ -93,3 +93,19 @@ def test_yaml_spelling_of_the_bias_flags(tmp_path):
     cfg.write_text("disable-bias-linear: true\nqk-layernorm: true\n")
     args = parse_args(BASE + ["--config", str(cfg)])
     assert args.add_bias_linear is False and args.qk_layernorm is True
+
+
+def test_flops_count_mla_head_sizes():
+    from megatron_nitp.nitp.flops import training_flops_per_token
+
+    mla = parse_args(BASE + ["--seq-length", "16", "--multi-latent-attention", "--kv-lora-rank",
+                             "16", "--qk-head-dim", "8", "--qk-pos-emb-head-dim", "4",
+                             "--v-head-dim", "6"])
+    f = training_flops_per_token(mla)
+    assert f["attention_score_flops_per_token"] == 6 * 2 * 16 * 4 * ((8 + 4) + 6)
+    # projections come from the MLA parameter count (down/up projections, no QKV matrix)
+    from megatron_nitp.models.param_count import count_parameters
+
+    assert f["attention_proj_flops_per_token"] == 6 * count_parameters(mla)["attention"]
+    dense = training_flops_per_token(parse_args(BASE + ["--seq-length", "16"]))
+    assert dense["attention_score_flops_per_token"] == 12 * 2 * 16 * 4 * 8  # unchanged
