@@ -147,6 +147,10 @@ def _export(model, args, nitp, ckpt_dir, out_dir, keep_nitp_head, dtype, max_sha
 
     os.makedirs(out_dir, exist_ok=True)
     warnings = []
+    if getattr(args, "moe_expert_capacity_factor", None) is not None:
+        # Token dropping is a training-time limit; transformers' Qwen2-MoE routes every token.
+        warnings.append(f"--moe-expert-capacity-factor {args.moe_expert_capacity_factor}: "
+                        "trained with token dropping, exported as the dropless model")
     try:
         tokenizer = build_run_tokenizer(run_config, base_dir=ckpt_dir)
         ids = special_ids(tokenizer)

@@ -64,6 +64,33 @@ def moe_layer_pattern(moe_layer_freq, num_layers: int) -> List[bool]:
     return pattern
 
 
+def family_option_problems(args) -> List[str]:
+    """Options (models/options.py) that Llama / Qwen2-MoE as exported here cannot express: the
+    export would otherwise write a model that computes something else. getattr: checkpoints
+    saved before these flags existed have none of them (= the defaults)."""
+    def on(name, default=None):
+        return getattr(args, name, default)
+
+    problems = [flag for flag, bad in (
+        ("--multi-latent-attention", on("multi_latent_attention")),
+        ("--qk-layernorm", on("qk_layernorm")),
+        ("--add-qkv-bias", on("add_qkv_bias")),
+        ("--add-bias-linear", on("add_bias_linear")),
+        ("--apply-layernorm-1p", on("layernorm_zero_centered_gamma")),
+        (f"--rotary-percent {on('rotary_percent')}", on("rotary_percent", 1.0) != 1.0),
+    ) if bad]
+    if args.num_experts:
+        problems += [flag for flag, bad in (
+            ("--no-moe-router-pre-softmax (Qwen2-MoE export writes norm_topk_prob=false)",
+             not on("moe_router_pre_softmax", True)),
+            ("--moe-router-score-function sigmoid", on("moe_router_score_function") == "sigmoid"),
+            ("--moe-router-enable-expert-bias", on("moe_router_enable_expert_bias")),
+            ("--moe-router-topk-scaling-factor", on("moe_router_topk_scaling_factor")),
+            ("--moe-router-group-topk", on("moe_router_group_topk")),
+        ) if bad]
+    return problems
+
+
 def shape_from_args(args) -> ModelShape:
     """The shape of a megatron-nitp run; rejects what Llama / Qwen2-MoE cannot express."""
     problems = []
@@ -73,6 +100,7 @@ def shape_from_args(args) -> ModelShape:
         problems.append("no SwiGLU (--no-swiglu)")
     if args.position_embedding_type != "rope":
         problems.append(f"position embedding {args.position_embedding_type} (only rope)")
+    problems += family_option_problems(args)
     if problems:
         raise ConversionError("this model has no Hugging Face equivalent here: " + "; ".join(problems))
     experts = args.num_experts or 0

@@ -3,12 +3,13 @@
 import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state
-from megatron.core.transformer import TransformerConfig
+from megatron.core.transformer import MLATransformerConfig, TransformerConfig
 
 from ..nitp.config import NITPConfig
 from ..parallel.speed import speed_settings
 from .param_count import padded_vocab_size  # noqa: F401  (re-exported for the engine)
 from .gpt_nitp import NITPGPTModel
+from .options import attention_config, mla_config, moe_routing_config
 from .specs import get_layer_spec, resolve_transformer_impl
 
 
@@ -29,16 +30,16 @@ def transformer_config_from_args(args) -> TransformerConfig:
             moe_ffn_hidden_size=args.moe_ffn_hidden_size,
             moe_shared_expert_intermediate_size=args.moe_shared_expert_intermediate_size,
             moe_layer_freq=args.moe_layer_freq,
-            # DeepSeek-V2 routing: softmax over all experts, then top-k (no renormalisation).
-            moe_router_pre_softmax=True,
             moe_router_load_balancing_type=args.moe_router_load_balancing_type,
             moe_aux_loss_coeff=args.moe_aux_loss_coeff,
             moe_token_dispatcher_type=args.moe_token_dispatcher_type,
             moe_grouped_gemm=args.moe_grouped_gemm,
             moe_router_dtype=args.moe_router_dtype,
             moe_shared_expert_overlap=args.moe_shared_expert_overlap,
+            **moe_routing_config(args),
         )
-    return TransformerConfig(
+    mla = mla_config(args)
+    return (MLATransformerConfig if mla else TransformerConfig)(
         num_layers=args.num_layers,
         hidden_size=args.hidden_size,
         ffn_hidden_size=args.ffn_hidden_size,
@@ -49,8 +50,7 @@ def transformer_config_from_args(args) -> TransformerConfig:
         layernorm_epsilon=args.norm_epsilon,
         gated_linear_unit=args.swiglu,
         activation_func=F.silu if args.swiglu else F.gelu,
-        add_bias_linear=False,
-        add_qkv_bias=False,
+        **attention_config(args),
         hidden_dropout=args.hidden_dropout,
         attention_dropout=args.attention_dropout,
         init_method_std=args.init_method_std,
@@ -78,6 +78,7 @@ def transformer_config_from_args(args) -> TransformerConfig:
         overlap_p2p_comm=torch.cuda.is_available() and virtual_pipeline_size(args) is not None,
         enable_cuda_graph=getattr(args, "enable_cuda_graph", False),
         **moe,
+        **mla,
     )
 
 
@@ -102,6 +103,7 @@ def build_model_chunks(args, config: TransformerConfig, nitp_config: NITPConfig)
             share_embeddings_and_output_weights=not args.untie_embeddings_and_output_weights,
             position_embedding_type=args.position_embedding_type,
             rotary_base=args.rotary_base,
+            rotary_percent=getattr(args, "rotary_percent", 1.0),
             vp_stage=vp_stage,
         )
         if torch.cuda.is_available():

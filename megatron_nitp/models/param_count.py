@@ -61,6 +61,20 @@ def _mlp_params(d, f, swiglu, bias):
     return fc1_out * d + d * f + ((fc1_out + d) if bias else 0)
 
 
+def _mla_layer(args, d, nh, bias, layernorm_has_bias, qk_layernorm):
+    """(projection params, q/kv-layernorm params) of one megatron-core MLASelfAttention: the
+    down/up projections have no bias whatever the flags; only linear_proj follows them."""
+    q_lora = get_arg(args, "q_lora_rank", None)
+    kv_lora = get_arg(args, "kv_lora_rank", 32)
+    qk, pos = get_arg(args, "qk_head_dim", 128), get_arg(args, "qk_pos_emb_head_dim", 64)
+    v = get_arg(args, "v_head_dim", 128)
+    q = nh * (qk + pos) * (q_lora if q_lora else d) + (q_lora * d if q_lora else 0)
+    kv = (kv_lora + pos) * d + nh * (qk + v) * kv_lora
+    proj = d * nh * v + (d if bias else 0)
+    norm_dims = (kv_lora + (q_lora or 0)) if qk_layernorm else 0
+    return q + kv + proj, norm_dims * (2 if layernorm_has_bias else 1)
+
+
 def nitp_uses_head(args):
     """The head exists unless --nitp-no-projector or the generic cosine baseline (no target)."""
     return not get_arg(args, "nitp_no_projector", False) and \
@@ -89,12 +103,9 @@ def count_parameters(args) -> dict:
     hd = get_arg(args, "kv_channels", d // nh)
     swiglu = get_arg(args, "swiglu", True)
     layernorm_has_bias = get_arg(args, "normalization", "RMSNorm") == "LayerNorm"
-    # Our CLI has no bias flag and the model builder turns linear biases off (the paper's
-    # DeepSeek-V2 / Qwen-style backbones); accept Megatron-LM's spellings if they appear.
-    if get_arg(args, "disable_bias_linear", False):
-        bias = False
-    else:
-        bias = bool(get_arg(args, "add_bias_linear", False))
+    # Linear biases are off by default here (--add-bias-linear turns them on; Megatron-LM's
+    # --disable-bias-linear restates the default). Biases everywhere include the QKV ones.
+    bias = bool(get_arg(args, "add_bias_linear", False))
     qkv_bias = bias or bool(get_arg(args, "add_qkv_bias", False))
     qk_layernorm = bool(get_arg(args, "qk_layernorm", False))
     tp = get_arg(args, "tensor_model_parallel_size", 1)
@@ -119,6 +130,10 @@ def count_parameters(args) -> dict:
     attn_layer = (q_out + 2 * kv_out) * d + (q_out + 2 * kv_out if qkv_bias else 0)
     attn_layer += q_out * d + (d if bias else 0)
     qk_norm_layer = 2 * hd * (2 if layernorm_has_bias else 1) if qk_layernorm else 0
+
+    if get_arg(args, "multi_latent_attention", False):
+        attn_layer, qk_norm_layer = _mla_layer(args, d, nh, bias, layernorm_has_bias,
+                                               qk_layernorm)
 
     attention = L * attn_layer
     norms = L * (2 * norm + qk_norm_layer) + norm  # + decoder.final_layernorm

@@ -16,6 +16,7 @@ from megatron.core.transformer.transformer_block import (
 )
 
 from ..parallel.norms import use_sequence_parallel_norms
+from .mla import with_local_mla_core_attention
 from ..parallel.without_te import transformer_engine_available
 
 
@@ -42,12 +43,17 @@ def get_layer_spec(config, transformer_impl: str, vp_stage=None, pp_rank=None):
             get_gpt_layer_with_transformer_engine_spec,
         )
 
-        return get_gpt_layer_with_transformer_engine_spec()
+        return get_gpt_layer_with_transformer_engine_spec(
+            qk_layernorm=config.qk_layernorm,
+            multi_latent_attention=config.multi_latent_attention)
     else:
         n = get_num_layers_to_build(config, vp_stage=vp_stage, pp_rank=pp_rank)
-        layer = get_gpt_layer_local_spec(normalization=config.normalization)
+        layer = get_gpt_layer_local_spec(normalization=config.normalization,
+                                         qk_layernorm=config.qk_layernorm,
+                                         multi_latent_attention=config.multi_latent_attention)
         block = TransformerBlockSubmodules(layer_specs=[layer] * n, layer_norm=None)
     if use_te:
         return block
+    layers = [with_local_mla_core_attention(s) for s in block.layer_specs]
     return use_sequence_parallel_norms(
-        TransformerBlockSubmodules(layer_specs=block.layer_specs, layer_norm=WrappedTorchNorm))
+        TransformerBlockSubmodules(layer_specs=layers, layer_norm=WrappedTorchNorm))

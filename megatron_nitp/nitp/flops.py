@@ -75,6 +75,11 @@ def training_flops_per_token(args) -> dict:
     nh = get_arg(args, "num_attention_heads")
     hd = get_arg(args, "kv_channels", d // nh)
     L = get_arg(args, "num_layers")
+    # Scores (q.k) and context (p.v) per head: MLA's q/k heads carry the RoPE part too.
+    qk_dim, v_dim = hd, hd
+    if get_arg(args, "multi_latent_attention", False):
+        qk_dim = get_arg(args, "qk_head_dim", 128) + get_arg(args, "qk_pos_emb_head_dim", 64)
+        v_dim = get_arg(args, "v_head_dim", 128)
 
     attention_proj = 6 * c["attention"]
     mlp = 6 * (c["dense_mlp"] + c["shared_experts"] + c["routed_experts_active"])
@@ -106,7 +111,7 @@ def training_flops_per_token(args) -> dict:
         "mlp_flops_per_token": mlp,
         "output_layer_flops_per_token": output_layer,
         "router_flops_per_token": 6 * c["router"],
-        "attention_score_flops_per_token": 12 * L * s * nh * hd,
+        "attention_score_flops_per_token": 6 * L * s * nh * (qk_dim + v_dim),
         "nitp_head_flops_per_token": head,
         "nitp_loss_flops_per_token": loss,
         "pipeline_carry_boundaries": boundaries,

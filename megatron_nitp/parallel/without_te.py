@@ -29,6 +29,7 @@ def apply_without_transformer_engine() -> bool:
     if transformer_engine_available():
         return False
     _bind_te_general_gemm()
+    _unset_mla_have_te()
     _patch_distributed_optimizer_state()
     _APPLIED = True
     return True
@@ -42,6 +43,16 @@ def _bind_te_general_gemm() -> None:
 
     if not hasattr(moe_utils, "te_general_gemm"):
         moe_utils.te_general_gemm = None
+
+
+def _unset_mla_have_te() -> None:
+    """`MLASelfAttention.__init__` tests `HAVE_TE and isinstance(self.linear_proj, TELinear)`;
+    multi_latent_attention sets HAVE_TE from imports that succeed without Transformer Engine
+    (its extension module stubs the names), so the isinstance raises TypeError and MLA cannot
+    be built. HAVE_TE there guards only that TE-only fp8/fp4 branch."""
+    from megatron.core.transformer import multi_latent_attention
+
+    multi_latent_attention.HAVE_TE = False
 
 
 # ---------------------------------------------------------------------------------------------

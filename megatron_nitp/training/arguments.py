@@ -38,6 +38,39 @@ def _add_model_args(p):
     g.add_argument("--rotary-base", type=int, default=10000, help="RoPE base.")
     g.add_argument("--untie-embeddings-and-output-weights", action="store_true",
                    help="Separate output layer weights.")
+    # Attention / norm options of the Megatron-LM families (models/options.py maps them).
+    g.add_argument("--rotary-percent", type=float, default=1.0,
+                   help="Fraction of each head's dimensions RoPE rotates (Megatron-LM's flag).")
+    g.add_argument("--qk-layernorm", action="store_true",
+                   help="Normalise queries and keys per head (Qwen3, OLMo-2; megatron-core spec).")
+    g.add_argument("--add-qkv-bias", action="store_true",
+                   help="Biases on the QKV projection only (Qwen2).")
+    g.add_argument("--disable-bias-linear", dest="add_bias_linear", action="store_false",
+                   default=False,
+                   help="No linear-layer biases. Megatron-LM's default is biases on; ours is off "
+                        "already, so this flag only restates it.")
+    g.add_argument("--add-bias-linear", dest="add_bias_linear", action="store_true",
+                   default=False, help="Biases on every linear layer (Megatron-LM's default; "
+                                       "implies --add-qkv-bias as there).")
+    g.add_argument("--multi-latent-attention", action="store_true",
+                   help="DeepSeek-V2/V3 multi-latent attention (megatron-core's MLA spec, YaRN "
+                        "RoPE inside the attention); dims below, Megatron-LM's defaults.")
+    g.add_argument("--q-lora-rank", type=int, default=None,
+                   help="MLA: rank of the query's low-rank projection (None: full-rank query).")
+    g.add_argument("--kv-lora-rank", type=int, default=32, help="MLA: rank of the joint KV latent.")
+    g.add_argument("--qk-head-dim", type=int, default=128,
+                   help="MLA: per-head q/k dimension without RoPE.")
+    g.add_argument("--qk-pos-emb-head-dim", type=int, default=64,
+                   help="MLA: per-head q/k dimension that carries RoPE.")
+    g.add_argument("--v-head-dim", type=int, default=128, help="MLA: per-head value dimension.")
+    g.add_argument("--rotary-scaling-factor", type=float, default=1.0,
+                   help="MLA: YaRN RoPE scaling factor.")
+    g.add_argument("--mscale", type=float, default=1.0, help="MLA: YaRN mscale.")
+    g.add_argument("--mscale-all-dim", type=float, default=0.0, help="MLA: YaRN mscale_all_dim.")
+    g.add_argument("--apply-layernorm-1p", dest="layernorm_zero_centered_gamma",
+                   action="store_true",
+                   help="Zero-centred norm weights, (1 + gamma) * x (needs Transformer Engine "
+                        "norms: --transformer-impl transformer_engine).")
     g.add_argument("--init-method-std", type=float, default=0.02, help="Weight init std.")
     g.add_argument("--attention-dropout", type=float, default=0.0, help="Attention dropout.")
     g.add_argument("--hidden-dropout", type=float, default=0.0, help="Hidden dropout.")
@@ -58,7 +91,34 @@ def _add_model_args(p):
                    help="1 = every layer MoE; N = every Nth; or a pattern like "
                         "'([0]*1+[1]*15)' / list: 0 dense, 1 MoE.")
     g.add_argument("--moe-router-load-balancing-type", default="aux_loss",
-                   choices=["aux_loss", "seq_aux_loss", "none"], help="Load balancing.")
+                   choices=["aux_loss", "seq_aux_loss", "global_aux_loss", "sinkhorn", "none"],
+                   help="Load balancing (one type; Megatron-LM also takes a list).")
+    g.add_argument("--moe-router-pre-softmax", action=argparse.BooleanOptionalAction,
+                   default=True,
+                   help="Softmax over all experts, then top-k (DeepSeek-V2); --no-moe-router-"
+                        "pre-softmax: top-k, then softmax over the k. NOTE: Megatron-LM's default "
+                        "is off; ours stays on (the paper's configs). Ignored by sigmoid scores.")
+    g.add_argument("--moe-router-score-function", choices=["softmax", "sigmoid"],
+                   default="softmax", help="Router score function (DeepSeek-V3: sigmoid).")
+    g.add_argument("--moe-router-topk-scaling-factor", type=float, default=None,
+                   help="Multiply the top-k routing weights by this (DeepSeek-V3: 2.5).")
+    g.add_argument("--moe-router-enable-expert-bias", action="store_true",
+                   help="Aux-loss-free balancing: a per-expert bias on the routing scores, "
+                        "updated each step from the token counts (needs sigmoid scores).")
+    g.add_argument("--moe-router-bias-update-rate", type=float, default=1e-3,
+                   help="Step size of the expert-bias update.")
+    g.add_argument("--moe-router-num-groups", type=int, default=None,
+                   help="Group-limited routing: experts split into this many groups.")
+    g.add_argument("--moe-router-group-topk", type=int, default=None,
+                   help="Group-limited routing: groups each token may use.")
+    g.add_argument("--moe-z-loss-coeff", type=float, default=None,
+                   help="Router z-loss weight (ST-MoE).")
+    g.add_argument("--moe-expert-capacity-factor", type=float, default=None,
+                   help="Expert capacity factor (None: dropless).")
+    g.add_argument("--moe-token-drop-policy", choices=["probs", "position"], default="probs",
+                   help="Which tokens an over-capacity expert drops.")
+    g.add_argument("--moe-pad-expert-input-to-capacity", action="store_true",
+                   help="Pad every expert's input to its capacity (needs a capacity factor).")
     g.add_argument("--moe-aux-loss-coeff", type=float, default=0.0, help="Aux loss weight.")
     g.add_argument("--moe-token-dispatcher-type", choices=["allgather", "alltoall"],
                    default="alltoall", help="Token dispatcher.")

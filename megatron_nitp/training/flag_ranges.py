@@ -24,6 +24,13 @@ RANGES = {
     "make_vocab_size_divisible_by": AT_LEAST_1,
     "num_experts": AT_LEAST_1, "moe_ffn_hidden_size": AT_LEAST_1,
     "moe_shared_expert_intermediate_size": AT_LEAST_1, "moe_aux_loss_coeff": AT_LEAST_0,
+    "rotary_percent": (0, 1, False, True), "moe_router_topk_scaling_factor": POSITIVE,
+    "moe_router_bias_update_rate": AT_LEAST_0, "moe_router_num_groups": AT_LEAST_1,
+    "moe_router_group_topk": AT_LEAST_1, "moe_z_loss_coeff": AT_LEAST_0,
+    "moe_expert_capacity_factor": POSITIVE,
+    "q_lora_rank": AT_LEAST_1, "kv_lora_rank": AT_LEAST_1, "qk_head_dim": AT_LEAST_1,
+    "qk_pos_emb_head_dim": AT_LEAST_1, "v_head_dim": AT_LEAST_1,
+    "rotary_scaling_factor": POSITIVE, "mscale": POSITIVE, "mscale_all_dim": AT_LEAST_0,
     # NITP
     "nitp_loss_weight": AT_LEAST_0, "nitp_start_step": AT_LEAST_0,
     "nitp_head_ffn_multiplier": AT_LEAST_1, "nitp_metrics_interval": AT_LEAST_0,

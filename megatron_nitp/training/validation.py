@@ -9,6 +9,7 @@ import math
 import os
 
 from ..nitp.config import NITPConfig, NITPConfigError
+from ..models.options import option_errors
 from .flag_ranges import range_errors
 
 
@@ -210,6 +211,8 @@ def _validate_impl(args):
                           "importable here; use --transformer-impl local")
     else:
         impl = "local"
+    for message in option_errors(args, impl):  # models/options.py: family options
+        raise ConfigError(message)
     if args.context_parallel_size > 1 and impl == "local":
         raise ConfigError("--context-parallel-size > 1: needs --transformer-impl "
                           "transformer_engine (megatron's local attention has no CP)")

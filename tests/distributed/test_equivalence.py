@@ -14,7 +14,10 @@ import pytest
 
 WORKER = os.path.join(os.path.dirname(__file__), "workers", "equivalence.py")
 TWO = ["tp2", "tp2_sp", "pp2_k_on_stage0", "pp2_k_on_last_stage", "pp2_vpp2",
-       "dp2_distributed_optimizer", "dp2_per_token_loss", "recompute_full", "moe_ep2"]
+       "dp2_distributed_optimizer", "dp2_per_token_loss", "recompute_full", "moe_ep2",
+       # model families (models/options.py): Qwen3-like dense, DeepSeek-V3-like routing
+       "qwen3_tp2_sp", "qwen3_pp2", "qwen3_dp2_distributed_optimizer", "dsv3_ep2", "dsv3_dp2",
+       "mla_pp2"]
 FOUR = ["tp2_pp2_sp", "moe_ep2_pp2"]
 
 
@@ -52,3 +55,12 @@ def test_layout_matches_single_process(results, layout):
     r = results[layout]
     assert r["max_rel_grad_err"] < 1e-4
     assert r["nitp"] > 0 and r["lm"] > 0
+
+
+@pytest.mark.parametrize("layout", ["dsv3_ep2", "dsv3_dp2"])
+def test_expert_bias_updated_and_equal_to_single_process(results, layout):
+    # compare asserted each router's expert_bias equals the single-process one after the step
+    # (megatron-core updates it in finalize_model_grads); here: every MoE layer's bias moved.
+    biases = results["_expert_bias"][layout]
+    assert len(biases) == 3  # layers 2-4 are MoE
+    assert all(any(v != 0 for v in b) for b in biases.values())

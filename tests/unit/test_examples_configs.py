@@ -38,6 +38,7 @@ CONTRACT_KEYS = {
 }
 EXTRA_KEYS = {
     "moe-router-load-balancing-type", "moe-aux-loss-coeff",  # DeepSeek-V2-style balancing
+    "moe-router-dtype", "moe-router-pre-softmax",            # fp32 router, DeepSeek-V2 routing
     "moe-token-dispatcher-type", "moe-grouped-gemm",         # GPU layout
     "nitp-no-stop-grad", "nitp-start-step",                  # Table 8 ablations
     "nitp-metrics-interval",                                 # App. D monitoring

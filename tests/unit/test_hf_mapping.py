@@ -158,3 +158,36 @@ def test_moe_layer_freq_written_as_megatron_would_parse_it():
     assert compact_layer_freq([True] * 4) == "1"  # matches the engine's default
     assert compact_layer_freq([True, False, True, False]) == "2"
     assert compact_layer_freq([False, True, True, True]) == "[0,1,1,1]"
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--qk-layernorm"], "--qk-layernorm"),
+    (["--multi-latent-attention"], "--multi-latent-attention"),
+    (["--add-qkv-bias"], "--add-qkv-bias"),
+    (["--add-bias-linear"], "--add-bias-linear"),
+    (["--apply-layernorm-1p"], "--apply-layernorm-1p"),
+    (["--rotary-percent", "0.5"], "--rotary-percent 0.5"),
+    (["--num-experts", "4", "--no-moe-router-pre-softmax"], "--no-moe-router-pre-softmax"),
+    (["--num-experts", "4", "--moe-router-score-function", "sigmoid",
+      "--moe-router-enable-expert-bias"], "--moe-router-enable-expert-bias"),
+    (["--num-experts", "4", "--moe-router-topk-scaling-factor", "2.5"],
+     "--moe-router-topk-scaling-factor"),
+    (["--num-experts", "4", "--moe-router-num-groups", "2", "--moe-router-group-topk", "1"],
+     "--moe-router-group-topk"),
+])
+def test_export_refuses_family_options_llama_qwen2_moe_cannot_express(flags, named):
+    from megatron_nitp.convert.hf_mapping import shape_from_args
+    from megatron_nitp.training.arguments import parse_args
+
+    args = parse_args(["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4",
+                       "--vocab-size", "128"] + flags)
+    args.padded_vocab_size = 128
+    with pytest.raises(ConversionError, match="no Hugging Face equivalent") as e:
+        shape_from_args(args)
+    assert named in str(e.value) and "\n" not in str(e.value)
+    # what stays exportable: the fp32 router, the paper's default routing
+    base = parse_args(["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4",
+                       "--vocab-size", "128", "--num-experts", "4", "--moe-router-dtype", "fp32",
+                       "--moe-z-loss-coeff", "0.001"])
+    base.padded_vocab_size = 128
+    assert shape_from_args(base).num_experts == 4

@@ -31,6 +31,17 @@ CASES = {
         vocab_size=500, normalization="LayerNorm", add_bias_linear=True, swiglu=False,
         position_embedding_type="learned_absolute", max_position_embeddings=64,
         num_experts=4, moe_router_topk=2, moe_ffn_hidden_size=16, moe_layer_freq=2),
+    # Qwen3-like: GQA, per-head q/k RMSNorm (hd each), untied output.
+    "qwen3_qk_layernorm_untied": dict(
+        num_layers=2, hidden_size=64, ffn_hidden_size=96, num_attention_heads=4,
+        group_query_attention=True, num_query_groups=2, kv_channels=24, vocab_size=1000,
+        qk_layernorm=True, untie_embeddings_and_output_weights=True),
+    # Qwen2-like QKV-only biases; LayerNorm q/k norms carry a bias too.
+    "qkv_bias_layernorm_qk_norm": dict(
+        num_layers=2, hidden_size=32, ffn_hidden_size=64, num_attention_heads=4,
+        group_query_attention=True, num_query_groups=2, vocab_size=500,
+        normalization="LayerNorm", add_qkv_bias=True, qk_layernorm=True,
+        num_experts=4, moe_router_topk=2, moe_ffn_hidden_size=16, moe_layer_freq=2),
 }
 
 _BUILD = textwrap.dedent("""
@@ -52,6 +63,7 @@ _BUILD = textwrap.dedent("""
                   num_query_groups=a["num_query_groups"] if gqa else None,
                   kv_channels=a.get("kv_channels"), normalization=a.get("normalization", "RMSNorm"),
                   gated_linear_unit=a.get("swiglu", True), add_bias_linear=a.get("add_bias_linear", False),
+                  add_qkv_bias=a.get("add_qkv_bias", False), qk_layernorm=a.get("qk_layernorm", False),
                   use_cpu_initialization=True)
         if a.get("num_experts"):
             kw.update(num_moe_experts=a["num_experts"], moe_router_topk=a["moe_router_topk"],
@@ -67,8 +79,47 @@ _BUILD = textwrap.dedent("""
                          share_embeddings_and_output_weights=not a.get(
                              "untie_embeddings_and_output_weights", False))
         out[name] = sum(p.numel() for p in model.parameters())
+    # The same flags through our CLI and builder (proves the flags reach megatron-core).
+    from megatron_nitp.models.builder import build_model_chunks, transformer_config_from_args
+    from megatron_nitp.nitp.config import NITPConfig
+    from megatron_nitp.parallel.distributed import (destroy_distributed_model_parallel,
+                                                    initialize_distributed)
+    from megatron_nitp.training.arguments import parse_args
+    ps.destroy_model_parallel()
+    initialize_distributed(1, 1)  # with the CPU compatibility layer the builder relies on
+    for name, argv in json.loads(sys.argv[2]).items():
+        args = parse_args(argv)
+        args.padded_vocab_size = padded_vocab_size(args.vocab_size, args.make_vocab_size_divisible_by)
+        (chunk,) = build_model_chunks(args, transformer_config_from_args(args), NITPConfig.from_args(args))
+        out[name] = sum(p.numel() for n, p in chunk.named_parameters() if "nitp" not in n)
     print("RESULT" + json.dumps(out))
 """)
+
+FAMILY_ARGV = {
+    "cli_qk_layernorm_qkv_bias_rotary_percent": [
+        "--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4",
+        "--group-query-attention", "--num-query-groups", "2", "--vocab-size", "1000",
+        "--qk-layernorm", "--add-qkv-bias", "--rotary-percent", "0.5",
+        "--untie-embeddings-and-output-weights", "--transformer-impl", "local"],
+    "cli_mla_full_rank_q_add_bias": [
+        "--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4",
+        "--vocab-size", "128", "--multi-latent-attention", "--kv-lora-rank", "16",
+        "--qk-head-dim", "8", "--qk-pos-emb-head-dim", "4", "--v-head-dim", "8",
+        "--add-bias-linear", "--transformer-impl", "local"],
+    "cli_mla_q_lora_qk_layernorm_moe": [
+        "--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4",
+        "--vocab-size", "128", "--multi-latent-attention", "--q-lora-rank", "12",
+        "--kv-lora-rank", "16", "--qk-head-dim", "8", "--qk-pos-emb-head-dim", "4",
+        "--v-head-dim", "6", "--qk-layernorm", "--num-experts", "4",
+        "--moe-shared-expert-intermediate-size", "16", "--moe-layer-freq", "([0]+[1])",
+        "--transformer-impl", "local"],
+    "cli_add_bias_linear_moe_sigmoid": [
+        "--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4",
+        "--vocab-size", "500", "--add-bias-linear", "--num-experts", "4",
+        "--moe-router-score-function", "sigmoid", "--moe-router-enable-expert-bias",
+        "--moe-layer-freq", "([0]+[1])",
+        "--transformer-impl", "local"],
+}
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +127,8 @@ def built_counts():
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29400 + os.getpid() % 500),
                PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, "-c", _BUILD, json.dumps(CASES)], env=env,
+    proc = subprocess.run([sys.executable, "-c", _BUILD, json.dumps(CASES),
+                           json.dumps(FAMILY_ARGV)], env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT")][-1]
@@ -86,6 +138,28 @@ def built_counts():
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_count_equals_built_megatron_model(name, built_counts):
     assert count_parameters(CASES[name])["total"] == built_counts[name]
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY_ARGV))
+def test_count_equals_model_built_from_family_flags(name, built_counts):
+    from megatron_nitp.training.arguments import parse_args
+
+    assert count_parameters(parse_args(FAMILY_ARGV[name]))["total"] == built_counts[name]
+
+
+def test_family_flags_change_the_count():
+    """qk-layernorm adds 2 x head_dim per layer; --add-bias-linear implies QKV biases."""
+    from megatron_nitp.training.arguments import parse_args
+
+    base = ["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4",
+            "--vocab-size", "128"]
+    n0 = count_parameters(parse_args(base))["total"]
+    assert count_parameters(parse_args(base + ["--qk-layernorm"]))["total"] == n0 + 2 * 2 * 16
+    assert count_parameters(parse_args(base + ["--add-qkv-bias"]))["total"] == n0 + 2 * 3 * 64
+    assert count_parameters(parse_args(base + ["--disable-bias-linear"]))["total"] == n0
+    with_bias = count_parameters(parse_args(base + ["--add-bias-linear"]))["total"]
+    # qkv 3d + proj d + fc1 2f + fc2 d, per layer (f = 4d, SwiGLU)
+    assert with_bias == n0 + 2 * (3 * 64 + 64 + 2 * 256 + 64)
 
 
 def test_active_counts_topk_routed_experts_only():
