@@ -211,6 +211,37 @@ def _add_io_args(p):
     g.add_argument("--finetune", action="store_true",
                    help="With --load: model weights only (iteration 0, fresh optimizer and "
                         "scheduler, RNG not loaded), as Megatron-LM's --finetune; at any layout.")
+    # Megatron-LM 0.16.1's checkpoint flags (its CheckpointConfig); training/checkpoint_flags.py.
+    g.add_argument("--no-save-optim", action="store_true",
+                   help="Save no optimizer or scheduler state; a resume from such a checkpoint "
+                        "starts a fresh optimizer and scheduler at the saved iteration.")
+    g.add_argument("--no-load-optim", action="store_true",
+                   help="Resume the model, iteration and consumed samples, not the optimizer or "
+                        "scheduler (fresh ones).")
+    g.add_argument("--no-save-rng", action="store_true",
+                   help="No-op: megatron-nitp saves no RNG state (a run reseeds from --seed).")
+    g.add_argument("--no-load-rng", action="store_true",
+                   help="No-op: megatron-nitp saves no RNG state (a run reseeds from --seed).")
+    g.add_argument("--pretrained-checkpoint", default=None,
+                   help="When --load holds no checkpoint: start from this one's weights as "
+                        "--finetune (iteration 0, fresh optimizer and scheduler).")
+    g.add_argument("--ckpt-format", default="torch_dist",
+                   choices=["torch", "torch_dist", "torch_dcp", "fsdp_dtensor"],
+                   help="Checkpoint format; megatron-nitp reads and writes torch_dist only.")
+    g.add_argument("--auto-detect-ckpt-format", action="store_true",
+                   help="Detect the format of --load's checkpoint (always done: a checkpoint "
+                        "not in torch_dist is refused by name).")
+    g.add_argument("--dist-ckpt-strictness", default="assume_ok_unexpected",
+                   choices=["assume_ok_unexpected", "log_unexpected", "log_all",
+                            "raise_unexpected", "raise_all", "return_unexpected", "return_all",
+                            "ignore_all"],
+                   help="Key mismatches between the checkpoint and the model on load "
+                        "(megatron-core's StrictHandling).")
+    g.add_argument("--use-checkpoint-args", action="store_true",
+                   help="Take the model's arguments from the --load (or --pretrained-checkpoint) "
+                        "checkpoint's saved run config, as Megatron-LM does.")
+    g.add_argument("--async-save", action="store_true",
+                   help="Asynchronous checkpoint save: not supported (rejected).")
     g.add_argument("--save-interval", type=int, default=None, help="Save every N iterations.")
     g.add_argument("--keep-last-n-checkpoints", type=int, default=None,
                    help="Delete older checkpoints.")
@@ -315,8 +346,13 @@ def parse_args(argv=None, model_family="gpt"):
     parser = build_parser(model_family)
     argv = list(sys.argv[1:] if argv is None else argv)
     pre, _ = parser.parse_known_args(argv)
-    args = parser.parse_args(_yaml_to_argv(pre.config, parser) + argv)
+    argv = _yaml_to_argv(pre.config, parser) + argv
+    args = parser.parse_args(argv)
     args.model_family = model_family
+    if args.use_checkpoint_args:  # before the derived defaults, as Megatron-LM's initialize
+        from .checkpoint_flags import apply_checkpoint_args, explicit_dests
+
+        apply_checkpoint_args(args, explicit_dests(build_parser(model_family), argv))
     _fill_defaults(args)
     return args
 

@@ -52,6 +52,9 @@ def _fail(msg, debug=False):
 def _check_resume_target(args, vocab_size_known, nitp_config=None, log=print):
     """--load sanity before heavy work: empty dirs, architecture mismatches, what else the
     resume changes (schedule, NITP, optimizer layout)."""
+    from .checkpoint_flags import resolve_pretrained_checkpoint
+
+    resolve_pretrained_checkpoint(args, log)
     if not args.load:
         return
     if not os.path.isdir(args.load):
@@ -87,7 +90,8 @@ def _check_resume_target(args, vocab_size_known, nitp_config=None, log=print):
     verify_checkpoint_files(iteration_dir(args.load, it))
     if nitp_config is not None:
         report_nitp_changes(run_config.get("nitp", {}), nitp_config.to_dict(), log)
-        if loads_optimizer_state(run_config, nitp_config) and not args.finetune:
+        if loads_optimizer_state(run_config, nitp_config) and not (args.finetune
+                                                                   or args.no_load_optim):
             check_optimizer_layout(saved, args, args.load)
             check_schedule_on_resume(args, iteration_dir(args.load, it), log)
 
@@ -232,7 +236,8 @@ class Trainer:
             try:
                 self.iteration, self.consumed = load_checkpoint(
                     a.load, self.chunks, self.optimizer, self.scheduler, self.nitp, self.log,
-                    finetune=a.finetune)
+                    finetune=a.finetune, no_load_optim=a.no_load_optim,
+                    strict=a.dist_ckpt_strictness)
             except CheckpointError as e:
                 _fail(str(e), a.debug)
             self.log(f"resumed from {a.load} at iteration {self.iteration}")

@@ -9,6 +9,7 @@ import math
 import os
 
 from ..nitp.config import NITPConfig, NITPConfigError
+from .checkpoint_flags import checkpoint_flag_errors, checkpoint_flag_notices
 from .flag_ranges import range_errors
 
 
@@ -28,6 +29,10 @@ def validate_args(args, world_size=None):
     ep = args.expert_model_parallel_size
     for message in range_errors(args):  # every numeric flag, before the cross-flag checks
         raise ConfigError(message)
+    for message in checkpoint_flag_errors(args):
+        raise ConfigError(message)
+    for message in checkpoint_flag_notices(args):
+        print(message, flush=True)
     _validate_shape_and_outputs(args)
     if world_size % (tp * pp * cp) != 0:
         raise ConfigError(
