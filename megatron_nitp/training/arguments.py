@@ -192,11 +192,28 @@ def _add_data_args(p):
     g = p.add_argument_group("data and tokenizer")
     g.add_argument("--data-path", nargs="*", default=None,
                    help="Indexed data prefixes, optionally weighted: 0.7 a 0.3 b.")
+    for split in ("train", "valid", "test"):  # megatron-core's blend_per_split
+        g.add_argument(f"--{split}-data-path", nargs="*", default=None,
+                       help=f"The {split} split's own prefixes (weighted as --data-path); "
+                            "instead of --data-path and --split.")
     g.add_argument("--split", default="98,2,0", help="train,valid,test proportions.")
     g.add_argument("--mock-data", action="store_true", help="Synthetic data (no files).")
     g.add_argument("--demo-data", action="store_true",
                    help="The embedded demo corpus (built and cached on first use).")
     g.add_argument("--data-cache-path", default=None, help="Dataset index cache directory.")
+    # megatron-core's GPTDatasetConfig switches; NITP follows the same document boundaries.
+    g.add_argument("--reset-position-ids", action="store_true",
+                   help="Restart position ids after each end-of-document token (used by learned "
+                        "absolute positions; RoPE uses the sequence position, as in "
+                        "megatron-core).")
+    g.add_argument("--reset-attention-mask", action="store_true",
+                   help="No attention across end-of-document tokens; with --nitp no target "
+                        "crosses a document end either (local attention spec).")
+    g.add_argument("--eod-mask-loss", action="store_true",
+                   help="No loss at end-of-document positions (the LM and NITP losses).")
+    g.add_argument("--num-workers", type=int, default=0,
+                   help="DataLoader worker processes per data iterator (Megatron-LM's default "
+                        "is 2; 0 here: loading in the training process).")
     g.add_argument("--tokenizer-type", default="NullTokenizer",
                    choices=["NullTokenizer", "SentencePieceTokenizer", "HuggingFaceTokenizer"],
                    help="Tokenizer.")

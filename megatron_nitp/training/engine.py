@@ -96,6 +96,10 @@ def _check_resume_target(args, vocab_size_known, nitp_config=None, log=print):
             check_schedule_on_resume(args, iteration_dir(args.load, it), log)
 
 
+def _per_split_paths(args):
+    return [args.train_data_path, args.valid_data_path, args.test_data_path]
+
+
 def _adopt_saved_vocab_padding(args, saved):
     """The vocabulary is padded to a multiple of make_vocab_size_divisible_by x TP, so a
     checkpoint saved at another TP size has another row count (512 at TP2, 384 at TP1 for 301
@@ -159,7 +163,8 @@ def pretrain(model_family="gpt", argv=None):
         from ..data.datasets import validate_data_args
 
         tokenizer = _setup_tokenizer_and_data_args(args, log)
-        validate_data_args(args.data_path, tokenizer, args.split, args.mock_data)
+        validate_data_args(args.data_path, tokenizer, args.split, args.mock_data,
+                           _per_split_paths(args))
         from ..models.builder import padded_vocab_size
 
         args.padded_vocab_size = padded_vocab_size(
@@ -257,12 +262,16 @@ class Trainer:
         # Every rank calls it: megatron-core builds the index cache on rank 0 first, then loads
         # it on the others (its own barrier).
         train, valid, _ = build_datasets(a.data_path, a.split, a.mock_data, a.seq_length,
-                                         self.tokenizer, a.seed, sizes, a.data_cache_path)
+                                         self.tokenizer, a.seed, sizes, a.data_cache_path,
+                                         per_split_paths=_per_split_paths(a),
+                                         reset_position_ids=a.reset_position_ids,
+                                         reset_attention_mask=a.reset_attention_mask,
+                                         eod_mask_loss=a.eod_mask_loss)
         n = len(self.chunks)
 
         def iters(ds, consumed):
             its = [build_data_iterator(ds, a.micro_batch_size, self.dp_rank, self.dp_size,
-                                       consumed) for _ in range(n)]
+                                       consumed, a.num_workers) for _ in range(n)]
             return its if n > 1 else its[0]
 
         self.train_iter = iters(train, self.consumed)
@@ -305,7 +314,8 @@ class Trainer:
         self.optimizer.zero_grad()
         probe = self._geometry_probe() if self._want_metrics() else None
         raw = forward_backward(a, self.model, self.config, self.nitp, self.train_iter,
-                               self.num_microbatches, self.iteration, geometry=probe)
+                               self.num_microbatches, self.iteration, geometry=probe,
+                               document_eod=self._document_eod())
         losses = reduce_losses(raw)
         metrics = reduce_step_geometry(raw, probe, self.config)
         if self._injected_nan():  # test hook: a poisoned step
@@ -324,6 +334,9 @@ class Trainer:
         if probe is not None:
             metrics = self._pipeline_broadcast(metrics, ["effective_rank", "pair_cosine"])
         return losses, grad_norm, finite, metrics
+
+    def _document_eod(self):
+        return self.tokenizer.eod if self.args.reset_attention_mask else None
 
     def _want_metrics(self):
         k = self.args.nitp_metrics_interval
@@ -351,7 +364,8 @@ class Trainer:
         with torch.no_grad():
             for _ in range(a.eval_iters):
                 raw = forward_backward(a, self.model, self.config, self.nitp, valid_iter,
-                                       self.num_microbatches, self.iteration, forward_only=True)
+                                       self.num_microbatches, self.iteration, forward_only=True,
+                                       document_eod=self._document_eod())
                 totals += raw
         for c in self.model:
             c.train()

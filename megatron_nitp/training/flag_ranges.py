@@ -40,6 +40,7 @@ RANGES = {
     "num_layers_per_virtual_pipeline_stage": AT_LEAST_1, "expert_model_parallel_size": AT_LEAST_1,
     "context_parallel_size": AT_LEAST_1, "distributed_timeout_minutes": AT_LEAST_1,
     # checkpoints, exits, logs
+    "num_workers": AT_LEAST_0,
     "save_interval": AT_LEAST_1, "keep_last_n_checkpoints": AT_LEAST_1,
     "exit_interval": AT_LEAST_1, "exit_duration_in_mins": POSITIVE,
     # --eval-iters 0 is Megatron-LM's way to skip evaluation.

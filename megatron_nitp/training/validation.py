@@ -215,6 +215,10 @@ def _validate_impl(args):
     if args.context_parallel_size > 1 and impl == "local":
         raise ConfigError("--context-parallel-size > 1: needs --transformer-impl "
                           "transformer_engine (megatron's local attention has no CP)")
+    if args.reset_attention_mask and impl != "local":
+        # TE's attention with the causal mask type ignores the per-sample mask tensor.
+        raise ConfigError("--reset-attention-mask: needs --transformer-impl local (Transformer "
+                          "Engine's causal attention would ignore the document mask)")
     # On CPU, bf16 is allowed: torch's CPU kernels compute in bf16 (slowly, but correctly enough
     # to debug a bf16 configuration). Only a GPU without bf16 is rejected.
     import torch
@@ -224,7 +228,7 @@ def _validate_impl(args):
         # Megatron-LM's rule: the gather it overlaps is the distributed optimizer's.
         raise ConfigError("--overlap-param-gather: needs --use-distributed-optimizer and "
                           "--overlap-grad-reduce")
-    if args.finetune and not args.load:
+    if args.finetune and not (args.load or args.pretrained_checkpoint):
         raise ConfigError("--finetune: needs --load (the checkpoint whose weights to start from)")
     if args.bf16 and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
         raise ConfigError("--bf16: this GPU has no bf16 support (needs Ampere or newer); "
