@@ -103,6 +103,11 @@ def _add_training_args(p):
     g.add_argument("--global-batch-size", type=int, default=None,
                    help="Sequences per step (default micro-batch-size * DP).")
     g.add_argument("--train-iters", type=int, default=10, help="Training iterations.")
+    g.add_argument("--train-samples", type=int, default=None,
+                   help="Train for this many samples instead of --train-iters (schedules then "
+                        "count samples: --lr-warmup-samples, --lr-decay-samples).")
+    g.add_argument("--rampup-batch-size", nargs="*", default=None,
+                   help="Batch-size ramp-up: not supported (rejected).")
     g.add_argument("--seed", type=int, default=1234, help="Random seed.")
     g.add_argument("--bf16", action="store_true", help="bf16 mixed precision.")
     g.add_argument("--calculate-per-token-loss", action="store_true",
@@ -128,6 +133,21 @@ def _add_training_args(p):
                    help="Decay schedule.")
     g.add_argument("--lr-decay-iters", type=int, default=None, help="Default train-iters.")
     g.add_argument("--lr-warmup-iters", type=int, default=0, help="Linear warmup.")
+    # Megatron-LM's sample-based schedule (training/sample_schedule.py).
+    g.add_argument("--lr-decay-samples", type=int, default=None,
+                   help="With --train-samples: decay length in samples (default train-samples).")
+    g.add_argument("--lr-warmup-samples", type=int, default=0,
+                   help="With --train-samples: linear warmup in samples.")
+    g.add_argument("--lr-warmup-fraction", type=float, default=None,
+                   help="Warmup as a fraction of the decay length (instead of "
+                        "--lr-warmup-iters/--lr-warmup-samples).")
+    g.add_argument("--lr-warmup-init", type=float, default=0.0,
+                   help="Learning rate at the start of the warmup.")
+    g.add_argument("--decoupled-lr", type=float, default=None,
+                   help="Separate lr for the input and output layers: not supported (rejected).")
+    g.add_argument("--decoupled-min-lr", type=float, default=None,
+                   help="Separate min lr for the input and output layers: not supported "
+                        "(rejected).")
     g.add_argument("--lr-wsd-decay-iters", type=int, default=None,
                    help="WSD: length of the final decay phase.")
     g.add_argument("--lr-wsd-decay-style", default="exponential",
@@ -370,7 +390,7 @@ def parse_args(argv=None, model_family="gpt"):
         from .checkpoint_flags import apply_checkpoint_args, explicit_dests
 
         apply_checkpoint_args(args, explicit_dests(build_parser(model_family), argv))
-    _fill_defaults(args)
+    _fill_defaults(args, argv)
     return args
 
 
@@ -392,7 +412,7 @@ def _parse_layer_freq(value, num_layers):
     return [int(v) for v in pattern]
 
 
-def _fill_defaults(args):
+def _fill_defaults(args, argv=()):
     if args.ffn_hidden_size is None:
         args.ffn_hidden_size = 4 * args.hidden_size
     if args.num_query_groups is None:
@@ -405,6 +425,10 @@ def _fill_defaults(args):
         args.max_position_embeddings = args.seq_length
     if args.nitp_target_layer is None:
         args.nitp_target_layer = max(1, round(0.2 * args.num_layers))
+    if args.train_samples is not None:
+        from .sample_schedule import drop_default_train_iters
+
+        drop_default_train_iters(args, build_parser(args.model_family), argv)
     if args.lr_decay_iters is None:
         args.lr_decay_iters = args.train_iters
     args.moe_layer_freq = _parse_layer_freq(args.moe_layer_freq, args.num_layers)

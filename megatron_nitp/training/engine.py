@@ -306,6 +306,7 @@ class Trainer:
 
     # -- one step ----------------------------------------------------------------------------
     def _train_step(self):
+        from .sample_schedule import scheduler_increment
         from .step import forward_backward, reduce_losses, reduce_step_geometry
 
         a = self.args
@@ -330,7 +331,7 @@ class Trainer:
             ok, grad_norm, _ = self.optimizer.step()
             finite = bool(ok) and grad_norm is not None and math.isfinite(grad_norm)
             if finite:
-                self.scheduler.step(increment=1)
+                self.scheduler.step(increment=scheduler_increment(a))  # samples or 1
         if probe is not None:
             metrics = self._pipeline_broadcast(metrics, ["effective_rank", "pair_cosine"])
         return losses, grad_norm, finite, metrics

@@ -19,6 +19,7 @@ from ..nitp.documents import within_document_mask
 from ..nitp.loss import nitp_loss_func
 from ..nitp.metrics import GEOMETRY_KEYS, reduce_geometry
 from ..parallel.pipeline import schedule_seq_length, target_is_carried
+from .sample_schedule import scheduler_increment
 from .schedule_resume import scheduler_kwargs
 
 BATCH_KEYS = ("tokens", "labels", "loss_mask", "position_ids", "attention_mask")
@@ -179,7 +180,7 @@ def train_step(args, model, optimizer, scheduler, config, nitp_config, data_iter
                               num_microbatches, iteration, geometry=geometry)
     update_successful, grad_norm, _ = optimizer.step()
     if update_successful:
-        scheduler.step(increment=1)  # schedule lengths are in iterations
+        scheduler.step(increment=scheduler_increment(args))  # iterations, or samples
     reduced = reduce_losses(losses)
     reduced.update(reduce_step_geometry(losses, geometry, config))
     return reduced, grad_norm, update_successful

@@ -11,6 +11,7 @@ import os
 from ..nitp.config import NITPConfig, NITPConfigError
 from .checkpoint_flags import checkpoint_flag_errors, checkpoint_flag_notices
 from .flag_ranges import range_errors
+from .sample_schedule import sample_schedule_errors, schedule_lengths
 
 
 class ConfigError(ValueError):
@@ -148,6 +149,15 @@ def _wandb_api_key() -> bool:
 
 def _validate_schedule(args):
     """megatron's OptimizerParamScheduler asserts these; say it in terms of the flags."""
+    for message in sample_schedule_errors(args):  # also sets train_iters from train_samples
+        raise ConfigError(message)
+    if args.train_samples is not None:
+        warmup, decay, _, _ = schedule_lengths(args)
+        if warmup >= decay:
+            raise ConfigError(f"--lr-warmup-samples/--lr-warmup-fraction: the warmup ({warmup:g} "
+                              f"samples) must be shorter than the decay ({decay} samples, "
+                              "--lr-decay-samples, default --train-samples)")
+        return  # the checks below are the iteration-based ones
     if args.lr_decay_iters and args.lr_warmup_iters >= args.lr_decay_iters:
         raise ConfigError(f"--lr-warmup-iters {args.lr_warmup_iters}: must be smaller than the "
                           f"decay length (--lr-decay-iters, default --train-iters) "
