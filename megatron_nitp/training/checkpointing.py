@@ -181,6 +181,11 @@ def verify_checkpoint_files(path):
 
     meta_json = os.path.join(path, "metadata.json")
     if not os.path.isfile(meta_json):
+        if os.path.isdir(path) and any(n.startswith("mp_rank_") for n in os.listdir(path)):
+            # What --auto-detect-ckpt-format would find: Megatron-LM's legacy per-rank files.
+            raise CheckpointError(f"--load: {path} is a legacy torch checkpoint (--ckpt-format "
+                                  "torch); megatron-nitp reads torch_dist only (Megatron-LM's "
+                                  "--ckpt-convert-format torch_dist converts it)")
         raise missing("metadata.json")
     try:
         with open(meta_json) as f:
@@ -190,7 +195,8 @@ def verify_checkpoint_files(path):
     if not os.path.isfile(os.path.join(path, "common.pt")):
         raise missing("common.pt")
     if backend != "torch_dist":
-        return  # another megatron backend: its loader reports problems itself
+        raise CheckpointError(f"--load: {path} is a {backend} checkpoint; megatron-nitp reads "
+                              "torch_dist only")
     if not os.path.isfile(os.path.join(path, ".metadata")):
         raise missing(".metadata")
     try:

@@ -109,3 +109,21 @@ def test_rng_flags_are_announced_no_ops():
     res = run_engine(RUN + ["--no-save-rng", "--no-load-rng", "--dry-run"])
     assert "notice: --no-save-rng: no-op" in res.stdout
     assert "notice: --no-load-rng: no-op" in res.stdout
+
+
+def test_other_checkpoint_formats_are_named(tmp_path):
+    from megatron_nitp.training.checkpoint_io import CheckpointError
+    from megatron_nitp.training.checkpointing import verify_checkpoint_files
+
+    legacy = tmp_path / "legacy"
+    (legacy / "mp_rank_00").mkdir(parents=True)
+    (legacy / "mp_rank_00" / "model_optim_rng.pt").write_bytes(b"x")
+    with pytest.raises(CheckpointError, match="legacy torch checkpoint .--ckpt-format torch."):
+        verify_checkpoint_files(str(legacy))
+    zarr = tmp_path / "zarr"
+    zarr.mkdir()
+    (zarr / "metadata.json").write_text('{"sharded_backend": "zarr"}')
+    (zarr / "common.pt").write_bytes(b"x")
+    with pytest.raises(CheckpointError, match="is a zarr checkpoint; megatron-nitp reads "
+                                              "torch_dist only"):
+        verify_checkpoint_files(str(zarr))
