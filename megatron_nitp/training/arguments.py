@@ -230,7 +230,9 @@ def _add_data_args(p):
                    help="No attention across end-of-document tokens; with --nitp no target "
                         "crosses a document end either (local attention spec).")
     g.add_argument("--eod-mask-loss", action="store_true",
-                   help="No loss at end-of-document positions (the LM and NITP losses).")
+                   help="No loss at positions holding the end-of-document token (megatron-"
+                        "core's meaning: the prediction from EOD of the next document; LM and "
+                        "NITP).")
     g.add_argument("--num-workers", type=int, default=0,
                    help="DataLoader worker processes per data iterator (Megatron-LM's default "
                         "is 2; 0 here: loading in the training process).")
