@@ -75,23 +75,36 @@ def validate_data_args(
     tokenizer,
     split: Optional[str] = "98,2,0",
     mock: bool = False,
+    per_split_paths: Optional[Sequence[Optional[Sequence[str]]]] = None,
 ) -> None:
     """Check the data flags before anything is built; raise DataArgumentError naming the flag.
 
-    Checks: exactly one of `--data-path` and `--mock-data`; a well-formed blend and split; every
+    Checks: exactly one of `--data-path`, `--{train,valid,test}-data-path` (`per_split_paths`)
+    and `--mock-data`; a well-formed blend and split; every
     prefix has a readable megatron `.bin/.idx` pair holding tokens; the largest token id found in
     each `.bin` (all of it when small, evenly spaced windows otherwise) is inside the tokenizer's
     vocabulary.
     """
+    per_split = any(per_split_paths or ())
     if mock:
-        if data_path:
-            raise DataArgumentError("--data-path: not used with --mock-data; give one of the two")
+        if data_path or per_split:
+            flag = "--data-path" if data_path else "--train/valid/test-data-path"
+            raise DataArgumentError(f"{flag}: not used with --mock-data; give one of the two")
         return
-    if not data_path:
+    if data_path and per_split:
+        raise DataArgumentError("--data-path: not used with --train/valid/test-data-path (one "
+                                "data source, as in Megatron-LM); give one of the two")
+    if not (data_path or per_split):
         raise DataArgumentError("--data-path: required (dataset prefixes), or use --mock-data")
-    prefixes, _ = parse_blend(data_path)
-    if split is not None:
-        parse_split(split)
+    if per_split:
+        if split not in (None, "98,2,0"):  # the parser's default: not given
+            raise DataArgumentError(f"--split {split}: not used with --train/valid/test-data-"
+                                    "path (each split has its own data)")
+        prefixes = [p for paths in per_split_paths if paths for p in parse_blend(paths)[0]]
+    else:
+        prefixes, _ = parse_blend(data_path)
+        if split is not None:
+            parse_split(split)
     for prefix in prefixes:
         _read_index_header(prefix)
         dtype, _ = check_indexed_pair(prefix)  # sizes, counts, dtype: before any model exists
@@ -114,8 +127,13 @@ def build_datasets(
     train_val_test_num_samples: Tuple[int, int, int],
     data_cache_path: Optional[str] = None,
     create_attention_mask: bool = False,
+    per_split_paths: Optional[Sequence[Optional[Sequence[str]]]] = None,
+    reset_position_ids: bool = False,
+    reset_attention_mask: bool = False,
+    eod_mask_loss: bool = False,
 ):
-    """Build the (train, valid, test) datasets; a split with no share is None.
+    """Build the (train, valid, test) datasets; a split with no share (or, with
+    `per_split_paths`, no data path) is None.
 
     Call it on every rank: megatron-core builds (and caches, under `data_cache_path` or next to
     the data) the sample indices on rank 0 first, then loads them on the others. Each sample is a
@@ -123,23 +141,32 @@ def build_datasets(
     of length `seq_length`.
     """
     sizes = [int(n) for n in train_val_test_num_samples]
-    blend = None if mock else parse_blend(data_path)
+    blend_per_split = None
+    if not mock and any(per_split_paths or ()):
+        blend, split = None, None  # megatron-core: blend_per_split excludes blend and split
+        blend_per_split = [parse_blend(p) if p else None for p in per_split_paths]
+        prefixes = [p for b in blend_per_split if b for p in b[0]]
+    else:
+        blend = None if mock else parse_blend(data_path)
+        prefixes = [] if blend is None else blend[0]
     if blend is not None:
         _check_every_split_has_documents(blend[0], parse_split(split), sizes)
     config = IdentifiedGPTDatasetConfig(
-        data_identity=None if blend is None else {p: index_identity(p) for p in blend[0]},
+        data_identity={p: index_identity(p) for p in prefixes} or None,
         random_seed=seed,
         sequence_length=seq_length,
         blend=blend,
+        blend_per_split=blend_per_split,
         split=split,
         path_to_cache=data_cache_path,
         tokenizer=tokenizer,
-        # Documents are packed into sequences that attend across their boundaries, as in
-        # Megatron-LM's defaults; the EOD token is a normal training target.
-        reset_position_ids=False,
-        reset_attention_mask=False,
-        eod_mask_loss=False,
-        create_attention_mask=create_attention_mask,
+        # By default (Megatron-LM's) documents are packed into sequences that attend across
+        # their boundaries and the EOD token is a normal training target.
+        reset_position_ids=reset_position_ids,
+        reset_attention_mask=reset_attention_mask,
+        eod_mask_loss=eod_mask_loss,
+        # A reset mask exists only as a tensor; the causal one the attention builds itself.
+        create_attention_mask=create_attention_mask or reset_attention_mask,
     )
     builder = _BlendedDatasetBuilder(
         MockGPTDataset if mock else IdentifiedGPTDataset, sizes, lambda: True, config

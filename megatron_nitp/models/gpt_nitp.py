@@ -36,6 +36,7 @@ class NITPGPTModel(GPTModel):
         self._role = None
         self._carried_target = None
         self._geometry = None  # set for the duration of one forward (a metrics step)
+        self._nitp_loss_mask = None  # likewise (document boundaries)
         if not cfg.uses_target and not cfg.enabled:
             return
         if self.post_process and cfg.uses_head:
@@ -59,16 +60,18 @@ class NITPGPTModel(GPTModel):
             self._carried_target, input_tensor = z, h
         super().set_input_tensor(input_tensor)
 
-    def forward(self, *args, geometry=None, **kwargs):
+    def forward(self, *args, geometry=None, nitp_loss_mask=None, **kwargs):
+        """nitp_loss_mask: the NITP validity's base mask when it is not the LM loss mask
+        (document boundaries, nitp/documents.py)."""
         self._capture.arm()
-        self._geometry = geometry
+        self._geometry, self._nitp_loss_mask = geometry, nitp_loss_mask
         try:
             return super().forward(*args, **kwargs)
         finally:
             self._capture.disarm()
             self._capture.take()
             self._carried_target = None
-            self._geometry = None
+            self._geometry = self._nitp_loss_mask = None
 
     def _geometry_sums(self, hidden_states, loss_mask, seq_length):
         """App. D's sums of this microbatch's final hidden states (this rank's SP/CP rows)."""
@@ -108,8 +111,10 @@ class NITPGPTModel(GPTModel):
         if not cfg.enabled or labels is None:
             return lm if geometry is None else (lm, None, None, geometry)
         assert cfg.loss_type == "generic_cosine" or target is not None, "implicit target missing"
+        nitp_mask = self._nitp_loss_mask
         per_tok, valid = nitp_token_losses(
-            hidden_states, target, kwargs.get("loss_mask"), self.nitp_head, cfg,
+            hidden_states, target, kwargs.get("loss_mask") if nitp_mask is None else nitp_mask,
+            self.nitp_head, cfg,
             seq_length=labels.size(1) * self.cp_group.size(),
             sequence_parallel=self.config.sequence_parallel,
             tp_group=self.tp_group, cp_group=self.cp_group)

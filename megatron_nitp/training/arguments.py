@@ -163,6 +163,11 @@ def _add_training_args(p):
     g.add_argument("--global-batch-size", type=int, default=None,
                    help="Sequences per step (default micro-batch-size * DP).")
     g.add_argument("--train-iters", type=int, default=10, help="Training iterations.")
+    g.add_argument("--train-samples", type=int, default=None,
+                   help="Train for this many samples instead of --train-iters (schedules then "
+                        "count samples: --lr-warmup-samples, --lr-decay-samples).")
+    g.add_argument("--rampup-batch-size", nargs="*", default=None,
+                   help="Batch-size ramp-up: not supported (rejected).")
     g.add_argument("--seed", type=int, default=1234, help="Random seed.")
     g.add_argument("--bf16", action="store_true", help="bf16 mixed precision.")
     g.add_argument("--calculate-per-token-loss", action="store_true",
@@ -188,6 +193,21 @@ def _add_training_args(p):
                    help="Decay schedule.")
     g.add_argument("--lr-decay-iters", type=int, default=None, help="Default train-iters.")
     g.add_argument("--lr-warmup-iters", type=int, default=0, help="Linear warmup.")
+    # Megatron-LM's sample-based schedule (training/sample_schedule.py).
+    g.add_argument("--lr-decay-samples", type=int, default=None,
+                   help="With --train-samples: decay length in samples (default train-samples).")
+    g.add_argument("--lr-warmup-samples", type=int, default=0,
+                   help="With --train-samples: linear warmup in samples.")
+    g.add_argument("--lr-warmup-fraction", type=float, default=None,
+                   help="Warmup as a fraction of the decay length (instead of "
+                        "--lr-warmup-iters/--lr-warmup-samples).")
+    g.add_argument("--lr-warmup-init", type=float, default=0.0,
+                   help="Learning rate at the start of the warmup.")
+    g.add_argument("--decoupled-lr", type=float, default=None,
+                   help="Separate lr for the input and output layers: not supported (rejected).")
+    g.add_argument("--decoupled-min-lr", type=float, default=None,
+                   help="Separate min lr for the input and output layers: not supported "
+                        "(rejected).")
     g.add_argument("--lr-wsd-decay-iters", type=int, default=None,
                    help="WSD: length of the final decay phase.")
     g.add_argument("--lr-wsd-decay-style", default="exponential",
@@ -252,11 +272,30 @@ def _add_data_args(p):
     g = p.add_argument_group("data and tokenizer")
     g.add_argument("--data-path", nargs="*", default=None,
                    help="Indexed data prefixes, optionally weighted: 0.7 a 0.3 b.")
+    for split in ("train", "valid", "test"):  # megatron-core's blend_per_split
+        g.add_argument(f"--{split}-data-path", nargs="*", default=None,
+                       help=f"The {split} split's own prefixes (weighted as --data-path); "
+                            "instead of --data-path and --split.")
     g.add_argument("--split", default="98,2,0", help="train,valid,test proportions.")
     g.add_argument("--mock-data", action="store_true", help="Synthetic data (no files).")
     g.add_argument("--demo-data", action="store_true",
                    help="The embedded demo corpus (built and cached on first use).")
     g.add_argument("--data-cache-path", default=None, help="Dataset index cache directory.")
+    # megatron-core's GPTDatasetConfig switches; NITP follows the same document boundaries.
+    g.add_argument("--reset-position-ids", action="store_true",
+                   help="Restart position ids after each end-of-document token (used by learned "
+                        "absolute positions; RoPE uses the sequence position, as in "
+                        "megatron-core).")
+    g.add_argument("--reset-attention-mask", action="store_true",
+                   help="No attention across end-of-document tokens; with --nitp no target "
+                        "crosses a document end either (local attention spec).")
+    g.add_argument("--eod-mask-loss", action="store_true",
+                   help="No loss at positions holding the end-of-document token (megatron-"
+                        "core's meaning: the prediction from EOD of the next document; LM and "
+                        "NITP).")
+    g.add_argument("--num-workers", type=int, default=0,
+                   help="DataLoader worker processes per data iterator (Megatron-LM's default "
+                        "is 2; 0 here: loading in the training process).")
     g.add_argument("--tokenizer-type", default="NullTokenizer",
                    choices=["NullTokenizer", "SentencePieceTokenizer", "HuggingFaceTokenizer"],
                    help="Tokenizer.")
@@ -271,6 +310,37 @@ def _add_io_args(p):
     g.add_argument("--finetune", action="store_true",
                    help="With --load: model weights only (iteration 0, fresh optimizer and "
                         "scheduler, RNG not loaded), as Megatron-LM's --finetune; at any layout.")
+    # Megatron-LM 0.16.1's checkpoint flags (its CheckpointConfig); training/checkpoint_flags.py.
+    g.add_argument("--no-save-optim", action="store_true",
+                   help="Save no optimizer or scheduler state; a resume from such a checkpoint "
+                        "starts a fresh optimizer and scheduler at the saved iteration.")
+    g.add_argument("--no-load-optim", action="store_true",
+                   help="Resume the model, iteration and consumed samples, not the optimizer or "
+                        "scheduler (fresh ones).")
+    g.add_argument("--no-save-rng", action="store_true",
+                   help="No-op: megatron-nitp saves no RNG state (a run reseeds from --seed).")
+    g.add_argument("--no-load-rng", action="store_true",
+                   help="No-op: megatron-nitp saves no RNG state (a run reseeds from --seed).")
+    g.add_argument("--pretrained-checkpoint", default=None,
+                   help="When --load holds no checkpoint: start from this one's weights as "
+                        "--finetune (iteration 0, fresh optimizer and scheduler).")
+    g.add_argument("--ckpt-format", default="torch_dist",
+                   choices=["torch", "torch_dist", "torch_dcp", "fsdp_dtensor"],
+                   help="Checkpoint format; megatron-nitp reads and writes torch_dist only.")
+    g.add_argument("--auto-detect-ckpt-format", action="store_true",
+                   help="Detect the format of --load's checkpoint (always done: a checkpoint "
+                        "not in torch_dist is refused by name).")
+    g.add_argument("--dist-ckpt-strictness", default="assume_ok_unexpected",
+                   choices=["assume_ok_unexpected", "log_unexpected", "log_all",
+                            "raise_unexpected", "raise_all", "return_unexpected", "return_all",
+                            "ignore_all"],
+                   help="Key mismatches between the checkpoint and the model on load "
+                        "(megatron-core's StrictHandling).")
+    g.add_argument("--use-checkpoint-args", action="store_true",
+                   help="Take the model's arguments from the --load (or --pretrained-checkpoint) "
+                        "checkpoint's saved run config, as Megatron-LM does.")
+    g.add_argument("--async-save", action="store_true",
+                   help="Asynchronous checkpoint save: not supported (rejected).")
     g.add_argument("--save-interval", type=int, default=None, help="Save every N iterations.")
     g.add_argument("--keep-last-n-checkpoints", type=int, default=None,
                    help="Delete older checkpoints.")
@@ -378,9 +448,14 @@ def parse_args(argv=None, model_family="gpt"):
     parser = build_parser(model_family)
     argv = list(sys.argv[1:] if argv is None else argv)
     pre, _ = parser.parse_known_args(argv)
-    args = parser.parse_args(_yaml_to_argv(pre.config, parser) + argv)
+    argv = _yaml_to_argv(pre.config, parser) + argv
+    args = parser.parse_args(argv)
     args.model_family = model_family
-    _fill_defaults(args)
+    if args.use_checkpoint_args:  # before the derived defaults, as Megatron-LM's initialize
+        from .checkpoint_flags import apply_checkpoint_args, explicit_dests
+
+        apply_checkpoint_args(args, explicit_dests(build_parser(model_family), argv))
+    _fill_defaults(args, argv)
     return args
 
 
@@ -402,7 +477,7 @@ def _parse_layer_freq(value, num_layers):
     return [int(v) for v in pattern]
 
 
-def _fill_defaults(args):
+def _fill_defaults(args, argv=()):
     if args.ffn_hidden_size is None:
         args.ffn_hidden_size = 4 * args.hidden_size
     if args.num_query_groups is None:
@@ -415,6 +490,10 @@ def _fill_defaults(args):
         args.max_position_embeddings = args.seq_length
     if args.nitp_target_layer is None:
         args.nitp_target_layer = max(1, round(0.2 * args.num_layers))
+    if args.train_samples is not None:
+        from .sample_schedule import drop_default_train_iters
+
+        drop_default_train_iters(args, build_parser(args.model_family), argv)
     if args.lr_decay_iters is None:
         args.lr_decay_iters = args.train_iters
     args.moe_layer_freq = _parse_layer_freq(args.moe_layer_freq, args.num_layers)

@@ -99,8 +99,9 @@ def _save_checkpoint(ckpt_dir, iteration, chunks, optimizer, scheduler, consumed
     start = time.time()
     model_state = _model_state(chunks)
     state = dict(model_state)
-    state["optimizer"] = _optimizer_state(optimizer, model_state, is_loading=False)
-    state["opt_param_scheduler"] = scheduler.state_dict()
+    if not getattr(args, "no_save_optim", False):  # Megatron-LM: neither optimizer nor scheduler
+        state["optimizer"] = _optimizer_state(optimizer, model_state, is_loading=False)
+        state["opt_param_scheduler"] = scheduler.state_dict()
     state["iteration"] = iteration
     state["consumed_samples"] = consumed_samples
     dist_checkpointing.save(state, tmp)
@@ -180,6 +181,11 @@ def verify_checkpoint_files(path):
 
     meta_json = os.path.join(path, "metadata.json")
     if not os.path.isfile(meta_json):
+        if os.path.isdir(path) and any(n.startswith("mp_rank_") for n in os.listdir(path)):
+            # What --auto-detect-ckpt-format would find: Megatron-LM's legacy per-rank files.
+            raise CheckpointError(f"--load: {path} is a legacy torch checkpoint (--ckpt-format "
+                                  "torch); megatron-nitp reads torch_dist only (Megatron-LM's "
+                                  "--ckpt-convert-format torch_dist converts it)")
         raise missing("metadata.json")
     try:
         with open(meta_json) as f:
@@ -189,7 +195,8 @@ def verify_checkpoint_files(path):
     if not os.path.isfile(os.path.join(path, "common.pt")):
         raise missing("common.pt")
     if backend != "torch_dist":
-        return  # another megatron backend: its loader reports problems itself
+        raise CheckpointError(f"--load: {path} is a {backend} checkpoint; megatron-nitp reads "
+                              "torch_dist only")
     if not os.path.isfile(os.path.join(path, ".metadata")):
         raise missing(".metadata")
     try:
@@ -220,9 +227,11 @@ def _fresh_head(saved_run_config, nitp_config):
 
 def loads_optimizer_state(saved_run_config, nitp_config) -> bool:
     """Whether a resume restores the optimizer and scheduler (not for a model-only checkpoint,
-    nor when a fresh NITP head joins: the optimizer's parameter set changed)."""
+    one saved with --no-save-optim, nor when a fresh NITP head joins: the optimizer's parameter
+    set changed)."""
     return not _fresh_head(saved_run_config, nitp_config) and \
-        not saved_run_config.get("model_only", False)
+        not saved_run_config.get("model_only", False) and \
+        not saved_run_config.get("args", {}).get("no_save_optim", False)
 
 
 def continues_schedule(saved_run_config, finetune=False) -> bool:
@@ -232,11 +241,13 @@ def continues_schedule(saved_run_config, finetune=False) -> bool:
 
 
 def load_checkpoint(ckpt_dir, chunks, optimizer, scheduler, nitp_config, log=print,
-                    finetune=False):
+                    finetune=False, no_load_optim=False, strict="assume_ok_unexpected"):
     """Restore state in place; returns (iteration, consumed_samples).
 
     `finetune` (Megatron-LM's --finetune): the model weights only; the run starts at iteration 0
-    with its fresh optimizer and scheduler."""
+    with its fresh optimizer and scheduler. `no_load_optim` (--no-load-optim): the model,
+    iteration and consumed samples, with a fresh optimizer and scheduler. `strict`: megatron-core's
+    StrictHandling for key mismatches (--dist-ckpt-strictness)."""
     iteration = latest_iteration(ckpt_dir)
     if iteration is None:
         raise CheckpointError(f"--load {ckpt_dir}: no checkpoint found")
@@ -246,14 +257,19 @@ def load_checkpoint(ckpt_dir, chunks, optimizer, scheduler, nitp_config, log=pri
     model_only = saved.get("model_only", False)
     model_state = _model_state(chunks, drop_head=fresh_head)
     state = dict(model_state)
-    load_optimizer = loads_optimizer_state(saved, nitp_config) and not finetune
+    load_optimizer = loads_optimizer_state(saved, nitp_config) and not finetune and \
+        not no_load_optim
     if load_optimizer:
         state["optimizer"] = _optimizer_state(optimizer, model_state, is_loading=True)
     try:
-        loaded = dist_checkpointing.load(state, path)
+        loaded = dist_checkpointing.load(state, path, strict=strict)
     except Exception as e:  # corrupt or partial: say so in one line
         raise CheckpointError(f"--load {path}: cannot read the checkpoint "
                               f"({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+    if isinstance(loaded, tuple):  # the return_* strictness values: (state, missing, unexpected)
+        loaded, missing, unexpected = loaded
+        log(f"--dist-ckpt-strictness {strict}: {len(missing)} missing keys "
+            f"{sorted(missing)[:5]}, {len(unexpected)} unexpected keys {sorted(unexpected)[:5]}")
     for i, chunk in enumerate(chunks):
         chunk.load_state_dict(loaded[f"model{i}"], strict=not fresh_head)
     if not load_optimizer:
@@ -277,4 +293,8 @@ def load_checkpoint(ckpt_dir, chunks, optimizer, scheduler, nitp_config, log=pri
     elif model_only:
         log("notice: model-only checkpoint (e.g. converted from HF); fresh optimizer")
         return 0, 0
+    elif not fresh_head:
+        why = "--no-load-optim" if no_load_optim else "the checkpoint was saved with --no-save-optim"
+        log(f"notice: {why}: model, iteration and consumed samples loaded; fresh optimizer and "
+            "scheduler")
     return loaded.get("iteration", iteration), loaded.get("consumed_samples", 0)

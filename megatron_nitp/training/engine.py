@@ -52,6 +52,9 @@ def _fail(msg, debug=False):
 def _check_resume_target(args, vocab_size_known, nitp_config=None, log=print):
     """--load sanity before heavy work: empty dirs, architecture mismatches, what else the
     resume changes (schedule, NITP, optimizer layout)."""
+    from .checkpoint_flags import resolve_pretrained_checkpoint
+
+    resolve_pretrained_checkpoint(args, log)
     if not args.load:
         return
     if not os.path.isdir(args.load):
@@ -87,10 +90,15 @@ def _check_resume_target(args, vocab_size_known, nitp_config=None, log=print):
     verify_checkpoint_files(iteration_dir(args.load, it))
     if nitp_config is not None:
         report_nitp_changes(run_config.get("nitp", {}), nitp_config.to_dict(), log)
-        if loads_optimizer_state(run_config, nitp_config) and not args.finetune:
+        if loads_optimizer_state(run_config, nitp_config) and not (args.finetune
+                                                                   or args.no_load_optim):
             check_optimizer_layout(saved, args, args.load)
         if continues_schedule(run_config, args.finetune):
             check_schedule_on_resume(args, iteration_dir(args.load, it), log, saved)
+
+
+def _per_split_paths(args):
+    return [args.train_data_path, args.valid_data_path, args.test_data_path]
 
 
 def _adopt_saved_vocab_padding(args, saved):
@@ -156,7 +164,8 @@ def pretrain(model_family="gpt", argv=None):
         from ..data.datasets import validate_data_args
 
         tokenizer = _setup_tokenizer_and_data_args(args, log)
-        validate_data_args(args.data_path, tokenizer, args.split, args.mock_data)
+        validate_data_args(args.data_path, tokenizer, args.split, args.mock_data,
+                           _per_split_paths(args))
         from ..models.builder import padded_vocab_size
 
         args.padded_vocab_size = padded_vocab_size(
@@ -236,7 +245,8 @@ class Trainer:
             try:
                 self.iteration, self.consumed = load_checkpoint(
                     a.load, self.chunks, self.optimizer, self.scheduler, self.nitp, self.log,
-                    finetune=a.finetune)
+                    finetune=a.finetune, no_load_optim=a.no_load_optim,
+                    strict=a.dist_ckpt_strictness)
             except CheckpointError as e:
                 _fail(str(e), a.debug)
             self.log(f"resumed from {a.load} at iteration {self.iteration}")
@@ -268,12 +278,16 @@ class Trainer:
         # Every rank calls it: megatron-core builds the index cache on rank 0 first, then loads
         # it on the others (its own barrier).
         train, valid, _ = build_datasets(a.data_path, a.split, a.mock_data, a.seq_length,
-                                         self.tokenizer, a.seed, sizes, a.data_cache_path)
+                                         self.tokenizer, a.seed, sizes, a.data_cache_path,
+                                         per_split_paths=_per_split_paths(a),
+                                         reset_position_ids=a.reset_position_ids,
+                                         reset_attention_mask=a.reset_attention_mask,
+                                         eod_mask_loss=a.eod_mask_loss)
         n = len(self.chunks)
 
         def iters(ds, consumed):
             its = [build_data_iterator(ds, a.micro_batch_size, self.dp_rank, self.dp_size,
-                                       consumed) for _ in range(n)]
+                                       consumed, a.num_workers) for _ in range(n)]
             return its if n > 1 else its[0]
 
         self.train_iter = iters(train, self.consumed)
@@ -308,6 +322,7 @@ class Trainer:
 
     # -- one step ----------------------------------------------------------------------------
     def _train_step(self):
+        from .sample_schedule import scheduler_increment
         from .step import forward_backward, reduce_losses, reduce_step_geometry
 
         a = self.args
@@ -316,7 +331,8 @@ class Trainer:
         self.optimizer.zero_grad()
         probe = self._geometry_probe() if self._want_metrics() else None
         raw = forward_backward(a, self.model, self.config, self.nitp, self.train_iter,
-                               self.num_microbatches, self.iteration, geometry=probe)
+                               self.num_microbatches, self.iteration, geometry=probe,
+                               document_eod=self._document_eod())
         losses = reduce_losses(raw)
         metrics = reduce_step_geometry(raw, probe, self.config)
         if self._injected_nan():  # test hook: a poisoned step
@@ -331,7 +347,7 @@ class Trainer:
             ok, grad_norm, _ = self.optimizer.step()
             finite = bool(ok) and grad_norm is not None and math.isfinite(grad_norm)
             if finite:
-                self.scheduler.step(increment=1)
+                self.scheduler.step(increment=scheduler_increment(a))  # samples or 1
         if probe is not None:
             metrics = self._pipeline_broadcast(metrics, ["effective_rank", "pair_cosine"])
         return losses, grad_norm, finite, metrics
@@ -340,6 +356,9 @@ class Trainer:
         # --eval-iters 0 is Megatron-LM's way to skip evaluation altogether.
         a = self.args
         return bool(a.eval_interval and a.eval_iters) and self.iteration % a.eval_interval == 0
+
+    def _document_eod(self):
+        return self.tokenizer.eod if self.args.reset_attention_mask else None
 
     def _want_metrics(self):
         k = self.args.nitp_metrics_interval
@@ -367,7 +386,8 @@ class Trainer:
         with torch.no_grad():
             for _ in range(a.eval_iters):
                 raw = forward_backward(a, self.model, self.config, self.nitp, valid_iter,
-                                       self.num_microbatches, self.iteration, forward_only=True)
+                                       self.num_microbatches, self.iteration, forward_only=True,
+                                       document_eod=self._document_eod())
                 totals += raw
         for c in self.model:
             c.train()

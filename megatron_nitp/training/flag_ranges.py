@@ -39,7 +39,9 @@ RANGES = {
     "micro_batch_size": AT_LEAST_1, "global_batch_size": AT_LEAST_1, "train_iters": AT_LEAST_0,
     "seed": AT_LEAST_0, "recompute_num_layers": AT_LEAST_1,
     "lr": AT_LEAST_0, "min_lr": AT_LEAST_0, "lr_warmup_iters": AT_LEAST_0,
-    "lr_wsd_decay_iters": AT_LEAST_1, "weight_decay": AT_LEAST_0,
+    "lr_wsd_decay_iters": AT_LEAST_1, "train_samples": AT_LEAST_1,
+    "lr_decay_samples": AT_LEAST_1, "lr_warmup_samples": AT_LEAST_0,
+    "lr_warmup_fraction": FRACTION, "lr_warmup_init": AT_LEAST_0, "weight_decay": AT_LEAST_0,
     "adam_beta1": FRACTION, "adam_beta2": FRACTION, "adam_eps": POSITIVE,
     "clip_grad": AT_LEAST_0, "max_bad_steps": AT_LEAST_1,
     # parallelism
@@ -47,6 +49,7 @@ RANGES = {
     "num_layers_per_virtual_pipeline_stage": AT_LEAST_1, "expert_model_parallel_size": AT_LEAST_1,
     "context_parallel_size": AT_LEAST_1, "distributed_timeout_minutes": AT_LEAST_1,
     # checkpoints, exits, logs
+    "num_workers": AT_LEAST_0,
     "save_interval": AT_LEAST_1, "keep_last_n_checkpoints": AT_LEAST_1,
     "exit_interval": AT_LEAST_1, "exit_duration_in_mins": POSITIVE,
     # --eval-iters 0 is Megatron-LM's way to skip evaluation.

@@ -18,8 +18,8 @@ from .validation import ConfigError
 FLAGS = {
     "max_lr": "--lr",
     "min_lr": "--min-lr",
-    "lr_warmup_steps": "--lr-warmup-iters",
-    "lr_decay_steps": "--lr-decay-iters (default --train-iters)",
+    "lr_warmup_steps": "--lr-warmup-iters (-samples, -fraction)",
+    "lr_decay_steps": "--lr-decay-iters (default --train-iters; or -samples)",
     "lr_decay_style": "--lr-decay-style",
     "start_wd": "--weight-decay",
     "end_wd": "--weight-decay",
@@ -30,19 +30,22 @@ FLAGS = {
 
 def scheduler_kwargs(args) -> dict:
     """OptimizerParamScheduler's keyword arguments from the flags (step.build_optimizer)."""
-    decay_steps = args.lr_decay_iters
+    from .sample_schedule import schedule_lengths
+
+    # Iterations, or samples with --train-samples (Megatron-LM's units for each mode).
+    warmup_steps, decay_steps, wd_incr_steps, _ = schedule_lengths(args)
     if not args.train_iters:  # a seed checkpoint takes no step; megatron asserts warmup < decay
-        decay_steps = max(decay_steps, args.lr_warmup_iters + 1)
+        decay_steps = max(decay_steps, warmup_steps + 1)
     return dict(
-        init_lr=0.0 if args.lr_warmup_iters else args.lr,
+        init_lr=args.lr_warmup_init if warmup_steps else args.lr,
         max_lr=args.lr,
         min_lr=args.min_lr,
-        lr_warmup_steps=args.lr_warmup_iters,
+        lr_warmup_steps=warmup_steps,
         lr_decay_steps=decay_steps,
         lr_decay_style=args.lr_decay_style,
         start_wd=args.weight_decay,
         end_wd=args.weight_decay,
-        wd_incr_steps=args.train_iters,
+        wd_incr_steps=wd_incr_steps,
         wd_incr_style="constant",
         wsd_decay_steps=args.lr_wsd_decay_iters,
         lr_wsd_decay_style=args.lr_wsd_decay_style,

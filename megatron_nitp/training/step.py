@@ -15,12 +15,14 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.transformer.module import Float16Module
 from megatron.core.utils import get_attr_wrapped_model, get_batch_on_this_cp_rank
 
+from ..nitp.documents import within_document_mask
 from ..nitp.loss import nitp_loss_func
 from ..nitp.metrics import GEOMETRY_KEYS, reduce_geometry
 from ..parallel.pipeline import schedule_seq_length, target_is_carried
+from .sample_schedule import scheduler_increment
 from .schedule_resume import scheduler_kwargs
 
-BATCH_KEYS = ("tokens", "labels", "loss_mask", "position_ids")
+BATCH_KEYS = ("tokens", "labels", "loss_mask", "position_ids", "attention_mask")
 
 
 def get_batch(data_iterator, device):
@@ -33,18 +35,25 @@ def get_batch(data_iterator, device):
 
 
 def make_forward_step(nitp_weight: float, calculate_per_token_loss: bool, device="cpu",
-                      geometry=None):
+                      geometry=None, document_eod=None):
     """megatron forward_step_func: (data_iterator, model) -> (output, loss_func).
     geometry: a `nitp.metrics.GeometryProbe` on a metrics step (the last chunk measures each
-    microbatch; the schedule runs a chunk's microbatches in order)."""
+    microbatch; the schedule runs a chunk's microbatches in order). document_eod: the EOD id
+    when attention is reset at document ends (NITP targets then stay inside documents)."""
 
     def forward_step(data_iterator, model):
         batch = get_batch(data_iterator, device) if data_iterator is not None else {}
         kwargs = {}
         if geometry is not None and get_attr_wrapped_model(model, "post_process"):
             kwargs["geometry"] = geometry.next_microbatch()
-        output = model(batch.get("tokens"), batch.get("position_ids"), None,
-                       labels=batch.get("labels"), loss_mask=batch.get("loss_mask"), **kwargs)
+        if document_eod is not None and "loss_mask" in batch:
+            kwargs["nitp_loss_mask"] = within_document_mask(batch["loss_mask"], batch["tokens"],
+                                                            document_eod)
+        # attention_mask: only a --reset-attention-mask batch has one (else causal, built by
+        # the attention itself).
+        output = model(batch.get("tokens"), batch.get("position_ids"),
+                       batch.get("attention_mask"), labels=batch.get("labels"),
+                       loss_mask=batch.get("loss_mask"), **kwargs)
         return output, partial(nitp_loss_func, batch.get("loss_mask"), nitp_weight,
                                calculate_per_token_loss)
 
@@ -142,7 +151,7 @@ def reduce_step_geometry(losses_per_microbatch, geometry, config):
 
 
 def forward_backward(args, model, config, nitp_config, data_iterators, num_microbatches,
-                     iteration, forward_only=False, geometry=None):
+                     iteration, forward_only=False, geometry=None, document_eod=None):
     weight = nitp_config.weight_at(iteration) if nitp_config.enabled else 0.0
     carried = (nitp_config.uses_target and args.pipeline_model_parallel_size > 1
                and target_is_carried(config, nitp_config.target_layer))
@@ -150,7 +159,7 @@ def forward_backward(args, model, config, nitp_config, data_iterators, num_micro
         forward_step_func=make_forward_step(
             weight, config.calculate_per_token_loss,
             device=torch.cuda.current_device() if torch.cuda.is_available() else "cpu",
-            geometry=geometry),
+            geometry=geometry, document_eod=document_eod),
         data_iterator=data_iterators,
         model=model,
         num_microbatches=num_microbatches,
@@ -171,7 +180,7 @@ def train_step(args, model, optimizer, scheduler, config, nitp_config, data_iter
                               num_microbatches, iteration, geometry=geometry)
     update_successful, grad_norm, _ = optimizer.step()
     if update_successful:
-        scheduler.step(increment=1)  # schedule lengths are in iterations
+        scheduler.step(increment=scheduler_increment(args))  # iterations, or samples
     reduced = reduce_losses(losses)
     reduced.update(reduce_step_geometry(losses, geometry, config))
     return reduced, grad_norm, update_successful

@@ -10,7 +10,9 @@ import os
 
 from ..nitp.config import NITPConfig, NITPConfigError
 from ..models.options import option_errors
+from .checkpoint_flags import checkpoint_flag_errors, checkpoint_flag_notices
 from .flag_ranges import range_errors
+from .sample_schedule import sample_schedule_errors, schedule_lengths
 
 
 class ConfigError(ValueError):
@@ -29,6 +31,10 @@ def validate_args(args, world_size=None):
     ep = args.expert_model_parallel_size
     for message in range_errors(args):  # every numeric flag, before the cross-flag checks
         raise ConfigError(message)
+    for message in checkpoint_flag_errors(args):
+        raise ConfigError(message)
+    for message in checkpoint_flag_notices(args):
+        print(message, flush=True)
     _validate_shape_and_outputs(args)
     if world_size % (tp * pp * cp) != 0:
         raise ConfigError(
@@ -144,6 +150,15 @@ def _wandb_api_key() -> bool:
 
 def _validate_schedule(args):
     """megatron's OptimizerParamScheduler asserts these; say it in terms of the flags."""
+    for message in sample_schedule_errors(args):  # also sets train_iters from train_samples
+        raise ConfigError(message)
+    if args.train_samples is not None:
+        warmup, decay, _, _ = schedule_lengths(args)
+        if warmup >= decay:
+            raise ConfigError(f"--lr-warmup-samples/--lr-warmup-fraction: the warmup ({warmup:g} "
+                              f"samples) must be shorter than the decay ({decay} samples, "
+                              "--lr-decay-samples, default --train-samples)")
+        return  # the checks below are the iteration-based ones
     if args.lr_decay_iters < 1 and args.train_iters:  # 0 only for a seed checkpoint
         raise ConfigError(f"--lr-decay-iters {args.lr_decay_iters}: must be >= 1 (the length of "
                           "the decay; default --train-iters)")
@@ -216,6 +231,10 @@ def _validate_impl(args):
     if args.context_parallel_size > 1 and impl == "local":
         raise ConfigError("--context-parallel-size > 1: needs --transformer-impl "
                           "transformer_engine (megatron's local attention has no CP)")
+    if args.reset_attention_mask and impl != "local":
+        # TE's attention with the causal mask type ignores the per-sample mask tensor.
+        raise ConfigError("--reset-attention-mask: needs --transformer-impl local (Transformer "
+                          "Engine's causal attention would ignore the document mask)")
     # On CPU, bf16 is allowed: torch's CPU kernels compute in bf16 (slowly, but correctly enough
     # to debug a bf16 configuration). Only a GPU without bf16 is rejected.
     import torch
@@ -228,7 +247,7 @@ def _validate_impl(args):
     if args.override_opt_param_scheduler and args.use_checkpoint_opt_param_scheduler:
         raise ConfigError("--override-opt_param-scheduler and --use-checkpoint-opt_param-"
                           "scheduler: give at most one (flags win, or the checkpoint wins)")
-    if args.finetune and not args.load:
+    if args.finetune and not (args.load or args.pretrained_checkpoint):
         raise ConfigError("--finetune: needs --load (the checkpoint whose weights to start from)")
     if args.bf16 and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
         raise ConfigError("--bf16: this GPU has no bf16 support (needs Ampere or newer); "

@@ -1,0 +1,79 @@
+"""Megatron-LM's sample-based training (--train-samples) and its schedule flags.
+
+As in Megatron-LM 0.16.1 (training.py: get_optimizer_param_scheduler, update_train_iters):
+--train-samples gives the run train_samples // global-batch-size iterations, and the scheduler
+then counts *samples*: it advances by the global batch size each iteration and its warmup/decay
+lengths are --lr-warmup-samples / --lr-decay-samples (default train-samples). An
+iteration-based run keeps counting iterations (its checkpoints' scheduler state stays as it
+was); the two give the same learning rate at the same iteration when the sample counts are
+multiples of the global batch. --lr-warmup-fraction sets the warmup to that fraction of the
+decay length in either mode. Mixing the two modes' flags is refused, as Megatron-LM asserts.
+"""
+
+UNSUPPORTED = (
+    ("rampup_batch_size", "--rampup-batch-size", "the global batch size is constant"),
+    ("decoupled_lr", "--decoupled-lr", "one learning rate for every layer"),
+    ("decoupled_min_lr", "--decoupled-min-lr", "one learning rate for every layer"),
+)
+
+
+def drop_default_train_iters(args, parser, argv):
+    """--train-samples replaces --train-iters: the parser's default iteration count must not
+    stay behind (an explicit --train-iters is refused in validation)."""
+    from .checkpoint_flags import explicit_dests
+
+    if "train_iters" not in explicit_dests(parser, argv):
+        args.train_iters = None
+
+
+def sample_schedule_errors(args):
+    """One message per inconsistent or unsupported schedule flag; with --train-samples, sets
+    args.train_iters (validation calls it once the global batch size is known)."""
+    for dest, flag, what in UNSUPPORTED:
+        if getattr(args, dest) is not None:
+            yield f"{flag}: not supported by megatron-nitp ({what}); drop the flag"
+    if args.train_samples is None:
+        if args.lr_decay_samples is not None or args.lr_warmup_samples:
+            flag = "--lr-decay-samples" if args.lr_decay_samples is not None else \
+                "--lr-warmup-samples"
+            yield f"{flag}: needs sample-based training (--train-samples); with --train-iters " \
+                  "use the -iters flags"
+        elif args.lr_warmup_fraction is not None and args.lr_warmup_iters:
+            yield "--lr-warmup-fraction and --lr-warmup-iters: give one of the two"
+        return
+    if args.train_iters is not None:
+        yield "--train-iters and --train-samples: give one of the two"
+    elif args.lr_decay_iters is not None:
+        yield "--lr-decay-iters: iteration-based; with --train-samples use --lr-decay-samples"
+    elif args.lr_warmup_iters:
+        yield "--lr-warmup-iters: iteration-based; with --train-samples use --lr-warmup-samples"
+    elif args.lr_warmup_fraction is not None and args.lr_warmup_samples:
+        yield "--lr-warmup-fraction and --lr-warmup-samples: give one of the two"
+    elif args.lr_decay_style == "WSD":
+        yield "--lr-decay-style WSD with --train-samples: not supported (--lr-wsd-decay-samples " \
+              "is not implemented); use --train-iters"
+    elif args.train_samples < args.global_batch_size:
+        yield (f"--train-samples {args.train_samples}: less than one global batch "
+               f"({args.global_batch_size})")
+    else:
+        args.train_iters = args.train_samples // args.global_batch_size
+
+
+def schedule_lengths(args):
+    """(warmup, decay, weight-decay increment) steps and the scheduler's increment per
+    iteration, in Megatron-LM's units for the run's mode."""
+    if args.train_samples is not None:
+        decay = args.lr_decay_samples or args.train_samples
+        warmup = args.lr_warmup_samples
+        wd_incr, increment = args.train_samples, args.global_batch_size
+    else:
+        decay = args.lr_decay_iters
+        warmup = args.lr_warmup_iters
+        wd_incr, increment = args.train_iters, 1
+    if args.lr_warmup_fraction is not None:
+        warmup = args.lr_warmup_fraction * decay
+    return warmup, decay, wd_incr, increment
+
+
+def scheduler_increment(args) -> int:
+    return schedule_lengths(args)[3]
