@@ -234,10 +234,13 @@ def loads_optimizer_state(saved_run_config, nitp_config) -> bool:
         not saved_run_config.get("args", {}).get("no_save_optim", False)
 
 
-def continues_schedule(saved_run_config, finetune=False) -> bool:
-    """Whether a resume continues the checkpoint's iteration count and learning-rate schedule
-    (not --finetune, not a model-only checkpoint such as an HF import)."""
-    return not finetune and not saved_run_config.get("model_only", False)
+def continues_schedule(saved_run_config, finetune=False, no_load_optim=False) -> bool:
+    """Whether a resume restores the checkpoint's learning-rate schedule: not with --finetune or
+    --no-load-optim (Megatron-LM: fresh optimizer and scheduler), nor from a model-only
+    checkpoint (an HF import), nor from one saved with --no-save-optim (it holds none). A fresh
+    NITP head keeps it: the schedule does not depend on the parameter set."""
+    return not (finetune or no_load_optim or saved_run_config.get("model_only", False)
+                or saved_run_config.get("args", {}).get("no_save_optim", False))
 
 
 def load_checkpoint(ckpt_dir, chunks, optimizer, scheduler, nitp_config, log=print,
@@ -282,8 +285,7 @@ def load_checkpoint(ckpt_dir, chunks, optimizer, scheduler, nitp_config, log=pri
             "fresh optimizer state (the learning-rate schedule continues)")
     if load_optimizer:
         optimizer.load_state_dict(loaded["optimizer"])
-    if continues_schedule(saved, finetune) and "opt_param_scheduler" in loaded:
-        # The schedule does not depend on the parameter set: a fresh head keeps it too.
+    if continues_schedule(saved, finetune, no_load_optim) and "opt_param_scheduler" in loaded:
         # megatron's scheduler state omits the WSD fields: ours come from the current args.
         scheduler.load_state_dict(loaded["opt_param_scheduler"])
     if finetune:

@@ -93,7 +93,7 @@ def _check_resume_target(args, vocab_size_known, nitp_config=None, log=print):
         if loads_optimizer_state(run_config, nitp_config) and not (args.finetune
                                                                    or args.no_load_optim):
             check_optimizer_layout(saved, args, args.load)
-        if continues_schedule(run_config, args.finetune):
+        if continues_schedule(run_config, args.finetune, args.no_load_optim):
             check_schedule_on_resume(args, iteration_dir(args.load, it), log, saved)
 
 
