@@ -205,8 +205,9 @@ def test_scancel_stops_within_the_grace_time_and_is_not_requeued(slurm, config, 
         "squeue", "-h", "-o", "%i").stdout.split()
     assert job.tracker_at(4) and not list(job.ckpt.glob("*.tmp"))
     # Valid: the checkpoint the tracker names loads (one process; no training left to do).
+    # (--train-iters 4: nothing left to train; the checkpoint's 8-iteration schedule is kept.)
     res = run_engine(["--config", config, "--mock-data", "--load", job.ckpt,
-                      "--train-iters", "4"])
+                      "--train-iters", "4", "--use-checkpoint-opt_param-scheduler"])
     assert "at iteration 4" in res.stdout
 
 
