@@ -5,6 +5,7 @@ started), stdout+stderr to `<name>.log` in the test's directory (no pipe to fill
 busy polling the checkpoint directory). Command and environment: `engine_runner`'s.
 """
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -127,3 +128,18 @@ def checkpoint_tensors(iter_dir: Path, out: Path) -> dict:
 
     walk(torch.load(out, weights_only=False))
     return flat
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, options: str):
+    """A tmpfs mounted at `path` (root only; the test is skipped elsewhere), unmounted after."""
+    import pytest
+
+    path.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+                      capture_output=True).returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs ({options}) here (needs root)")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)

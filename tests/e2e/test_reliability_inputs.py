@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from tests.e2e.engine_runner import engine_command
-from tests.e2e.reliability_runs import TINY, env
+from tests.e2e.reliability_runs import TINY, env, tmpfs
 
 
 def _tree(root):
@@ -127,13 +127,8 @@ def test_an_unusable_output_path_is_refused_before_any_work(tmp_path, refused, c
 
 @pytest.fixture
 def read_only_dir(tmp_path):
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a read-only tmpfs here (needs root)")
-    yield ro
-    subprocess.run(["umount", str(ro)], check=True)
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as ro:
+        yield ro
 
 
 def test_save_on_a_read_only_file_system_is_refused(refused, read_only_dir):

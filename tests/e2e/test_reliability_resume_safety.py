@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.reliability_runs import TINY, Run, run, tracker, train_records
+from tests.e2e.reliability_runs import TINY, Run, run, tmpfs, tracker, train_records
 
 LOCK = ".megatron_nitp.lock"
 
@@ -144,13 +144,8 @@ def test_a_second_run_on_the_same_save_is_refused_and_a_stale_lock_is_taken_over
 @pytest.fixture
 def small_disk(tmp_path):
     """A 1.2 MB tmpfs: one checkpoint of TINY (~0.8 MB) fits, a second does not."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(disk)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    yield disk
-    subprocess.run(["umount", str(disk)], check=True)
+    with tmpfs(tmp_path / "disk", "size=1200k") as disk:
+        yield disk
 
 
 def test_disk_full_during_a_save_is_one_line_and_the_previous_checkpoint_survives(tmp_path,
