@@ -26,12 +26,16 @@ def windows(prefix: str, seq_length: int) -> Iterator[np.ndarray]:
         doc = np.asarray(ds[i], dtype=np.int64)
         buf.append(doc)
         held += doc.size
-        while held >= seq_length + 1:
-            flat = np.concatenate(buf)
-            yield flat[: seq_length + 1]
+        if held < seq_length + 1:
+            continue
+        # One concatenation per document (not per window: a long book would be quadratic).
+        flat, start = np.concatenate(buf), 0
+        while flat.size - start >= seq_length + 1:
+            yield flat[start : start + seq_length + 1]
             # The window's last token is the next window's first input (no token scored twice).
-            rest = flat[seq_length:]
-            buf, held = [rest], rest.size
+            start += seq_length
+        rest = flat[start:]
+        buf, held = [rest], rest.size
     if held >= 2:
         yield np.concatenate(buf)
 
