@@ -18,7 +18,6 @@ use (examples/configs: `nitp-metrics-interval`).
 """
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -165,14 +164,7 @@ def main(argv=None):
     if opts.shapes:
         table = {k: table[k] for k in opts.shapes.split(",")}
     records = [run_shape(name, cfg, ov, opts) for name, (cfg, ov) in table.items()]
-    os.makedirs(os.path.dirname(os.path.abspath(opts.out)), exist_ok=True)
-    with open(opts.out, "w") as fh:
-        json.dump(records, fh, indent=1)
-    md = markdown(records)
-    if opts.markdown:
-        with open(opts.markdown, "w") as fh:
-            fh.write(md)
-    print(md)
+    overhead.write_outputs(records, markdown(records), opts.out, opts.markdown)
 
 
 if __name__ == "__main__":

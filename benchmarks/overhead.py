@@ -721,18 +721,22 @@ def main(argv=None):
         for key in ("step_time_ratio", "memory_ratio", "flops_ratio"):
             if key in r and not math.isfinite(r[key]):
                 raise RuntimeError(f"{r['shape']}: {key} is {r[key]}")
-    os.makedirs(os.path.dirname(os.path.abspath(opts.out)), exist_ok=True)
-    with open(opts.out, "w") as fh:
-        json.dump(records, fh, indent=1)
-    table = markdown(records)
-    if opts.markdown:
-        with open(opts.markdown, "w") as fh:
-            fh.write(table)
-    print(table)
+    write_outputs(records, markdown(records), opts.out, opts.markdown)
     for line in summary_lines(records):
         print(line)
     log(f"done in {time.time() - t0:.0f}s; wrote {opts.out}")
 
+
+
+def write_outputs(records, table: str, out: str, markdown_path=None):
+    """The benchmark's JSON records at `out`, its markdown table at `markdown_path` and stdout."""
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as fh:
+        json.dump(records, fh, indent=1)
+    if markdown_path:
+        with open(markdown_path, "w") as fh:
+            fh.write(table)
+    print(table)
 
 if __name__ == "__main__":
     main()
