@@ -17,6 +17,16 @@ RUN = TINY_GPT + ["--nitp", "--train-iters", "5"]
 TOLERANCE = 1e-5
 
 
+def _assert_resumed_steps_equal(straight, resumed):
+    """Iterations 4-5 of the resumed run equal the straight run's (losses and grad norm)."""
+    a = losses_by_iteration(read_log(straight)[0])
+    b = losses_by_iteration(read_log(resumed)[0])
+    assert sorted(b) == [4, 5]
+    for it in (4, 5):
+        for name, x, y in zip(("lm_loss", "nitp_loss", "grad_norm"), a[it], b[it]):
+            assert abs(x - y) <= TOLERANCE * max(1.0, abs(x)), (it, name, x, y)
+
+
 @pytest.mark.parametrize("layout", [
     ["--tensor-model-parallel-size", "2"],
     ["--pipeline-model-parallel-size", "2", "--use-distributed-optimizer"],
@@ -29,12 +39,7 @@ def test_checkpoint_saved_at_two_way_parallelism_resumes_at_one_process(layout, 
     res = run_engine(RUN + extra + ["--load", ckpt, "--log-jsonl", tmp_path / "b.jsonl"])
     assert "at iteration 3" in res.stdout
 
-    a = losses_by_iteration(read_log(tmp_path / "a.jsonl")[0])
-    b = losses_by_iteration(read_log(tmp_path / "b.jsonl")[0])
-    assert sorted(b) == [4, 5]
-    for it in (4, 5):
-        for name, x, y in zip(("lm_loss", "nitp_loss", "grad_norm"), a[it], b[it]):
-            assert abs(x - y) <= TOLERANCE * max(1.0, abs(x)), (it, name, x, y)
+    _assert_resumed_steps_equal(tmp_path / "a.jsonl", tmp_path / "b.jsonl")
 
 
 def test_tp2_checkpoint_resumes_at_tp1_with_default_vocabulary_padding(tmp_path):
@@ -49,12 +54,7 @@ def test_tp2_checkpoint_resumes_at_tp1_with_default_vocabulary_padding(tmp_path)
     res = run_engine(run + ["--load", ckpt, "--log-jsonl", tmp_path / "b.jsonl"])
     assert "using the checkpoint's padded vocabulary of 512 rows (384 at this TP size)" \
         in res.stdout
-    a = losses_by_iteration(read_log(tmp_path / "a.jsonl")[0])
-    b = losses_by_iteration(read_log(tmp_path / "b.jsonl")[0])
-    assert sorted(b) == [4, 5]
-    for it in (4, 5):
-        for name, x, y in zip(("lm_loss", "nitp_loss", "grad_norm"), a[it], b[it]):
-            assert abs(x - y) <= TOLERANCE * max(1.0, abs(x)), (it, name, x, y)
+    _assert_resumed_steps_equal(tmp_path / "a.jsonl", tmp_path / "b.jsonl")
 
 
 def test_a_padded_vocabulary_that_does_not_split_over_tp_names_the_flag(tmp_path):
