@@ -108,13 +108,16 @@ def _arch_flags(s: ModelShape, padded_vocab: int) -> List[str]:
              "--group-query-attention", "--num-query-groups", s.num_query_groups,
              "--kv-channels", s.head_dim, "--normalization", "RMSNorm", "--swiglu",
              "--position-embedding-type", "rope", "--norm-epsilon", s.norm_eps,
-             "--max-position-embeddings", s.max_position_embeddings]
+             "--max-position-embeddings", s.max_position_embeddings,
+             # Llama / Qwen2 have none of Megatron-LM's default biases and no dropout at train
+             "--disable-bias-linear", "--attention-dropout", "0", "--hidden-dropout", "0"]
     if not s.tied:
         flags.append("--untie-embeddings-and-output-weights")
     if s.num_experts:
         flags += ["--num-experts", s.num_experts, "--moe-router-topk", s.topk,
                   "--moe-ffn-hidden-size", s.moe_ffn_hidden_size,
-                  "--moe-layer-freq", compact_layer_freq(s.moe_layers)]
+                  "--moe-layer-freq", compact_layer_freq(s.moe_layers),
+                  "--moe-router-pre-softmax"]  # norm_topk_prob=false: softmax, then top-k
         if s.shared_expert_size:
             flags += ["--moe-shared-expert-intermediate-size", s.shared_expert_size]
     return [str(f) for f in flags]

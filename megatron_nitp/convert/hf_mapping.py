@@ -81,7 +81,7 @@ def family_option_problems(args) -> List[str]:
     ) if bad]
     if args.num_experts:
         problems += [flag for flag, bad in (
-            ("--no-moe-router-pre-softmax (Qwen2-MoE export writes norm_topk_prob=false)",
+            ("no --moe-router-pre-softmax (Qwen2-MoE export writes norm_topk_prob=false)",
              not on("moe_router_pre_softmax", True)),
             ("--moe-router-score-function sigmoid", on("moe_router_score_function") == "sigmoid"),
             ("--moe-router-enable-expert-bias", on("moe_router_enable_expert_bias")),

@@ -73,7 +73,7 @@ def parse_split(split: str) -> List[float]:
 def validate_data_args(
     data_path: Optional[Sequence[str]],
     tokenizer,
-    split: Optional[str] = "98,2,0",
+    split: Optional[str] = None,
     mock: bool = False,
     per_split_paths: Optional[Sequence[Optional[Sequence[str]]]] = None,
 ) -> None:
@@ -97,7 +97,7 @@ def validate_data_args(
     if not (data_path or per_split):
         raise DataArgumentError("--data-path: required (dataset prefixes), or use --mock-data")
     if per_split:
-        if split not in (None, "98,2,0"):  # the parser's default: not given
+        if split is not None:
             raise DataArgumentError(f"--split {split}: not used with --train/valid/test-data-"
                                     "path (each split has its own data)")
         prefixes = [p for paths in per_split_paths if paths for p in parse_blend(paths)[0]]

@@ -62,7 +62,7 @@ def moe_routing_config(args) -> dict:
 def moe_routing_flags_set(args):
     return [f for f, v in (
         ("--moe-router-score-function", _get(args, "moe_router_score_function") == "sigmoid"),
-        ("--no-moe-router-pre-softmax", not _get(args, "moe_router_pre_softmax", True)),
+        ("--moe-router-pre-softmax", _get(args, "moe_router_pre_softmax", False)),
         ("--moe-router-topk-scaling-factor", _get(args, "moe_router_topk_scaling_factor")),
         ("--moe-router-enable-expert-bias", _get(args, "moe_router_enable_expert_bias")),
         ("--moe-router-num-groups", _get(args, "moe_router_num_groups")),
@@ -109,8 +109,8 @@ def option_errors(args, transformer_impl):
                "(megatron-core's aux-loss-free balancing)")
     if (_get(args, "moe_router_topk", 2) == 1 and score == "softmax"
             and not _get(args, "moe_router_pre_softmax", True) and lb != "sinkhorn"):
-        yield ("--no-moe-router-pre-softmax: with --moe-router-topk 1 the softmax over one "
-               "expert has zero gradient; use --moe-router-pre-softmax")
+        yield ("--moe-router-topk 1: without --moe-router-pre-softmax the softmax over the one "
+               "chosen expert is 1 and the router gets no gradient; add --moe-router-pre-softmax")
     groups, group_topk = _get(args, "moe_router_num_groups"), _get(args, "moe_router_group_topk")
     if group_topk and not groups:
         yield "--moe-router-group-topk: needs --moe-router-num-groups"

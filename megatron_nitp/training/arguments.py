@@ -15,26 +15,30 @@ import yaml
 
 def _add_model_args(p):
     g = p.add_argument_group("model")
-    g.add_argument("--num-layers", type=int, default=4, help="Number of transformer layers.")
-    g.add_argument("--hidden-size", type=int, default=64, help="Model width d.")
+    g.add_argument("--num-layers", type=int, default=None,
+                   help="Number of transformer layers (required).")
+    g.add_argument("--hidden-size", type=int, default=None, help="Model width d (required).")
     g.add_argument("--ffn-hidden-size", type=int, default=None,
-                   help="Dense MLP width (default 4*hidden-size).")
-    g.add_argument("--num-attention-heads", type=int, default=4, help="Query heads.")
+                   help="Dense MLP width (default 4*hidden-size; with --swiglu "
+                        "int(8*hidden-size/3/64)*64, as Megatron-LM).")
+    g.add_argument("--num-attention-heads", type=int, default=None,
+                   help="Query heads (required).")
     g.add_argument("--group-query-attention", action="store_true", help="Use GQA.")
     g.add_argument("--num-query-groups", type=int, default=None,
                    help="KV heads under GQA (default: num-attention-heads).")
     g.add_argument("--kv-channels", type=int, default=None,
                    help="Head dimension (default hidden-size / num-attention-heads).")
-    g.add_argument("--seq-length", type=int, default=128, help="Training sequence length.")
+    g.add_argument("--seq-length", type=int, default=None,
+                   help="Training sequence length (required).")
     g.add_argument("--max-position-embeddings", type=int, default=None,
                    help="Maximum positions (default seq-length).")
-    g.add_argument("--normalization", choices=["RMSNorm", "LayerNorm"], default="RMSNorm",
+    g.add_argument("--normalization", choices=["RMSNorm", "LayerNorm"], default="LayerNorm",
                    help="Norm type.")
-    g.add_argument("--norm-epsilon", type=float, default=1e-6, help="Norm epsilon.")
-    g.add_argument("--swiglu", action=argparse.BooleanOptionalAction, default=True,
-                   help="SwiGLU MLPs (the paper's models use it).")
+    g.add_argument("--norm-epsilon", type=float, default=1e-5, help="Norm epsilon.")
+    g.add_argument("--swiglu", action=argparse.BooleanOptionalAction, default=False,
+                   help="SwiGLU MLPs (the paper's models use it; default GeLU MLP).")
     g.add_argument("--position-embedding-type", choices=["rope", "learned_absolute"],
-                   default="rope", help="Position embedding.")
+                   default="learned_absolute", help="Position embedding.")
     g.add_argument("--rotary-base", type=int, default=10000, help="RoPE base.")
     g.add_argument("--untie-embeddings-and-output-weights", action="store_true",
                    help="Separate output layer weights.")
@@ -46,12 +50,10 @@ def _add_model_args(p):
     g.add_argument("--add-qkv-bias", action="store_true",
                    help="Biases on the QKV projection only (Qwen2).")
     g.add_argument("--disable-bias-linear", dest="add_bias_linear", action="store_false",
-                   default=False,
-                   help="No linear-layer biases. Megatron-LM's default is biases on; ours is off "
-                        "already, so this flag only restates it.")
+                   default=True, help="No linear-layer biases (default: biases on every linear "
+                                      "layer, QKV included, as Megatron-LM).")
     g.add_argument("--add-bias-linear", dest="add_bias_linear", action="store_true",
-                   default=False, help="Biases on every linear layer (Megatron-LM's default; "
-                                       "implies --add-qkv-bias as there).")
+                   default=True, help="Biases on every linear layer (the default; restates it).")
     g.add_argument("--multi-latent-attention", action="store_true",
                    help="DeepSeek-V2/V3 multi-latent attention (megatron-core's MLA spec, YaRN "
                         "RoPE inside the attention); dims below, Megatron-LM's defaults.")
@@ -72,8 +74,8 @@ def _add_model_args(p):
                    help="Zero-centred norm weights, (1 + gamma) * x (needs Transformer Engine "
                         "norms: --transformer-impl transformer_engine).")
     g.add_argument("--init-method-std", type=float, default=0.02, help="Weight init std.")
-    g.add_argument("--attention-dropout", type=float, default=0.0, help="Attention dropout.")
-    g.add_argument("--hidden-dropout", type=float, default=0.0, help="Hidden dropout.")
+    g.add_argument("--attention-dropout", type=float, default=0.1, help="Attention dropout.")
+    g.add_argument("--hidden-dropout", type=float, default=0.1, help="Hidden dropout.")
     g.add_argument("--transformer-impl", choices=["local", "transformer_engine"], default=None,
                    help="Layer implementation (default: transformer_engine on GPU if importable, "
                         "else local).")
@@ -94,10 +96,9 @@ def _add_model_args(p):
                    choices=["aux_loss", "seq_aux_loss", "global_aux_loss", "sinkhorn", "none"],
                    help="Load balancing (one type; Megatron-LM also takes a list).")
     g.add_argument("--moe-router-pre-softmax", action=argparse.BooleanOptionalAction,
-                   default=True,
-                   help="Softmax over all experts, then top-k (DeepSeek-V2); --no-moe-router-"
-                        "pre-softmax: top-k, then softmax over the k. NOTE: Megatron-LM's default "
-                        "is off; ours stays on (the paper's configs). Ignored by sigmoid scores.")
+                   default=False,
+                   help="Softmax over all experts, then top-k (DeepSeek-V2; the paper's configs); "
+                        "default: top-k, then softmax over the k. Ignored by sigmoid scores.")
     g.add_argument("--moe-router-score-function", choices=["softmax", "sigmoid"],
                    default="softmax", help="Router score function (DeepSeek-V3: sigmoid).")
     g.add_argument("--moe-router-topk-scaling-factor", type=float, default=None,
@@ -121,7 +122,7 @@ def _add_model_args(p):
                    help="Pad every expert's input to its capacity (needs a capacity factor).")
     g.add_argument("--moe-aux-loss-coeff", type=float, default=0.0, help="Aux loss weight.")
     g.add_argument("--moe-token-dispatcher-type", choices=["allgather", "alltoall"],
-                   default="alltoall", help="Token dispatcher.")
+                   default="allgather", help="Token dispatcher.")
     g.add_argument("--moe-grouped-gemm", action="store_true", help="Grouped GEMM experts (GPU).")
     g.add_argument("--moe-router-dtype", default=None, choices=[None, "fp32", "fp64"],
                    help="Router compute dtype.")
@@ -159,10 +160,12 @@ def _add_nitp_args(p):
 
 def _add_training_args(p):
     g = p.add_argument_group("training")
-    g.add_argument("--micro-batch-size", type=int, default=2, help="Sequences per microbatch.")
+    g.add_argument("--micro-batch-size", type=int, default=None,
+                   help="Sequences per microbatch (required).")
     g.add_argument("--global-batch-size", type=int, default=None,
                    help="Sequences per step (default micro-batch-size * DP).")
-    g.add_argument("--train-iters", type=int, default=10, help="Training iterations.")
+    g.add_argument("--train-iters", type=int, default=None,
+                   help="Training iterations (this or --train-samples is required).")
     g.add_argument("--train-samples", type=int, default=None,
                    help="Train for this many samples instead of --train-iters (schedules then "
                         "count samples: --lr-warmup-samples, --lr-decay-samples).")
@@ -186,9 +189,9 @@ def _add_training_args(p):
                    help="MoE all-to-all overlap (not supported with NITP).")
     g = p.add_argument_group("optimizer and schedule")
     g.add_argument("--optimizer", choices=["adam"], default="adam", help="AdamW.")
-    g.add_argument("--lr", type=float, default=3e-4, help="Peak learning rate.")
+    g.add_argument("--lr", type=float, default=None, help="Peak learning rate (required).")
     g.add_argument("--min-lr", type=float, default=0.0, help="Final learning rate.")
-    g.add_argument("--lr-decay-style", default="cosine",
+    g.add_argument("--lr-decay-style", default="linear",
                    choices=["constant", "linear", "cosine", "inverse-square-root", "WSD"],
                    help="Decay schedule.")
     g.add_argument("--lr-decay-iters", type=int, default=None, help="Default train-iters.")
@@ -213,9 +216,9 @@ def _add_training_args(p):
     g.add_argument("--lr-wsd-decay-style", default="exponential",
                    choices=["exponential", "linear", "cosine", "minus_sqrt"],
                    help="WSD decay shape.")
-    g.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay.")
+    g.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay.")
     g.add_argument("--adam-beta1", type=float, default=0.9, help="AdamW beta1.")
-    g.add_argument("--adam-beta2", type=float, default=0.95, help="AdamW beta2.")
+    g.add_argument("--adam-beta2", type=float, default=0.999, help="AdamW beta2.")
     g.add_argument("--adam-eps", type=float, default=1e-8, help="AdamW epsilon.")
     g.add_argument("--clip-grad", type=float, default=1.0, help="Global grad-norm clip.")
     # Megatron-LM's names (its underscore spelling too); see training/schedule_resume.py.
@@ -276,7 +279,9 @@ def _add_data_args(p):
         g.add_argument(f"--{split}-data-path", nargs="*", default=None,
                        help=f"The {split} split's own prefixes (weighted as --data-path); "
                             "instead of --data-path and --split.")
-    g.add_argument("--split", default="98,2,0", help="train,valid,test proportions.")
+    g.add_argument("--split", default=None,
+                   help="train,valid,test proportions (with --data-path and no --split: "
+                        "'969, 30, 1' with a notice, as Megatron-LM).")
     g.add_argument("--mock-data", action="store_true", help="Synthetic data (no files).")
     g.add_argument("--demo-data", action="store_true",
                    help="The embedded demo corpus (built and cached on first use).")
@@ -293,9 +298,9 @@ def _add_data_args(p):
                    help="No loss at positions holding the end-of-document token (megatron-"
                         "core's meaning: the prediction from EOD of the next document; LM and "
                         "NITP).")
-    g.add_argument("--num-workers", type=int, default=0,
-                   help="DataLoader worker processes per data iterator (Megatron-LM's default "
-                        "is 2; 0 here: loading in the training process).")
+    g.add_argument("--num-workers", type=int, default=2,
+                   help="DataLoader worker processes per data iterator (0: loading in the "
+                        "training process).")
     g.add_argument("--tokenizer-type", default="NullTokenizer",
                    choices=["NullTokenizer", "SentencePieceTokenizer", "HuggingFaceTokenizer"],
                    help="Tokenizer.")
@@ -355,8 +360,9 @@ def _add_io_args(p):
                         "(SIGTERM, SIGUSR1, ...); SIGINT always is.")
     g = p.add_argument_group("evaluation and logging")
     g.add_argument("--eval-interval", type=int, default=None, help="Evaluate every N iterations.")
-    g.add_argument("--eval-iters", type=int, default=2, help="Batches per evaluation.")
-    g.add_argument("--log-interval", type=int, default=1, help="Console/log every N iterations.")
+    g.add_argument("--eval-iters", type=int, default=100, help="Batches per evaluation.")
+    g.add_argument("--log-interval", type=int, default=100,
+                   help="Console/log every N iterations.")
     g.add_argument("--log-jsonl", default=None, help="Append one JSON record per logged step (a resumed or restarted run first "
                         "drops the records after the iteration it continues from).")
     g.add_argument("--plot", default=None,
@@ -433,14 +439,29 @@ def _yaml_to_argv(paths, parser):
         action = known[name]
         if isinstance(action, argparse.BooleanOptionalAction):
             argv.append(f"--{name}" if value else f"--no-{name}")
-        elif action.nargs == 0:  # store_true
-            if value:
-                argv.append(f"--{name}")
+        elif action.nargs == 0:  # store_true / store_false (a pair may share the dest)
+            flag = _switch_for(parser, action, bool(value))
+            if flag is None:
+                raise SystemExit(f"error: --config: '{name}: {value}': no flag sets that; give "
+                                 "the opposite flag's key instead")
+            if flag:
+                argv.append(flag)
         elif isinstance(value, list) and action.nargs in ("*", "+"):
             argv += [f"--{name}"] + [str(v) for v in value]
         elif value is not None:
             argv += [f"--{name}", str(value)]
     return argv
+
+
+def _switch_for(parser, action, given):
+    """`key: true` gives the flag; `key: false` gives the opposite flag of the same dest, or
+    nothing when that is the default (None when no flag does: the config cannot say it)."""
+    if given:
+        return action.option_strings[0]
+    for a in parser._actions:
+        if a.dest == action.dest and a.nargs == 0 and a.const == (not action.const):
+            return a.option_strings[0]
+    return "" if action.default == (not action.const) else None
 
 
 def parse_args(argv=None, model_family="gpt"):
@@ -455,6 +476,9 @@ def parse_args(argv=None, model_family="gpt"):
         from .checkpoint_flags import apply_checkpoint_args, explicit_dests
 
         apply_checkpoint_args(args, explicit_dests(build_parser(model_family), argv))
+    from .checkpoint_flags import explicit_dests
+
+    args.explicit_dests = frozenset(explicit_dests(build_parser(model_family), argv))
     _fill_defaults(args, argv)
     return args
 
@@ -478,24 +502,28 @@ def _parse_layer_freq(value, num_layers):
 
 
 def _fill_defaults(args, argv=()):
-    if args.ffn_hidden_size is None:
-        args.ffn_hidden_size = 4 * args.hidden_size
+    from .megatron_defaults import LEGACY_SPLIT, default_ffn_hidden_size
+
+    # What Megatron-LM requires may be missing here: validation names it (required_errors).
+    if args.ffn_hidden_size is None and args.hidden_size is not None:
+        args.ffn_hidden_size = default_ffn_hidden_size(args.hidden_size, args.swiglu)
     if args.num_query_groups is None:
         args.num_query_groups = args.num_attention_heads
     # Not divisible: left unset, so that validation names the flags (megatron would floor it).
-    if (args.kv_channels is None and args.num_attention_heads > 0
+    if (args.kv_channels is None and args.num_attention_heads and args.hidden_size is not None
             and args.hidden_size % args.num_attention_heads == 0):
         args.kv_channels = args.hidden_size // args.num_attention_heads
     if args.max_position_embeddings is None:
         args.max_position_embeddings = args.seq_length
-    if args.nitp_target_layer is None:
+    if args.nitp_target_layer is None and args.num_layers is not None:
         args.nitp_target_layer = max(1, round(0.2 * args.num_layers))
-    if args.train_samples is not None:
-        from .sample_schedule import drop_default_train_iters
-
-        drop_default_train_iters(args, build_parser(args.model_family), argv)
+    if args.split is None and (args.data_path or args.demo_data):
+        print(f"notice: --split not given: using '{LEGACY_SPLIT}' (Megatron-LM's legacy default "
+              "with --data-path)", flush=True)
+        args.split = LEGACY_SPLIT
     if args.lr_decay_iters is None:
         args.lr_decay_iters = args.train_iters
-    args.moe_layer_freq = _parse_layer_freq(args.moe_layer_freq, args.num_layers)
+    if args.num_layers is not None:
+        args.moe_layer_freq = _parse_layer_freq(args.moe_layer_freq, args.num_layers)
     if args.moe_ffn_hidden_size is None and args.num_experts:
         args.moe_ffn_hidden_size = args.ffn_hidden_size

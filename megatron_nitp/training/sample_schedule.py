@@ -17,15 +17,6 @@ UNSUPPORTED = (
 )
 
 
-def drop_default_train_iters(args, parser, argv):
-    """--train-samples replaces --train-iters: the parser's default iteration count must not
-    stay behind (an explicit --train-iters is refused in validation)."""
-    from .checkpoint_flags import explicit_dests
-
-    if "train_iters" not in explicit_dests(parser, argv):
-        args.train_iters = None
-
-
 def sample_schedule_errors(args):
     """One message per inconsistent or unsupported schedule flag; with --train-samples, sets
     args.train_iters (validation calls it once the global batch size is known)."""

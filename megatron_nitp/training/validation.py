@@ -12,6 +12,7 @@ from ..nitp.config import NITPConfig, NITPConfigError
 from ..models.options import option_errors
 from .checkpoint_flags import checkpoint_flag_errors, checkpoint_flag_notices
 from .flag_ranges import range_errors
+from .megatron_defaults import deviation_notices, required_errors
 from .sample_schedule import sample_schedule_errors, schedule_lengths
 
 
@@ -26,6 +27,8 @@ def launch_world_size() -> int:
 
 def validate_args(args, world_size=None):
     world_size = world_size or launch_world_size()
+    for message in required_errors(args):  # what Megatron-LM requires, before anything else
+        raise ConfigError(message)
     tp, pp, cp = (args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
                   args.context_parallel_size)
     ep = args.expert_model_parallel_size
@@ -226,6 +229,10 @@ def _validate_impl(args):
                           "importable here; use --transformer-impl local")
     else:
         impl = "local"
+    resolved = dict(transformer_impl=impl, max_position_embeddings=args.max_position_embeddings,
+                    tokenizer_type=args.tokenizer_type)
+    for message in deviation_notices(args, resolved):
+        print(message, flush=True)
     for message in option_errors(args, impl):  # models/options.py: family options
         raise ConfigError(message)
     if args.context_parallel_size > 1 and impl == "local":
