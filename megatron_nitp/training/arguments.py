@@ -453,6 +453,12 @@ def _yaml_to_argv(paths, parser):
     return argv
 
 
+class ParsedArgs(argparse.Namespace):
+    """parse_args' Namespace; `explicit_dests` (the dests argv or a --config set) lives in a
+    slot, outside vars(args): not a flag, not saved with the run config, not compared."""
+    __slots__ = ("explicit_dests",)
+
+
 def _switch_for(parser, action, given):
     """`key: true` gives the flag; `key: false` gives the opposite flag of the same dest, or
     nothing when that is the default (None when no flag does: the config cannot say it)."""
@@ -470,7 +476,7 @@ def parse_args(argv=None, model_family="gpt"):
     argv = list(sys.argv[1:] if argv is None else argv)
     pre, _ = parser.parse_known_args(argv)
     argv = _yaml_to_argv(pre.config, parser) + argv
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv, namespace=ParsedArgs())
     args.model_family = model_family
     if args.use_checkpoint_args:  # before the derived defaults, as Megatron-LM's initialize
         from .checkpoint_flags import apply_checkpoint_args, explicit_dests

@@ -22,15 +22,14 @@ REQUIRED = (
 # ours and one notice line naming it.
 DEVIATIONS = {
     "transformer_impl": (
-        "--transformer-impl", "transformer_engine", "transformer_engine if importable on a GPU, "
-        "else local",
-        "runs on machines without Transformer Engine (CPU tests, laptops) instead of failing; "
-        "give --transformer-impl to choose"),
+        "--transformer-impl", "transformer_engine",
+        "transformer_engine where it is importable on a GPU, else local",
+        "runs without Transformer Engine (CPU) instead of failing"),
     "max_position_embeddings": (
-        "--max-position-embeddings", "required", "--seq-length",
-        "a learned position table needs no more rows than the training sequence length"),
+        "--max-position-embeddings", "none (required)", "--seq-length",
+        "positions beyond the training length are never used"),
     "tokenizer_type": (
-        "--tokenizer-type", "required", "NullTokenizer (ids 0..--vocab-size-1)",
+        "--tokenizer-type", "none (required)", "NullTokenizer (ids 0..--vocab-size - 1)",
         "mock-data runs need no tokenizer files"),
 }
 
@@ -52,8 +51,7 @@ def deviation_notices(args, resolved: dict):
     for dest, (flag, theirs, _ours, why) in DEVIATIONS.items():
         if dest in explicit or dest not in resolved:
             continue
-        yield (f"notice: {flag} not given: using {resolved[dest]} (Megatron-LM's default: "
-               f"{theirs}; {why})")
+        yield (f"notice: {flag} not given: {resolved[dest]} (Megatron-LM: {theirs}; here: {why})")
 
 
 def default_ffn_hidden_size(hidden_size: int, swiglu: bool) -> int:

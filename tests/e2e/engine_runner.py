@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from tests.helpers import suite_flags
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TAIL_LINES = 40
 
@@ -24,12 +26,12 @@ TAIL_LINES = 40
 TINY_GPT = ["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "2",
             "--seq-length", "32", "--micro-batch-size", "2", "--mock-data", "--vocab-size", "255",
             "--make-vocab-size-divisible-by", "64", "--lr", "1e-3", "--lr-warmup-iters", "1",
-            "--nitp-target-layer", "1"]
+            "--nitp-target-layer", "1", "--ffn-hidden-size", "128"]
 # The issue's MoE layout: one dense layer, then three MoE layers of 4 experts (top-2) + shared.
 TINY_MOE = ["--num-layers", "4", "--hidden-size", "32", "--num-attention-heads", "2",
             "--seq-length", "32", "--micro-batch-size", "2", "--mock-data", "--vocab-size", "255",
             "--make-vocab-size-divisible-by", "64", "--lr", "1e-3", "--nitp-target-layer", "1",
-            "--num-experts", "4", "--moe-router-topk", "2", "--moe-ffn-hidden-size", "32",
+            "--ffn-hidden-size", "128", "--num-experts", "4", "--moe-router-topk", "2", "--moe-ffn-hidden-size", "32",
             "--moe-shared-expert-intermediate-size", "32", "--moe-layer-freq", "([0]*1+[1]*3)"]
 TRAIN_KEYS = ("iteration", "lm_loss", "nitp_loss", "lr", "grad_norm", "tokens_per_sec")
 
@@ -52,7 +54,9 @@ def engine_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
 
 
 def engine_command(args: Sequence[str], nproc: int = 1, family: str = "gpt") -> List[str]:
+    """The command line; the suite's explicit settings (tests.helpers.suite_flags) go first."""
     script = str(REPO_ROOT / f"pretrain_{family}_nitp.py")
+    args = suite_flags(args) + [str(a) for a in args]
     if nproc == 1:
         return [sys.executable, script, *map(str, args)]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone",

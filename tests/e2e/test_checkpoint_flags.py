@@ -10,7 +10,7 @@ resume differs from both after the first resumed step. --pretrained-checkpoint w
 import pytest
 from torch.distributed.checkpoint import FileSystemReader
 
-from megatron_nitp.training.arguments import parse_args
+from tests.helpers import suite_parse_args as parse_args
 from tests.e2e.engine_runner import TINY_GPT, read_log, run_engine
 
 RUN = TINY_GPT + ["--nitp", "--train-iters", "4"]

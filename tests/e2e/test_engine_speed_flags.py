@@ -5,7 +5,7 @@ no number."""
 import pytest
 
 from megatron_nitp.parallel.speed import speed_settings
-from megatron_nitp.training.arguments import parse_args
+from tests.helpers import suite_parse_args as parse_args
 from megatron_nitp.training.validation import ConfigError, validate_args
 from tests.e2e.engine_runner import TINY_GPT, losses_by_iteration, read_log, run_engine
 

@@ -134,7 +134,7 @@ DAMAGE = {
 @pytest.mark.parametrize("case", list(DAMAGE))
 def test_damaged_checkpoint_is_one_clear_error_before_the_model_is_built(case, tmp_path,
                                                                          reference):
-    from megatron_nitp.training.arguments import parse_args
+    from tests.helpers import suite_parse_args as parse_args
     from megatron_nitp.training.checkpoint_io import CheckpointError
     from megatron_nitp.training.engine import _check_resume_target
 
@@ -147,7 +147,7 @@ def test_damaged_checkpoint_is_one_clear_error_before_the_model_is_built(case, t
 
 
 def test_checkpoint_of_a_different_architecture_names_the_field(tmp_path, reference):
-    from megatron_nitp.training.arguments import parse_args
+    from tests.helpers import suite_parse_args as parse_args
     from megatron_nitp.training.engine import _check_resume_target
     from megatron_nitp.training.validation import ConfigError
 

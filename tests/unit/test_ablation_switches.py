@@ -9,7 +9,7 @@ import torch
 
 from megatron_nitp.nitp.config import NITPConfig
 from megatron_nitp.nitp.loss import nitp_loss_func
-from megatron_nitp.training.arguments import parse_args
+from tests.helpers import suite_parse_args as parse_args
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ABLATIONS = os.path.join(REPO, "examples", "ablations")

@@ -16,7 +16,7 @@ from megatron_nitp.data.preprocess import preprocess_jsonl
 from megatron_nitp.data.tokenizers import build_tokenizer
 from megatron_nitp.nitp.config import NITPConfig
 from megatron_nitp.nitp.documents import within_document_mask
-from megatron_nitp.training.arguments import parse_args
+from tests.helpers import suite_parse_args as parse_args
 
 VOCAB, SEQ = 64, 16
 EOD = VOCAB  # NullTokenizer: ids 0..V-1, EOD = V

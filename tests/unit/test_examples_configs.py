@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from megatron_nitp.models.param_count import count_parameters, moe_layer_pattern
-from megatron_nitp.training.arguments import parse_args
+from tests.helpers import suite_parse_args as parse_args
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = os.path.join(REPO, "examples", "configs")
@@ -42,6 +42,9 @@ EXTRA_KEYS = {
     "moe-token-dispatcher-type", "moe-grouped-gemm",         # GPU layout
     "nitp-no-stop-grad", "nitp-start-step",                  # Table 8 ablations
     "nitp-metrics-interval",                                 # App. D monitoring
+    # set explicitly: the defaults are Megatron-LM's (LayerNorm eps 1e-5, biases, dropout 0.1)
+    "norm-epsilon", "disable-bias-linear", "attention-dropout", "hidden-dropout",
+    "eval-iters", "log-interval", "split",
 }
 
 # name: (layers, dense layers, d, q heads, kv heads, head dim, dense FFN, MoE FFN = shared,

@@ -4,7 +4,7 @@ and bad combinations are one ConfigError naming the flag (models/options.py)."""
 import pytest
 
 from megatron_nitp.models.options import option_errors
-from megatron_nitp.training.arguments import parse_args
+from tests.helpers import suite_parse_args as parse_args
 
 BASE = ["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4",
         "--vocab-size", "128"]
@@ -38,7 +38,7 @@ def test_routing_flags_reach_transformer_config():
     assert (c.moe_router_num_groups, c.moe_router_group_topk) == (2, 1)
     assert c.moe_z_loss_coeff == 0.001 and c.moe_router_dtype == "fp32"
     assert c.moe_router_load_balancing_type == "global_aux_loss"
-    # pre-softmax stays the default here (Megatron-LM's default is off) and is a real switch
+    # Off by default (Megatron-LM's: top-k, then softmax); the suite's runs give the switch
     assert _config(MOE).moe_router_pre_softmax is True
     assert _config(MOE + ["--no-moe-router-pre-softmax"]).moe_router_pre_softmax is False
     c = _config(MOE + ["--moe-expert-capacity-factor", "1.5", "--moe-token-drop-policy",
@@ -62,7 +62,7 @@ def test_routing_flags_reach_transformer_config():
             "--moe-router-topk", "3"], "local", "--moe-router-topk 3"),
     (MOE + ["--moe-pad-expert-input-to-capacity"], "local", "--moe-pad-expert-input-to-capacity"),
     (MOE + ["--moe-router-topk", "1", "--no-moe-router-pre-softmax"], "local",
-     "--no-moe-router-pre-softmax"),
+     "--moe-router-topk 1"),
     (MOE + ["--moe-router-load-balancing-type", "sinkhorn", "--moe-expert-capacity-factor", "1"],
      "local", "--moe-expert-capacity-factor"),
     (MOE + ["--add-bias-linear", "--moe-shared-expert-intermediate-size", "8"], "local",

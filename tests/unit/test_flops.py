@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from megatron_nitp.nitp.flops import paper_g3_flops, training_flops_per_token
-from megatron_nitp.training.arguments import parse_args
+from tests.helpers import suite_parse_args as parse_args
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(REPO, "tools"))

@@ -167,7 +167,7 @@ def test_moe_layer_freq_written_as_megatron_would_parse_it():
     (["--add-bias-linear"], "--add-bias-linear"),
     (["--apply-layernorm-1p"], "--apply-layernorm-1p"),
     (["--rotary-percent", "0.5"], "--rotary-percent 0.5"),
-    (["--num-experts", "4", "--no-moe-router-pre-softmax"], "--no-moe-router-pre-softmax"),
+    (["--num-experts", "4", "--no-moe-router-pre-softmax"], "no --moe-router-pre-softmax"),
     (["--num-experts", "4", "--moe-router-score-function", "sigmoid",
       "--moe-router-enable-expert-bias"], "--moe-router-enable-expert-bias"),
     (["--num-experts", "4", "--moe-router-topk-scaling-factor", "2.5"],
@@ -177,7 +177,7 @@ def test_moe_layer_freq_written_as_megatron_would_parse_it():
 ])
 def test_export_refuses_family_options_llama_qwen2_moe_cannot_express(flags, named):
     from megatron_nitp.convert.hf_mapping import shape_from_args
-    from megatron_nitp.training.arguments import parse_args
+    from tests.helpers import suite_parse_args as parse_args
 
     args = parse_args(["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4",
                        "--vocab-size", "128"] + flags)

@@ -84,7 +84,7 @@ _BUILD = textwrap.dedent("""
     from megatron_nitp.nitp.config import NITPConfig
     from megatron_nitp.parallel.distributed import (destroy_distributed_model_parallel,
                                                     initialize_distributed)
-    from megatron_nitp.training.arguments import parse_args
+    from tests.helpers import suite_parse_args as parse_args
     ps.destroy_model_parallel()
     initialize_distributed(1, 1)  # with the CPU compatibility layer the builder relies on
     for name, argv in json.loads(sys.argv[2]).items():
@@ -142,14 +142,14 @@ def test_count_equals_built_megatron_model(name, built_counts):
 
 @pytest.mark.parametrize("name", sorted(FAMILY_ARGV))
 def test_count_equals_model_built_from_family_flags(name, built_counts):
-    from megatron_nitp.training.arguments import parse_args
+    from tests.helpers import suite_parse_args as parse_args
 
     assert count_parameters(parse_args(FAMILY_ARGV[name]))["total"] == built_counts[name]
 
 
 def test_family_flags_change_the_count():
     """qk-layernorm adds 2 x head_dim per layer; --add-bias-linear implies QKV biases."""
-    from megatron_nitp.training.arguments import parse_args
+    from tests.helpers import suite_parse_args as parse_args
 
     base = ["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4",
             "--vocab-size", "128"]

@@ -203,7 +203,7 @@ def test_cpu_nodes_get_one_rank_per_cpu_slot_and_no_gpu(tmp_path, slurm_env, cap
 
 
 def test_distributed_timeout_outlasts_the_largest_configs_save():
-    from megatron_nitp.training.arguments import parse_args
+    from tests.helpers import suite_parse_args as parse_args
 
     args = parse_args(["--config", os.path.join(REPO, "examples/configs/moe_45b_a5.5b.yaml")])
     minutes = launch_slurm.save_minutes(args)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from megatron_nitp.models import specs
-from megatron_nitp.training.arguments import parse_args
+from tests.helpers import suite_parse_args as parse_args
 
 
 def build(argv):

@@ -88,7 +88,7 @@ def reference_key(layout):
 
 def make_args(layout, nitp=True):
     m = MODELS[layout["model"]]
-    from megatron_nitp.training.arguments import parse_args
+    from tests.helpers import suite_parse_args as parse_args
 
     argv = ["--num-layers", str(m["num_layers"]), "--hidden-size", str(m["hidden_size"]),
             "--ffn-hidden-size", str(m["ffn_hidden_size"]),

@@ -68,7 +68,7 @@ def make(name, out):
     from megatron_nitp.nitp.config import NITPConfig
     from megatron_nitp.parallel.distributed import (destroy_distributed_model_parallel,
                                                     initialize_distributed)
-    from megatron_nitp.training.arguments import parse_args
+    from tests.helpers import suite_parse_args as parse_args
     from megatron_nitp.training.checkpoint_io import (RUN_CONFIG, TRACKER, iteration_dir,
                                                       json_safe_args)
 
