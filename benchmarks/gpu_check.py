@@ -36,7 +36,13 @@ TINY = ["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4"
         "--seq-length", "64", "--micro-batch-size", "2", "--global-batch-size", "4",
         "--mock-data", "--vocab-size", "255", "--make-vocab-size-divisible-by", "64",
         "--lr", "1e-3", "--lr-warmup-iters", "1", "--nitp", "--nitp-target-layer", "1",
-        "--train-iters", "4"]
+        "--train-iters", "4",
+        # set explicitly: the defaults are Megatron-LM's (LayerNorm, GeLU, learned positions, ...)
+        "--ffn-hidden-size", "256", "--normalization", "RMSNorm", "--norm-epsilon", "1e-6",
+        "--swiglu", "--position-embedding-type", "rope", "--disable-bias-linear",
+        "--attention-dropout", "0", "--hidden-dropout", "0", "--adam-beta2", "0.95",
+        "--weight-decay", "0.1", "--lr-decay-style", "cosine", "--num-workers", "0",
+        "--log-interval", "1", "--eval-iters", "2"]
 # Dense bf16 peak of the GPU (tensor cores, no sparsity), for MFU.
 PEAK_FLOPS = {"H200": 989.4e12, "H100": 989.4e12, "A100": 312e12}
 # (c)/(d) in the dry path: tiny shapes of the same two families.

@@ -64,6 +64,16 @@ TINY = dict(
     iters=20, warmup=2, metrics_interval=5, eval_interval=10, eval_iters=1,
     eval_batches=2, eval_micro_batch_size=4, per_topic=4,
 )
+# Every preset's architecture and optimiser, set explicitly (the defaults are Megatron-LM's:
+# LayerNorm, GeLU MLP, learned positions, biases, dropout 0.1, beta2 0.999, weight decay 0.01).
+ARCH = ("--normalization RMSNorm --norm-epsilon 1e-6 --swiglu --position-embedding-type rope "
+        "--disable-bias-linear --attention-dropout 0 --hidden-dropout 0 --adam-beta2 0.95 "
+        "--num-workers 0 ")
+CPU_DENSE["flags"] = ARCH + "--ffn-hidden-size 512 " + CPU_DENSE["flags"]
+GPU_MOE["flags"] = (ARCH + "--ffn-hidden-size 2048 --weight-decay 0.1 --moe-router-pre-softmax "
+                    "--moe-token-dispatcher-type alltoall " + GPU_MOE["flags"])
+TINY["flags"] = (ARCH + "--ffn-hidden-size 128 --weight-decay 0.1 --lr-decay-style cosine "
+                 + TINY["flags"])
 RUNS = ("ntp", "nitp")
 
 

@@ -26,6 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from tests.helpers import suite_flags
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WORKERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "workers")
 CONVERT = os.path.join(ROOT, "tools", "convert_checkpoint.py")
@@ -97,7 +99,8 @@ def ws(tmp_path_factory):
 
     # The training engine resumes from the release checkpoint (fresh optimizer), trains a step
     # and saves: that checkpoint is exported and compared too.
-    engine = _run(_py(os.path.join(ROOT, "pretrain_moe_nitp.py"), *ENGINE_MOE,
+    engine = _run(_py(os.path.join(ROOT, "pretrain_moe_nitp.py"), *suite_flags(ENGINE_MOE),
+                      *ENGINE_MOE,
                       "--load", f"{root}/rt/moe_head_pp2_vpp", "--save", f"{root}/engine"))
     times["engine step"], t = time.time() - t, time.time()
 

@@ -44,6 +44,20 @@ train-iters: {TRAIN_ITERS}
 log-interval: 1
 nitp: true
 nitp-target-layer: 1
+# the suite's model and run settings, explicit (tests/helpers.py: SUITE_*_FLAGS)
+ffn-hidden-size: 128
+normalization: RMSNorm
+norm-epsilon: 1.0e-6
+swiglu: true
+position-embedding-type: rope
+disable-bias-linear: true
+attention-dropout: 0.0
+hidden-dropout: 0.0
+adam-beta2: 0.95
+weight-decay: 0.1
+lr-decay-style: cosine
+num-workers: 0
+eval-iters: 2
 """
 KEYS = ("iteration", "lm_loss", "nitp_loss", "lr", "grad_norm", "consumed_samples", "skipped")
 pytestmark = pytest.mark.timeout(900)  # the first test also installs SLURM when missing
