@@ -24,8 +24,9 @@ def _add_model_args(p):
     g.add_argument("--num-attention-heads", type=int, default=None,
                    help="Query heads (required).")
     g.add_argument("--group-query-attention", action="store_true", help="Use GQA.")
-    g.add_argument("--num-query-groups", type=int, default=None,
-                   help="KV heads under GQA (default: num-attention-heads).")
+    g.add_argument("--num-query-groups", type=int, default=1,
+                   help="KV heads; read only with --group-query-attention (without it every "
+                        "head has its own KV head), as in Megatron-LM.")
     g.add_argument("--kv-channels", type=int, default=None,
                    help="Head dimension (default hidden-size / num-attention-heads).")
     g.add_argument("--seq-length", type=int, default=None,
@@ -513,7 +514,12 @@ def _fill_defaults(args, argv=()):
     # What Megatron-LM requires may be missing here: validation names it (required_errors).
     if args.ffn_hidden_size is None and args.hidden_size is not None:
         args.ffn_hidden_size = default_ffn_hidden_size(args.hidden_size, args.swiglu)
-    if args.num_query_groups is None:
+    if not args.group_query_attention:  # Megatron-LM: num_query_groups = heads then
+        explicit = getattr(args, "explicit_dests", ())
+        if "num_query_groups" in explicit and args.num_query_groups != args.num_attention_heads:
+            print(f"notice: --num-query-groups {args.num_query_groups}: not used without "
+                  "--group-query-attention (one KV head per attention head, as Megatron-LM)",
+                  flush=True)
         args.num_query_groups = args.num_attention_heads
     # Not divisible: left unset, so that validation names the flags (megatron would floor it).
     if (args.kv_channels is None and args.num_attention_heads and args.hidden_size is not None

@@ -180,14 +180,20 @@ def pretrain(model_family="gpt", argv=None):
     return Trainer(args, nitp_config, tokenizer, log, start_time).run()
 
 
-def _dry_run(args, nitp_config):
+def dry_run_counts(args) -> dict:
+    """The parameter counts --dry-run prints (no tokenizer read: a 151936-id vocabulary when
+    --vocab-size is not given)."""
     from ..models.param_count import count_parameters, padded_vocab_size
 
     if args.vocab_size is None:
         args.vocab_size = 151936
     args.padded_vocab_size = padded_vocab_size(args.vocab_size, args.make_vocab_size_divisible_by,
                                                args.tensor_model_parallel_size)
-    counts = count_parameters(args)
+    return count_parameters(args)
+
+
+def _dry_run(args, nitp_config):
+    counts = dry_run_counts(args)
     dp = args.data_parallel_size
     print(f"parameters: total {counts['total'] / 1e9:.3f}B, active {counts['active'] / 1e9:.3f}B"
           f", NITP head {counts.get('nitp_head', 0) / 1e6:.1f}M (training only)")
