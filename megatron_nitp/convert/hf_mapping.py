@@ -53,15 +53,13 @@ class ModelShape:
 
 
 def moe_layer_pattern(moe_layer_freq, num_layers: int) -> List[bool]:
-    """megatron-core's rule (gpt_layer_specs.get_gpt_decoder_block_spec): an int N makes layer i
-    (0-based) MoE when i % N == 0; a list is the pattern itself."""
-    if isinstance(moe_layer_freq, int):
-        return [i % moe_layer_freq == 0 for i in range(num_layers)]
-    pattern = [bool(int(v)) for v in moe_layer_freq]
-    if len(pattern) != num_layers:
-        raise ConversionError(f"moe_layer_freq {moe_layer_freq}: length {len(pattern)} != "
-                              f"num_layers {num_layers}")
-    return pattern
+    """megatron-core's layer types (models/layer_pattern.py), as booleans (True = MoE)."""
+    from ..models.layer_pattern import moe_layer_pattern as pattern
+
+    try:
+        return [bool(v) for v in pattern(moe_layer_freq, num_layers)]
+    except ValueError as e:
+        raise ConversionError(f"moe_layer_freq {e}")
 
 
 def family_option_problems(args) -> List[str]:

@@ -18,6 +18,8 @@ norm weights still exist once each, so the count does not change):
 
 import math
 
+from .layer_pattern import moe_layer_pattern  # noqa: F401 (re-exported)
+
 
 def get_arg(args, name, default=None):
     """args.name or args[name]; `default` when absent or None (a Namespace or a dict)."""
@@ -26,27 +28,6 @@ def get_arg(args, name, default=None):
     else:
         value = getattr(args, name, default)
     return default if value is None else value
-
-
-def moe_layer_pattern(moe_layer_freq, num_layers):
-    """0/1 per layer (1 = MoE), from an int N (every Nth layer, starting with layer 1), a list,
-    or Megatron-LM's pattern string such as '([0]*1+[1]*23)'. Mirrors megatron-core's
-    `get_gpt_decoder_block_spec`, which is what decides the layer types at build time."""
-    freq = moe_layer_freq
-    if isinstance(freq, str):
-        s = freq.strip()
-        if s.lstrip("-").isdigit():
-            freq = int(s)
-        else:
-            if not set(s) <= set("[]()+*0123456789, "):
-                raise ValueError(f"moe_layer_freq {freq!r}: not an int or a list pattern")
-            freq = eval(s, {"__builtins__": {}}, {})  # charset restricted above
-    if isinstance(freq, int):
-        return [1 if i % freq == 0 else 0 for i in range(num_layers)]
-    pattern = [int(v) for v in freq]
-    if len(pattern) != num_layers:
-        raise ValueError(f"moe_layer_freq has {len(pattern)} entries for {num_layers} layers")
-    return pattern
 
 
 def padded_vocab_size(vocab_size, make_vocab_size_divisible_by=128, tensor_model_parallel_size=1):
@@ -77,8 +58,10 @@ def _mla_layer(args, d, nh, bias, layernorm_has_bias, qk_layernorm):
 
 def nitp_uses_head(args):
     """The head exists unless --nitp-no-projector or the generic cosine baseline (no target)."""
-    return not get_arg(args, "nitp_no_projector", False) and \
-        get_arg(args, "nitp_loss_type", "cosine") != "generic_cosine"
+    from ..nitp.config import head_in_use
+
+    return head_in_use("none" if get_arg(args, "nitp_no_projector", False) else "swiglu",
+                       get_arg(args, "nitp_loss_type", "cosine"))
 
 
 def count_parameters(args) -> dict:

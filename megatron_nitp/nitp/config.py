@@ -7,6 +7,16 @@ LOSS_TYPES = ("cosine", "mse", "smooth_l1", "kl", "generic_cosine")
 PROJECTORS = ("swiglu", "none")
 
 
+def default_target_layer(num_layers: int) -> int:
+    """--nitp-target-layer when not given: about 20% of the depth (the paper's rule), >= 1."""
+    return max(1, round(0.2 * num_layers))
+
+
+def head_in_use(projector: str, loss_type: str) -> bool:
+    """The SwiGLU head exists unless --nitp-no-projector or the generic cosine baseline."""
+    return projector == "swiglu" and loss_type != "generic_cosine"
+
+
 class NITPConfigError(ValueError):
     """A bad NITP setting; the message names the command-line option."""
 
@@ -43,7 +53,7 @@ class NITPConfig:
 
     @property
     def uses_head(self) -> bool:
-        return self.enabled and self.projector == "swiglu" and self.loss_type != "generic_cosine"
+        return self.enabled and head_in_use(self.projector, self.loss_type)
 
     def weight_at(self, iteration: int) -> float:
         """lambda in effect at `iteration` (0-based count of completed steps)."""

@@ -23,6 +23,7 @@ communication volume, reported in bytes, not FLOPs.
 """
 
 from megatron_nitp.models.param_count import count_parameters, get_arg, nitp_uses_head
+from megatron_nitp.nitp.config import default_target_layer
 
 
 def paper_g3_flops(d, de, k, L, V, mult=4):
@@ -91,7 +92,7 @@ def training_flops_per_token(args) -> dict:
     nitp = head + loss
 
     chunks, per_chunk = _pipeline_chunks(args)
-    target = get_arg(args, "nitp_target_layer", max(1, round(0.2 * L)))
+    target = get_arg(args, "nitp_target_layer", default_target_layer(L))
     uses_target = get_arg(args, "nitp_loss_type", "cosine") != "generic_cosine"
     if chunks == 1 or not uses_target:
         boundaries = 0

@@ -490,22 +490,13 @@ def parse_args(argv=None, model_family="gpt"):
     return args
 
 
-def _parse_layer_freq(value, num_layers):
-    """Megatron-LM accepts an int or a Python-list pattern string like '([0]*1+[1]*15)'."""
-    if isinstance(value, (list, tuple)):
-        return [int(v) for v in value]
-    s = str(value).strip()
-    if s.lstrip("-").isdigit():
-        return int(s)
-    allowed = set("[]()+*0123456789, ")
-    if not set(s) <= allowed:
-        raise SystemExit(f"error: --moe-layer-freq {value!r}: expected an int or a pattern like "
-                         "'([0]*1+[1]*15)'")
+def _parse_layer_freq(value):
+    from ..models.layer_pattern import parse_moe_layer_freq
+
     try:
-        pattern = eval(s, {"__builtins__": {}}, {})  # charset restricted above
-    except Exception:
-        raise SystemExit(f"error: --moe-layer-freq {value!r}: cannot parse the pattern")
-    return [int(v) for v in pattern]
+        return parse_moe_layer_freq(value)
+    except ValueError as e:
+        raise SystemExit(f"error: --moe-layer-freq {e}")
 
 
 def _fill_defaults(args, argv=()):
@@ -528,14 +519,15 @@ def _fill_defaults(args, argv=()):
     if args.max_position_embeddings is None:
         args.max_position_embeddings = args.seq_length
     if args.nitp_target_layer is None and args.num_layers is not None:
-        args.nitp_target_layer = max(1, round(0.2 * args.num_layers))
+        from ..nitp.config import default_target_layer
+
+        args.nitp_target_layer = default_target_layer(args.num_layers)
     if args.split is None and (args.data_path or args.demo_data):
         print(f"notice: --split not given: using '{LEGACY_SPLIT}' (Megatron-LM's legacy default "
               "with --data-path)", flush=True)
         args.split = LEGACY_SPLIT
     if args.lr_decay_iters is None:
         args.lr_decay_iters = args.train_iters
-    if args.num_layers is not None:
-        args.moe_layer_freq = _parse_layer_freq(args.moe_layer_freq, args.num_layers)
+    args.moe_layer_freq = _parse_layer_freq(args.moe_layer_freq)
     if args.moe_ffn_hidden_size is None and args.num_experts:
         args.moe_ffn_hidden_size = args.ffn_hidden_size
