@@ -12,30 +12,56 @@ import sys
 
 import yaml
 
+from .config_flags import TRANSFORMER_CONFIG, add_config_flags
+
+
+# TransformerConfig-backed flags (megatron-core 0.16.1 field names = Megatron-LM dest names).
+_MODEL_FIELDS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
+                 "num_query_groups", "kv_channels", "layernorm_epsilon", "qk_layernorm",
+                 "add_qkv_bias", "add_bias_linear", "layernorm_zero_centered_gamma",
+                 "init_method_std", "attention_dropout", "hidden_dropout")
+_MODEL_NOTES = {
+    "num_layers": dict(note="Required."),
+    "hidden_size": dict(note="Required."),
+    "num_attention_heads": dict(note="Required."),
+    "ffn_hidden_size": dict(note="With --swiglu: int(8 * hidden-size / 3 / 64) * 64, as "
+                                 "Megatron-LM."),
+    "num_query_groups": dict(note="Read only with --group-query-attention."),
+    "layernorm_epsilon": dict(dest="norm_epsilon"),  # the dest saved run configs hold
+    "qk_layernorm": dict(note="(Qwen3, OLMo-2; megatron-core spec.)"),
+    "layernorm_zero_centered_gamma": dict(note="Needs Transformer Engine norms "
+                                               "(--transformer-impl transformer_engine)."),
+}
+_MOE_FIELDS = ("moe_router_topk", "moe_ffn_hidden_size", "moe_shared_expert_intermediate_size",
+               "moe_router_pre_softmax", "moe_router_score_function",
+               "moe_router_topk_scaling_factor", "moe_router_enable_expert_bias",
+               "moe_router_bias_update_rate", "moe_router_num_groups", "moe_router_group_topk",
+               "moe_z_loss_coeff", "moe_expert_capacity_factor", "moe_token_drop_policy",
+               "moe_pad_expert_input_to_capacity", "moe_token_dispatcher_type",
+               "moe_grouped_gemm", "moe_router_dtype")
+_MOE_NOTES = {
+    # --no-moe-router-pre-softmax too (a later --config can switch it off again)
+    "moe_router_pre_softmax": dict(action=argparse.BooleanOptionalAction),
+    "moe_shared_expert_intermediate_size": dict(note="One shared expert, no gate."),
+    "moe_router_enable_expert_bias": dict(note="Needs --moe-router-score-function sigmoid."),
+    "moe_token_dispatcher_type": dict(choices=["allgather", "alltoall"],
+                                      note="(flex needs DeepEP: not supported here.)"),
+    "moe_grouped_gemm": dict(note="(GPU.)"),
+}
+
 
 def _add_model_args(p):
     g = p.add_argument_group("model")
-    g.add_argument("--num-layers", type=int, default=None,
-                   help="Number of transformer layers (required).")
-    g.add_argument("--hidden-size", type=int, default=None, help="Model width d (required).")
-    g.add_argument("--ffn-hidden-size", type=int, default=None,
-                   help="Dense MLP width (default 4*hidden-size; with --swiglu "
-                        "int(8*hidden-size/3/64)*64, as Megatron-LM).")
-    g.add_argument("--num-attention-heads", type=int, default=None,
-                   help="Query heads (required).")
+    # TransformerConfig's own fields: flag, type, default and help from megatron-core, as
+    # Megatron-LM derives them (training/config_flags.py); what is ours is a note.
+    add_config_flags(g, TRANSFORMER_CONFIG, _MODEL_FIELDS, _MODEL_NOTES)
     g.add_argument("--group-query-attention", action="store_true", help="Use GQA.")
-    g.add_argument("--num-query-groups", type=int, default=1,
-                   help="KV heads; read only with --group-query-attention (without it every "
-                        "head has its own KV head), as in Megatron-LM.")
-    g.add_argument("--kv-channels", type=int, default=None,
-                   help="Head dimension (default hidden-size / num-attention-heads).")
     g.add_argument("--seq-length", type=int, default=None,
                    help="Training sequence length (required).")
     g.add_argument("--max-position-embeddings", type=int, default=None,
                    help="Maximum positions (default seq-length).")
     g.add_argument("--normalization", choices=["RMSNorm", "LayerNorm"], default="LayerNorm",
                    help="Norm type.")
-    g.add_argument("--norm-epsilon", type=float, default=1e-5, help="Norm epsilon.")
     g.add_argument("--swiglu", action=argparse.BooleanOptionalAction, default=False,
                    help="SwiGLU MLPs (the paper's models use it; default GeLU MLP).")
     g.add_argument("--position-embedding-type", choices=["rope", "learned_absolute"],
@@ -46,13 +72,6 @@ def _add_model_args(p):
     # Attention / norm options of the Megatron-LM families (models/options.py maps them).
     g.add_argument("--rotary-percent", type=float, default=1.0,
                    help="Fraction of each head's dimensions RoPE rotates (Megatron-LM's flag).")
-    g.add_argument("--qk-layernorm", action="store_true",
-                   help="Normalise queries and keys per head (Qwen3, OLMo-2; megatron-core spec).")
-    g.add_argument("--add-qkv-bias", action="store_true",
-                   help="Biases on the QKV projection only (Qwen2).")
-    g.add_argument("--disable-bias-linear", dest="add_bias_linear", action="store_false",
-                   default=True, help="No linear-layer biases (default: biases on every linear "
-                                      "layer, QKV included, as Megatron-LM).")
     g.add_argument("--add-bias-linear", dest="add_bias_linear", action="store_true",
                    default=True, help="Biases on every linear layer (the default; restates it).")
     g.add_argument("--multi-latent-attention", action="store_true",
@@ -70,13 +89,6 @@ def _add_model_args(p):
                    help="MLA: YaRN RoPE scaling factor.")
     g.add_argument("--mscale", type=float, default=1.0, help="MLA: YaRN mscale.")
     g.add_argument("--mscale-all-dim", type=float, default=0.0, help="MLA: YaRN mscale_all_dim.")
-    g.add_argument("--apply-layernorm-1p", dest="layernorm_zero_centered_gamma",
-                   action="store_true",
-                   help="Zero-centred norm weights, (1 + gamma) * x (needs Transformer Engine "
-                        "norms: --transformer-impl transformer_engine).")
-    g.add_argument("--init-method-std", type=float, default=0.02, help="Weight init std.")
-    g.add_argument("--attention-dropout", type=float, default=0.1, help="Attention dropout.")
-    g.add_argument("--hidden-dropout", type=float, default=0.1, help="Hidden dropout.")
     g.add_argument("--transformer-impl", choices=["local", "transformer_engine"], default=None,
                    help="Layer implementation (default: transformer_engine on GPU if importable, "
                         "else local).")
@@ -85,48 +97,15 @@ def _add_model_args(p):
     g.add_argument("--make-vocab-size-divisible-by", type=int, default=128,
                    help="Pad the vocabulary to a multiple of this times TP.")
     g = p.add_argument_group("mixture of experts")
+    add_config_flags(g, TRANSFORMER_CONFIG, _MOE_FIELDS, _MOE_NOTES)
     g.add_argument("--num-experts", type=int, default=None, help="Routed experts per MoE layer.")
-    g.add_argument("--moe-router-topk", type=int, default=2, help="Experts per token.")
-    g.add_argument("--moe-ffn-hidden-size", type=int, default=None, help="Routed expert width.")
-    g.add_argument("--moe-shared-expert-intermediate-size", type=int, default=None,
-                   help="Shared expert width (one shared expert, no gate).")
     g.add_argument("--moe-layer-freq", default=1,
                    help="1 = every layer MoE; N = every Nth; or a pattern like "
                         "'([0]*1+[1]*15)' / list: 0 dense, 1 MoE.")
     g.add_argument("--moe-router-load-balancing-type", default="aux_loss",
                    choices=["aux_loss", "seq_aux_loss", "global_aux_loss", "sinkhorn", "none"],
                    help="Load balancing (one type; Megatron-LM also takes a list).")
-    g.add_argument("--moe-router-pre-softmax", action=argparse.BooleanOptionalAction,
-                   default=False,
-                   help="Softmax over all experts, then top-k (DeepSeek-V2; the paper's configs); "
-                        "default: top-k, then softmax over the k. Ignored by sigmoid scores.")
-    g.add_argument("--moe-router-score-function", choices=["softmax", "sigmoid"],
-                   default="softmax", help="Router score function (DeepSeek-V3: sigmoid).")
-    g.add_argument("--moe-router-topk-scaling-factor", type=float, default=None,
-                   help="Multiply the top-k routing weights by this (DeepSeek-V3: 2.5).")
-    g.add_argument("--moe-router-enable-expert-bias", action="store_true",
-                   help="Aux-loss-free balancing: a per-expert bias on the routing scores, "
-                        "updated each step from the token counts (needs sigmoid scores).")
-    g.add_argument("--moe-router-bias-update-rate", type=float, default=1e-3,
-                   help="Step size of the expert-bias update.")
-    g.add_argument("--moe-router-num-groups", type=int, default=None,
-                   help="Group-limited routing: experts split into this many groups.")
-    g.add_argument("--moe-router-group-topk", type=int, default=None,
-                   help="Group-limited routing: groups each token may use.")
-    g.add_argument("--moe-z-loss-coeff", type=float, default=None,
-                   help="Router z-loss weight (ST-MoE).")
-    g.add_argument("--moe-expert-capacity-factor", type=float, default=None,
-                   help="Expert capacity factor (None: dropless).")
-    g.add_argument("--moe-token-drop-policy", choices=["probs", "position"], default="probs",
-                   help="Which tokens an over-capacity expert drops.")
-    g.add_argument("--moe-pad-expert-input-to-capacity", action="store_true",
-                   help="Pad every expert's input to its capacity (needs a capacity factor).")
     g.add_argument("--moe-aux-loss-coeff", type=float, default=0.0, help="Aux loss weight.")
-    g.add_argument("--moe-token-dispatcher-type", choices=["allgather", "alltoall"],
-                   default="allgather", help="Token dispatcher.")
-    g.add_argument("--moe-grouped-gemm", action="store_true", help="Grouped GEMM experts (GPU).")
-    g.add_argument("--moe-router-dtype", default=None, choices=[None, "fp32", "fp64"],
-                   help="Router compute dtype.")
 
 
 def _add_nitp_args(p):
