@@ -28,7 +28,9 @@ ARCH_FIELDS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_he
                "num_query_groups", "kv_channels", "num_experts", "moe_ffn_hidden_size",
                "moe_shared_expert_intermediate_size", "moe_layer_freq", "moe_router_topk",
                "untie_embeddings_and_output_weights", "normalization", "swiglu",
-               "position_embedding_type", "padded_vocab_size")
+               "position_embedding_type", "padded_vocab_size",
+               # biases are on by default (Megatron-LM's): a checkpoint without them says so
+               "add_bias_linear")
 
 
 def _device():

@@ -9,6 +9,7 @@ import subprocess
 import pytest
 
 from tests.e2e.engine_runner import engine_command
+from tests.helpers import suite_flags
 from tests.e2e.reliability_runs import TINY, env, tmpfs
 
 
@@ -48,7 +49,7 @@ def refused(tmp_path, monkeypatch, capsys):
         before = _tree(tmp_path)
         capsys.readouterr()
         with pytest.raises(SystemExit) as e:
-            pretrain("gpt", TINY + argv)
+            pretrain("gpt", suite_flags(TINY + argv) + TINY + argv)
         assert e.value.code == 2
         stderr = capsys.readouterr().err  # megatron-core's import warnings aside
         _one_error_line("\n".join(ln for ln in stderr.splitlines() if "warn" not in ln.lower()),

@@ -126,8 +126,10 @@ def main(out_dir):
             "--use-distributed-optimizer", "--nitp-metrics-interval", "1",
             "--eval-interval", "2", "--eval-iters", "1", "--exit-signal-handler",
             "--save", os.path.join(out_dir, "ckpt"), "--save-interval", "2"]
+    from tests.helpers import suite_flags
+
     with MarkUnplacedTensors():
-        code = pretrain("gpt", argv)
+        code = pretrain("gpt", suite_flags(argv) + argv)
         # The metrics' reductions called directly too, over the DP group (the engine's metrics
         # steps above reduce over its groups the same way).
         h = torch.randn(8, 2, 16)
