@@ -84,7 +84,7 @@ def flag_kwargs(config, name: str, **overrides):
     field = config_fields(config)[name]
     default = field.default
     flag = "--" + name.replace("_", "-")
-    kwargs = dict(dest=name, default=default, help=field.doc)
+    kwargs = dict(dest=name, default=default, help=field.doc.replace("%", "%%"))  # argparse
     kwargs.update(_type_kwargs(field.type))
     names = [flag]
     if kwargs.get("type") is bool:
