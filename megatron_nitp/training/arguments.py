@@ -401,6 +401,9 @@ def build_parser(model_family="gpt"):
     _add_parallel_args(p)
     _add_data_args(p)
     _add_io_args(p)
+    from .megatron_compat import add_megatron_compat_args
+
+    add_megatron_compat_args(p)  # Megatron-LM's other flags: documented no-ops and refusals
     return p
 
 
