@@ -125,6 +125,21 @@ def nitp_overhead(args):
                 activation_bytes=activation)
 
 
+def layout_parameters(args, counts) -> float:
+    """About the parameters one rank of the first pipeline stage holds in this layout (even
+    layer split): layers over PP and TP, routed experts over PP, EP and TP (expert TP = TP),
+    the embedding over TP (and the untied output layer when PP = 1). Unlike Megatron-LM's
+    report, the experts are divided by EP."""
+    tp = get_arg(args, "tensor_model_parallel_size", 1)
+    pp = get_arg(args, "pipeline_model_parallel_size", 1)
+    ep = get_arg(args, "expert_model_parallel_size", 1)
+    layers = (counts["attention"] + counts["norms"] + counts["dense_mlp"] + counts["router"]
+              + counts["shared_experts"])
+    rank = layers / pp / tp + counts["routed_experts"] / pp / (ep * tp)
+    rank += counts["embedding"] / tp + (counts["output_layer"] / tp if pp == 1 else 0)
+    return rank
+
+
 def memory_estimate(args, num_microbatches=None) -> dict:
     """Megatron-LM's theoretical per-rank numbers plus the NITP head's (bytes, parameters)."""
     shard, weights = megatron_weight_and_optimizer(args)
@@ -137,9 +152,12 @@ def memory_estimate(args, num_microbatches=None) -> dict:
                 nitp_activation_bytes=nitp["activation_bytes"])
 
 
-def report_lines(estimate) -> list:
+def report_lines(estimate, layout_params=None) -> list:
     e = {k: v / MIB if k.endswith("bytes") else v for k, v in estimate.items()}
-    lines = [f"memory per rank (Megatron-LM's theoretical estimate): "
+    lines = [] if layout_params is None else [
+        f"parameters per rank (this layout, first pipeline stage): about "
+        f"{layout_params / 1e9:.3f}B"]
+    lines += [f"memory per rank (Megatron-LM's theoretical estimate): "
              f"{estimate['params_most_loaded_shard'] / 1e9:.3f}B parameters on the most loaded "
              f"shard; weight and optimizer {e['weight_and_optimizer_bytes']:.0f} MB, activation "
              f"{e['activation_bytes']:.0f} MB, total {e['total_bytes']:.0f} MB"]

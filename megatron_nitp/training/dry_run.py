@@ -10,7 +10,7 @@ memory estimate in the manner of Megatron-LM's theoretical memory report plus th
 
 import os
 
-from ..models.memory_estimate import memory_estimate, report_lines
+from ..models.memory_estimate import layout_parameters, memory_estimate, report_lines
 from ..models.param_count import count_parameters, padded_vocab_size
 from .output_paths import DIRECTORIES, FILES, probe
 from .validation import ConfigError
@@ -93,8 +93,8 @@ def dry_run(args, nitp_config, log=print):
     counts = count_parameters(args)
     dp = args.data_parallel_size
     num_microbatches = args.global_batch_size // (args.micro_batch_size * dp)
-    log(f"parameters: total {counts['total'] / 1e9:.3f}B, active {counts['active'] / 1e9:.3f}B"
-        f", NITP head {counts.get('nitp_head', 0) / 1e6:.1f}M (training only); padded "
+    log(f"parameters: total {counts['total'] / 1e9:.3f}B ({counts['total']:,}), active "
+        f"{counts['active'] / 1e9:.3f}B, NITP head {counts.get('nitp_head', 0) / 1e6:.1f}M (training only); padded "
         f"vocabulary {args.padded_vocab_size}")
     if assumption:
         log(f"note: {assumption}")
@@ -102,7 +102,8 @@ def dry_run(args, nitp_config, log=print):
         f"{args.pipeline_model_parallel_size} x CP {args.context_parallel_size} x DP {dp}"
         f" (EP {args.expert_model_parallel_size}, VPP chunk "
         f"{args.num_layers_per_virtual_pipeline_stage}), microbatches/step {num_microbatches}")
-    for line in report_lines(memory_estimate(args, num_microbatches)):
+    for line in report_lines(memory_estimate(args, num_microbatches),
+                             layout_parameters(args, counts)):
         log(line)
     log(f"NITP: {nitp_config.to_dict()}")
     for need in needs:
