@@ -200,19 +200,30 @@ BY_FLAG = {entry.flag: entry for entry in TABLE}
 DECLARED = set()
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse's errors (an unknown flag, an invalid choice) as one line naming the flag, like
+    every other refusal, instead of the whole usage block first."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
 def add_megatron_compat_args(parser: argparse.ArgumentParser):
     """Declare the table's flags that arguments.py does not (an honoured flag wins)."""
     group = parser.add_argument_group(
         "Megatron-LM flags megatron-nitp accepts as no-ops or refuses "
         "(training/megatron_compat.py)")
+    declared = set()
     for entry in TABLE:
         if entry.flag in parser._option_string_actions:
             continue
-        DECLARED.add(entry.flag)
+        declared.add(entry.flag)
         group.add_argument(entry.flag, dest=entry.dest,
                            help=f"Megatron-LM's flag, {entry.verdict}: {entry.why}."
                            .replace("%", "%%"),
                            **entry.kwargs)
+    DECLARED.clear()
+    DECLARED.update(declared)
 
 
 def verdict(entry: CompatFlag, args) -> str:
