@@ -267,3 +267,35 @@ def test_qwen3_8b_count_with_its_vocabulary(monkeypatch, capsys):
     expected += 36 * 2 * 128  # --qk-layernorm: one RMSNorm of the head dim for q and for k
     assert _parameters(out) == expected  # 8.19B, Qwen3-8B's published size
     assert "note: vocabulary size unknown" not in out
+
+
+def test_the_entry_script_dry_runs_a_megatron_lm_script_unchanged():
+    """`python pretrain_moe_nitp.py <the script's args> --dry-run`, as a user runs it."""
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    s = SCRIPTS["qwen3_30b_a3b"]
+    env = dict(os.environ, WORLD_SIZE=str(s["world_size"]), PYTHONPATH=repo,
+               OMP_NUM_THREADS="1")
+    env.pop("RANK", None)
+    res = subprocess.run([sys.executable, os.path.join(repo, "pretrain_moe_nitp.py"),
+                          *s["argv"], "--dry-run"], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "parameters: total 30.532B" in res.stdout  # Qwen3-30B-A3B: 30.5B, 3.3B active
+    assert "active 3.353B" in res.stdout
+    assert "memory per rank (Megatron-LM's theoretical estimate)" in res.stdout
+    assert "needs at run time: --tokenizer-model Qwen/Qwen3-30B-A3B" in res.stdout
+
+
+def test_dry_run_prints_the_nitp_overhead_of_a_megatron_lm_script(monkeypatch, capsys):
+    argv = cleared_argv("mixtral_8x7b") + ["--nitp", "--nitp-target-layer", "6"]
+    code, out, err = dry_run("mixtral_8x7b", argv, monkeypatch, capsys)
+    assert code == 0, err
+    head = 3 * 4 * 4096 * 4096  # SwiGLU d -> 4d -> d; TP 1, on the last of the 4 stages
+    assert f"NITP head {head / 1e6:.1f}M (training only)" in out
+    line = next(l for l in out.splitlines() if l.startswith("NITP overhead per rank"))
+    assert f"{head / 1e6:.1f}M head parameters" in line
+    # Megatron-LM's bytes per parameter with the script's --use-distributed-optimizer at DP 8.
+    assert f"+{head * (6 + 12 / 8) / 2**20:.0f} MB" in line
