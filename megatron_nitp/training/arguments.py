@@ -370,7 +370,9 @@ def _signal_by_name(name):
 
 
 def build_parser(model_family="gpt"):
-    p = argparse.ArgumentParser(
+    from .megatron_compat import OneLineErrorParser, add_megatron_compat_args
+
+    p = OneLineErrorParser(
         description=f"NITP pretraining ({model_family}) on megatron-core.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         # Megatron-LM's parser refuses prefixes too: `--exit-signal 10` must not quietly become
@@ -387,6 +389,7 @@ def build_parser(model_family="gpt"):
     _add_parallel_args(p)
     _add_data_args(p)
     _add_io_args(p)
+    add_megatron_compat_args(p)  # Megatron-LM's other flags: documented no-ops and refusals
     return p
 
 

@@ -158,7 +158,8 @@ def pretrain(model_family="gpt", argv=None):
         if model_family == "moe" and not args.num_experts:
             raise ConfigError("--num-experts: required by pretrain_moe_nitp.py")
         nitp_config = validate_args(args)
-        probe_output_paths(args)
+        if not args.dry_run:  # a dry run lists what the run will need instead (dry_run.py)
+            probe_output_paths(args)
         if args.plot and not args.log_jsonl:
             raise ConfigError("--plot: needs --log-jsonl (the plot is drawn from its records)")
         if args.dry_run:  # before any megatron-core import: a dry run costs the torch import
@@ -182,30 +183,10 @@ def pretrain(model_family="gpt", argv=None):
     return Trainer(args, nitp_config, tokenizer, log, start_time).run()
 
 
-def dry_run_counts(args) -> dict:
-    """The parameter counts --dry-run prints (no tokenizer read: a 151936-id vocabulary when
-    --vocab-size is not given)."""
-    from ..models.param_count import count_parameters, padded_vocab_size
-
-    if args.vocab_size is None:
-        args.vocab_size = 151936
-    args.padded_vocab_size = padded_vocab_size(args.vocab_size, args.make_vocab_size_divisible_by,
-                                               args.tensor_model_parallel_size)
-    return count_parameters(args)
-
-
 def _dry_run(args, nitp_config):
-    counts = dry_run_counts(args)
-    dp = args.data_parallel_size
-    print(f"parameters: total {counts['total'] / 1e9:.3f}B, active {counts['active'] / 1e9:.3f}B"
-          f", NITP head {counts.get('nitp_head', 0) / 1e6:.1f}M (training only)")
-    print(f"parallel plan: TP {args.tensor_model_parallel_size} x PP "
-          f"{args.pipeline_model_parallel_size} x CP {args.context_parallel_size} x DP {dp}"
-          f" (EP {args.expert_model_parallel_size}, VPP chunk "
-          f"{args.num_layers_per_virtual_pipeline_stage}), microbatches/step "
-          f"{args.global_batch_size // (args.micro_batch_size * dp)}")
-    print(f"NITP: {nitp_config.to_dict()}")
-    return 0
+    from .dry_run import dry_run
+
+    return dry_run(args, nitp_config)
 
 
 class SecondInterrupt(KeyboardInterrupt):

@@ -13,6 +13,7 @@ from ..models.options import option_errors
 from .checkpoint_flags import checkpoint_flag_errors, checkpoint_flag_notices
 from .flag_ranges import range_errors
 from .megatron_defaults import deviation_notices, required_errors
+from .megatron_compat import check_megatron_compat
 from .sample_schedule import sample_schedule_errors, schedule_lengths
 
 
@@ -35,6 +36,9 @@ def validate_args(args, world_size=None):
     for message in range_errors(args):  # every numeric flag, before the cross-flag checks
         raise ConfigError(message)
     for message in checkpoint_flag_errors(args):
+        raise ConfigError(message)
+    message = check_megatron_compat(args)  # Megatron-LM flags: no-op notices, refusals
+    if message:
         raise ConfigError(message)
     for message in checkpoint_flag_notices(args):
         print(message, flush=True)
@@ -224,6 +228,11 @@ def _validate_impl(args):
             impl = resolve_transformer_impl(impl)
         except ValueError as e:
             raise ConfigError(str(e))
+    elif getattr(args, "dry_run", False) and impl in (None, "transformer_engine"):
+        # A dry run plans the GPU run, which uses Transformer Engine (dry_run.py).
+        impl = "transformer_engine"
+        args.run_time_needs = ["Transformer Engine (--transformer-impl transformer_engine; "
+                               "not importable here)"]
     elif impl == "transformer_engine":
         raise ConfigError("--transformer-impl transformer_engine: Transformer Engine is not "
                           "importable here; use --transformer-impl local")

@@ -4,7 +4,7 @@ The numbers were computed on main before the defaults became Megatron-LM's (comm
 each config sets every value its model uses, so a change of any default must leave them as they
 are. Keys: a config, or an ablation file on top of its base (`examples/ablations/base/
 demo_dense.yaml`, or "moe3b+" for the 3B MoE base the paper's ablations use). Values: (total,
-active, NITP head) as `engine.dry_run_counts` computes them for --dry-run.
+active, NITP head) as `training.dry_run.dry_run_counts` computes them for --dry-run.
 """
 
 import os
@@ -12,7 +12,7 @@ import os
 import pytest
 
 from megatron_nitp.training.arguments import parse_args
-from megatron_nitp.training.engine import dry_run_counts
+from megatron_nitp.training.dry_run import dry_run_counts
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BASE = "examples/ablations/base/demo_dense.yaml"
@@ -90,7 +90,7 @@ def _configs(key):
 def test_dry_run_counts_are_pinned(key):
     configs = _configs(key)
     argv = [x for c in configs for x in ("--config", os.path.join(REPO, c))]
-    counts = dry_run_counts(parse_args(argv, "moe" if "moe" in configs[0] else "gpt"))
+    counts, _ = dry_run_counts(parse_args(argv, "moe" if "moe" in configs[0] else "gpt"))
     assert (counts["total"], counts["active"], counts["nitp_head"]) == PINNED[key]
 
 

@@ -1,0 +1,116 @@
+"""`--dry-run`: plan a job for the target cluster on any machine.
+
+Validation has run (the same checks as a real start, with the layer implementation planned as
+the GPU run's when Transformer Engine is not importable here). The dry run needs no GPU, no
+Transformer Engine and no data or tokenizer files: what a real run will need that is not here
+is listed as "needs ... at run time", not refused. It prints the parameter counts (the same
+megatron-core model a run builds, padded vocabulary included), the parallel plan, and a per-rank
+memory estimate in the manner of Megatron-LM's theoretical memory report plus the NITP head's.
+"""
+
+import os
+
+from ..models.memory_estimate import layout_parameters, memory_estimate, report_lines
+from ..models.param_count import count_parameters, padded_vocab_size
+from .output_paths import DIRECTORIES, FILES, probe
+from .validation import ConfigError
+
+# Vocabulary assumed when neither --vocab-size nor a readable tokenizer says it (Qwen2/3's).
+ASSUMED_VOCAB = 151936
+
+
+def _is_number(text):
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _prefixes(paths):
+    """Prefixes of a Megatron-LM blend ('0.7 a 0.3 b' or 'a b')."""
+    paths = list(paths or ())
+    if len(paths) > 1 and len(paths) % 2 == 0 and all(_is_number(p) for p in paths[::2]):
+        return paths[1::2]
+    return paths
+
+
+def data_needs(args):
+    if getattr(args, "mock_data", False) or getattr(args, "demo_data", False):
+        return []
+    prefixes = _prefixes(args.data_path)
+    for split in ("train", "valid", "test"):
+        prefixes += _prefixes(getattr(args, f"{split}_data_path", None))
+    if not prefixes:
+        return ["--data-path PREFIX (or --mock-data): megatron-nitp needs a data source "
+                "(Megatron-LM falls back to mock data)"]
+    return [f"{p}.bin/.idx (--data-path)" for p in prefixes
+            if not (os.path.isfile(p + ".bin") and os.path.isfile(p + ".idx"))]
+
+
+def resolve_vocab(args, needs):
+    """The tokenizer's vocabulary size as a run computes it; an assumption, said, without the
+    tokenizer files."""
+    from ..data.tokenizers import build_tokenizer
+
+    kind, model = args.tokenizer_type, args.tokenizer_model
+    if kind == "NullTokenizer" or (model and os.path.exists(model)):
+        if not getattr(args, "demo_data", False):
+            vocab = build_tokenizer(kind, model, args.vocab_size).vocab_size
+            return max(args.vocab_size or 0, vocab), None
+    if model and not os.path.exists(model):
+        where = ("a local file or directory: hub ids are not downloaded" if "/" in model
+                 and not model.startswith(("/", ".")) else "absent here")
+        needs.append(f"--tokenizer-model {model} ({where})")
+    if args.vocab_size:
+        return args.vocab_size, None
+    return ASSUMED_VOCAB, (f"vocabulary size unknown without the tokenizer: counts assume "
+                           f"{ASSUMED_VOCAB} (give --vocab-size for exact ones)")
+
+
+def output_needs(args):
+    needs = []
+    for dest, is_dir in [(d, True) for d in DIRECTORIES] + [(f, False) for f in FILES]:
+        path = getattr(args, dest, None)
+        if path:
+            try:
+                probe(dest, path, is_dir)
+            except ConfigError as e:
+                needs.append(f"writable {e}")
+    if args.load and not os.path.isdir(args.load):
+        needs.append(f"--load {args.load} (absent here: a run resumes from it, or starts fresh "
+                     "when it is also --save)")
+    return needs
+
+
+def dry_run_counts(args, needs=None):
+    """The parameter counts --dry-run prints; returns (counts, assumption about the vocabulary)."""
+    vocab, assumption = resolve_vocab(args, [] if needs is None else needs)
+    args.vocab_size = vocab
+    args.padded_vocab_size = padded_vocab_size(vocab, args.make_vocab_size_divisible_by,
+                                               args.tensor_model_parallel_size)
+    return count_parameters(args), assumption
+
+
+def dry_run(args, nitp_config, log=print):
+    needs = list(getattr(args, "run_time_needs", ()))
+    counts, assumption = dry_run_counts(args, needs)
+    needs += data_needs(args) + output_needs(args)
+    dp = args.data_parallel_size
+    num_microbatches = args.global_batch_size // (args.micro_batch_size * dp)
+    log(f"parameters: total {counts['total'] / 1e9:.3f}B ({counts['total']:,}), active "
+        f"{counts['active'] / 1e9:.3f}B, NITP head {counts.get('nitp_head', 0) / 1e6:.1f}M (training only); padded "
+        f"vocabulary {args.padded_vocab_size}")
+    if assumption:
+        log(f"note: {assumption}")
+    log(f"parallel plan: TP {args.tensor_model_parallel_size} x PP "
+        f"{args.pipeline_model_parallel_size} x CP {args.context_parallel_size} x DP {dp}"
+        f" (EP {args.expert_model_parallel_size}, VPP chunk "
+        f"{args.num_layers_per_virtual_pipeline_stage}), microbatches/step {num_microbatches}")
+    for line in report_lines(memory_estimate(args, num_microbatches),
+                             layout_parameters(args, counts)):
+        log(line)
+    log(f"NITP: {nitp_config.to_dict()}")
+    for need in needs:
+        log(f"needs at run time: {need}")
+    return 0
