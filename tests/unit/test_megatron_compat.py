@@ -13,7 +13,8 @@ BASE = ["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4"
         "--seq-length", "32", "--micro-batch-size", "1", "--train-iters", "2",
         "--normalization", "RMSNorm", "--swiglu", "--position-embedding-type", "rope",
         "--disable-bias-linear", "--transformer-impl", "local", "--mock-data",
-        "--vocab-size", "128"]
+        "--vocab-size", "128", "--lr", "3e-4",
+        "--max-position-embeddings", "32", "--tokenizer-type", "NullTokenizer"]
 
 
 def _value(entry, fallback):

@@ -27,6 +27,8 @@ BY_NAME = {name: entry for flag, entry in MEGATRON.items() for name in [flag] + 
 # megatron-nitp's own flags: Megatron-LM 0.16.1 has none of these names.
 OURS_ONLY = {"--config", "--add-bias-linear", "--demo-data", "--max-bad-steps",
              "--keep-last-n-checkpoints", "--log-jsonl", "--plot", "--dry-run", "--debug"}
+# Megatron-LM main's names (after 0.16.1), refused: its DeepSeek-V3 example script gives them.
+AFTER_0_16_1 = {"--megatron-fsdp-grad-comm-dtype", "--megatron-fsdp-main-grads-dtype"}
 # Same flag and default, another dest (kept: saved run configs and the model builder read it).
 OTHER_DEST = {"--norm-epsilon": "norm_epsilon"}
 # A DEVIATIONS entry whose parser default is Megatron-LM's (None) but is filled in later.
@@ -38,7 +40,8 @@ MINIMAL = ["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", 
 
 
 def _ours_only(flag):
-    return flag in OURS_ONLY or flag.startswith("--nitp") or flag == "--no-nitp"
+    return (flag in OURS_ONLY or flag in AFTER_0_16_1 or flag.startswith("--nitp")
+            or flag == "--no-nitp")
 
 
 def _shared_actions():
@@ -54,7 +57,8 @@ def _megatron_default(entry):
     default = entry["default"]
     if default is None and entry["kind"] == "StoreTrue":
         return False  # a switch not given: off
-    return default
+    enum = re.fullmatch(r"<\w+\.(\w+): .*>", str(default))
+    return enum.group(1) if enum else default  # an enum default: its member's name, as given
 
 
 def test_every_flag_is_megatron_lms_or_our_own():
