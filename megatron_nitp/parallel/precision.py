@@ -187,6 +187,13 @@ def precision_errors(args, impl: str, cuda: bool):
     if args.tp_comm_overlap and not args.sequence_parallel:
         yield ("--tp-comm-overlap: needs --sequence-parallel (with --tensor-model-parallel-size "
                "> 1)")
+    if (cuda and args.cross_entropy_loss_fusion and args.cross_entropy_fusion_impl == "te"
+            and impl != "transformer_engine" and not args.dry_run):
+        yield ("--cross-entropy-fusion-impl te: needs Transformer Engine; use native (the "
+               "default)")
+    if args.transformer_impl == "local":
+        for flag in _te_gpu_asked(args):
+            yield f"{flag}: needs --transformer-impl transformer_engine (not local)"
     if args.dry_run:
         return  # planning a job for another machine: precision_run_needs says what it needs
     for flag in _te_gpu_asked(args):
@@ -235,6 +242,7 @@ def transformer_precision_config(args) -> dict:
         recompute_num_layers=args.recompute_num_layers,
         distribute_saved_activations=bool(args.distribute_saved_activations),
         recompute_modules=list(args.recompute_modules) if args.recompute_modules else None,
+        cross_entropy_fusion_impl=args.cross_entropy_fusion_impl,
     )
     cfg.update({field: getattr(args, dest) for field, dest in FP8_FIELDS.items()})
     cfg.update({field: getattr(args, dest) for field, dest in TP_COMM_FIELDS.items()})

@@ -252,6 +252,9 @@ def _add_speed_args(p):
                    help="No persistent fused layer-norm kernel (apex/TE norms).")
     g.add_argument("--cross-entropy-loss-fusion", action="store_true",
                    help="Fused LM cross-entropy.")
+    g.add_argument("--cross-entropy-fusion-impl", default="native", choices=["native", "te"],
+                   help="Kernel of --cross-entropy-loss-fusion: megatron-core's native fused one, "
+                        "or Transformer Engine's.")
 
 
 def _add_precision_args(p):

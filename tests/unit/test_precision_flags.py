@@ -23,7 +23,7 @@ TINY = ["--num-layers", "4", "--hidden-size", "32", "--num-attention-heads", "4"
         "--seq-length", "16", "--micro-batch-size", "2", "--vocab-size", "64",
         "--normalization", "RMSNorm", "--swiglu", "--position-embedding-type", "rope",
         "--disable-bias-linear", "--attention-dropout", "0", "--hidden-dropout", "0",
-        "--train-iters", "2", "--mock-data", "--transformer-impl", "local",
+        "--train-iters", "2", "--mock-data",
         "--nitp", "--nitp-target-layer", "2"]
 
 # flag: (dest, default), from Megatron-LM core_v0.16.1: megatron/training/arguments.py
@@ -45,6 +45,7 @@ MEGATRON_LM = {
     "--attention-softmax-in-fp32": ("attention_softmax_in_fp32", False),
     "--apply-query-key-layer-scaling": ("apply_query_key_layer_scaling", False),
     "--cross-entropy-loss-fusion": ("cross_entropy_loss_fusion", False),
+    "--cross-entropy-fusion-impl": ("cross_entropy_fusion_impl", "native"),
     "--recompute-activations": ("recompute_activations", False),
     "--recompute-granularity": ("recompute_granularity", None),
     "--recompute-method": ("recompute_method", None),
@@ -73,7 +74,8 @@ CHOICES = {"--fp8-format": ["e4m3", "hybrid"],
            "--fp8-amax-compute-algo": ["most_recent", "max"],
            "--recompute-granularity": ["full", "selective"],
            "--recompute-method": ["uniform", "block"],
-           "--tp-comm-bootstrap-backend": ["nccl", "mpi", "gloo"]}
+           "--tp-comm-bootstrap-backend": ["nccl", "mpi", "gloo"],
+           "--cross-entropy-fusion-impl": ["native", "te"]}
 
 
 def _validated(extra, world_size=1):
@@ -143,7 +145,8 @@ def test_fp8_and_tp_comm_overlap_map_into_a_real_transformer_config():
         "--num-layers-at-start-in-bf16", "2", "--num-layers-at-end-in-bf16", "0",
         "--tensor-model-parallel-size", "2", "--sequence-parallel", "--tp-comm-overlap",
         "--tp-comm-bootstrap-backend", "gloo", "--attention-softmax-in-fp32",
-        "--apply-query-key-layer-scaling"])
+        "--apply-query-key-layer-scaling", "--cross-entropy-loss-fusion",
+        "--cross-entropy-fusion-impl", "te"])
     c = transformer_config_from_args(args)
     assert (c.fp8, c.fp8_recipe, c.fp8_margin, c.fp8_amax_history_len, c.fp8_amax_compute_algo,
             c.fp8_wgrad, c.fp8_param, c.first_last_layers_bf16, c.num_layers_at_start_in_bf16,
@@ -151,6 +154,7 @@ def test_fp8_and_tp_comm_overlap_map_into_a_real_transformer_config():
         "hybrid", "tensorwise", 1, 16, "max", False, True, True, 2, 0, True, "gloo")
     assert c.bf16 and not c.fp16 and c.params_dtype == torch.bfloat16
     assert c.attention_softmax_in_fp32 and c.apply_query_key_layer_scaling
+    assert c.cross_entropy_fusion_impl == "te"
     # Megatron-LM's default: softmax in the model dtype (megatron-core's own default is fp32).
     plain = transformer_config_from_args(parse_args(TINY + ["--bf16"]))
     assert plain.attention_softmax_in_fp32 is False and plain.fp8 is None
@@ -207,6 +211,8 @@ def test_te_gpu_flags_refused_in_one_line_here_and_planned_by_dry_run(extra, fla
     (["--fp8-format", "e4m3", "--fp8-recipe", "custom", "--dry-run"],
      "--fp8-recipe custom: needs --fp8-quantizer-factory"),
     (["--tp-comm-overlap", "--dry-run"], "--tp-comm-overlap: needs --sequence-parallel"),
+    (["--fp8-format", "hybrid", "--dry-run", "--transformer-impl", "local"],
+     "--fp8-format: needs --transformer-impl transformer_engine (not local)"),
 ])
 def test_bad_combinations_refused_before_any_work(extra, expected):
     assert expected in _refusal(extra)
