@@ -463,7 +463,7 @@ class Trainer:
                  f"{self.num_microbatches} microbatches/step, NITP "
                  f"{'on' if self.nitp.enabled else 'off'}")
         run_start, bad_in_a_row, last_saved = time.time(), 0, self.iteration
-        skipped_iterations = 0
+        skipped_iterations = 0  # since the last logged line
         while self.iteration < a.train_iters:
             t0 = time.time()
             losses, grad_norm, ok, metrics = self._train_step()
@@ -486,6 +486,7 @@ class Trainer:
                                skipped_iterations=skipped_iterations)
                 self.logger.record(rec)
                 self.logger.train_line(rec, a.train_iters, start_iteration)
+                skipped_iterations = 0  # Megatron-LM counts the skipped ones per logged line
             if overflow:
                 self.log(f"notice: gradient overflow at iteration {self.iteration}: step skipped,"
                          f" loss scale now {self.loss_scale():.1f}")
