@@ -5,6 +5,7 @@ optimizer and DynamicGradScaler, as Megatron-LM 0.16.1 builds them; fp16 runs on
   every 3 clean steps: --loss-scale-window 3) tracks the fp32 run within 0.1% at each of 8 steps
   (LM loss, NITP loss, grad norm; measured: <= 1e-4), no step skipped; resumed from its
   iteration-4 checkpoint it logs iterations 5-8 exactly again (the scaler's state is saved);
+  DP2 with the distributed optimizer stays within 0.1% of it;
 - an overflowing loss scale (--initial-loss-scale 2^40 --hysteresis 1) is the scaler's business:
   every step is skipped and logged like Megatron-LM (loss scale, number of skipped iterations),
   the scale halves each time, the schedule does not advance, and the run does not stop although
@@ -36,11 +37,22 @@ def _train(tmp_path, name, extra, seed, iters=ITERS):
     return read_log(log)[0], res.stdout
 
 
-def test_fp16_tracks_fp32_within_a_tenth_of_a_percent_and_resumes_exactly(seed, tmp_path):
-    fp16 = ["--fp16", "--initial-loss-scale", "4096", "--loss-scale-window", "3"]
-    ref, _ = _train(tmp_path, "fp32", [], seed)
+FP16 = ["--fp16", "--initial-loss-scale", "4096", "--loss-scale-window", "3"]
+
+
+@pytest.fixture(scope="module")
+def fp16_run(tmp_path_factory, seed):
+    tmp_path = tmp_path_factory.mktemp("fp16_run")
     ckpt = tmp_path / "fp16_ckpt"
-    got, out = _train(tmp_path, "fp16", fp16 + ["--save", ckpt, "--save-interval", "4"], seed)
+    got, out = _train(tmp_path, "fp16", FP16 + ["--save", ckpt, "--save-interval", "4"], seed)
+    return got, out, ckpt
+
+
+def test_fp16_tracks_fp32_within_a_tenth_of_a_percent_and_resumes_exactly(seed, fp16_run,
+                                                                           tmp_path):
+    fp16 = FP16
+    ref, _ = _train(tmp_path, "fp32", [], seed)
+    got, out, ckpt = fp16_run
     assert [r["iteration"] for r in got] == list(range(1, ITERS + 1))
     assert not any(r["skipped"] for r in got)
     assert [r["loss_scale"] for r in got] == [4096.0 * 2 ** (i // 3) for i in range(1, ITERS + 1)]
@@ -73,3 +85,16 @@ def test_overflow_is_skipped_by_the_loss_scaler_not_counted_as_a_bad_step(seed, 
     assert {r["lr"] for r in got} == {0.0}  # the warmup never advanced
     assert out.count("number of skipped iterations   1 | SKIPPED (loss-scale overflow)") == n
     assert "non-finite" not in out and "stopping" not in out
+
+
+def test_fp16_dp2_distributed_optimizer_matches_one_process(seed, fp16_run, tmp_path):
+    """The oracle: DP2 with the distributed optimizer (fp16 gradient buffers reduced over DP, as
+    Megatron-LM's fp16 default) stays within 0.1% of the one-process fp16 run."""
+    log = tmp_path / "dp2.jsonl"
+    run_engine(RUN + seed + FP16 + ["--use-distributed-optimizer", "--train-iters", str(ITERS),
+                                    "--log-jsonl", log], nproc=2)
+    got, ref = read_log(log)[0], fp16_run[0]
+    assert [r["loss_scale"] for r in got] == [r["loss_scale"] for r in ref]
+    for a, b in zip(ref, got):
+        for key in ("lm_loss", "nitp_loss", "grad_norm"):
+            assert abs(a[key] - b[key]) <= REL * abs(a[key]), (a["iteration"], key, a, b)
