@@ -6,6 +6,7 @@ from megatron.core import parallel_state
 from megatron.core.transformer import MLATransformerConfig, TransformerConfig
 
 from ..nitp.config import NITPConfig
+from ..parallel.precision import transformer_precision_config
 from ..parallel.speed import speed_settings
 from .param_count import padded_vocab_size  # noqa: F401  (re-exported for the engine)
 from .gpt_nitp import NITPGPTModel
@@ -21,7 +22,6 @@ def virtual_pipeline_size(args):
 
 
 def transformer_config_from_args(args) -> TransformerConfig:
-    dtype = torch.bfloat16 if args.bf16 else torch.float32
     moe = {}
     if args.num_experts:
         moe = dict(
@@ -60,12 +60,8 @@ def transformer_config_from_args(args) -> TransformerConfig:
         context_parallel_size=args.context_parallel_size,
         expert_model_parallel_size=args.expert_model_parallel_size,
         sequence_parallel=args.sequence_parallel,
-        params_dtype=dtype,
-        pipeline_dtype=dtype,
-        bf16=args.bf16,
-        recompute_granularity=args.recompute_granularity,
-        recompute_method=args.recompute_method,
-        recompute_num_layers=args.recompute_num_layers,
+        # fp16/bf16, params dtype, softmax precision, recompute, fp8 (parallel/precision.py).
+        **transformer_precision_config(args),
         calculate_per_token_loss=args.calculate_per_token_loss,
         # Megatron-LM's flags, less what this machine has no kernel for (parallel/speed.py).
         **{k: v for k, v in speed_settings(args)[0].items() if not k.startswith("overlap_")},

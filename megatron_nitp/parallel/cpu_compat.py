@@ -287,6 +287,8 @@ _MODULES_WITH_CUDA_LITERALS = {
     "_pipelining_with_interleaving / _pipelining_without_interleaving (total_num_tokens)",
     "megatron.core.optimizer.optimizer": "MixedPrecisionOptimizer.__init__ (found_inf), "
     "FP32Optimizer.__init__ (_scale), ChainedOptimizer",
+    "megatron.core.optimizer.grad_scaler": "ConstantGradScaler / DynamicGradScaler.__init__ "
+    "(_scale, min_scale, growth and backoff factors: --fp16, --loss-scale)",
     "megatron.core.optimizer.clip_grads": "get_grad_norm_fp32, clip_grad_by_total_norm_fp32, "
     "count_zeros_fp32",
     "megatron.core.utils": "local_multi_tensor_l2_norm (grad norm / clipping without apex)",

@@ -31,6 +31,7 @@ def apply_without_transformer_engine() -> bool:
     _bind_te_general_gemm()
     _unset_mla_have_te()
     _patch_distributed_optimizer_state()
+    _checkpoint_without_output_without_fp8()
     _APPLIED = True
     return True
 
@@ -53,6 +54,22 @@ def _unset_mla_have_te() -> None:
     from megatron.core.transformer import multi_latent_attention
 
     multi_latent_attention.HAVE_TE = False
+
+
+def _checkpoint_without_output_without_fp8() -> None:
+    """`CheckpointWithoutOutput.__init__(fp8=False)` sets `self.fp8 = fp8 is not None` (True for
+    the default), so its forward asks Transformer Engine's FP8GlobalStateManager, unbound without
+    TE: selective recompute of "layernorm" or "moe_act" (--recompute-modules) raises NameError.
+    Without TE no fp8 is possible: keep the flag off."""
+    from megatron.core.tensor_parallel import random as tp_random
+
+    original_init = tp_random.CheckpointWithoutOutput.__init__
+
+    def __init__(self, fp8=False):
+        original_init(self, fp8)
+        self.fp8 = False
+
+    tp_random.CheckpointWithoutOutput.__init__ = __init__
 
 
 # ---------------------------------------------------------------------------------------------

@@ -235,6 +235,79 @@ def _add_speed_args(p):
                    help="No persistent fused layer-norm kernel (apex/TE norms).")
     g.add_argument("--cross-entropy-loss-fusion", action="store_true",
                    help="Fused LM cross-entropy.")
+    g.add_argument("--cross-entropy-fusion-impl", default="native", choices=["native", "te"],
+                   help="Kernel of --cross-entropy-loss-fusion: megatron-core's native fused one, "
+                        "or Transformer Engine's.")
+
+
+def _add_precision_args(p):
+    """Megatron-LM 0.16.1's mixed-precision, recompute and fp8 flags (parallel/precision.py)."""
+    g = p.add_argument_group("mixed precision (Megatron-LM's names and defaults)")
+    g.add_argument("--fp16", action="store_true",
+                   help="fp16 mixed precision: Float16Module, fp32 main weights, loss scaling.")
+    g.add_argument("--loss-scale", type=float, default=None,
+                   help="Static loss scale (a power of 2); None: dynamic loss scaling (fp16).")
+    g.add_argument("--initial-loss-scale", type=float, default=2**32,
+                   help="Initial loss scale of dynamic loss scaling.")
+    g.add_argument("--min-loss-scale", type=float, default=1.0,
+                   help="Minimum loss scale of dynamic loss scaling.")
+    g.add_argument("--loss-scale-window", type=float, default=1000,
+                   help="Overflow-free iterations before the dynamic loss scale doubles.")
+    g.add_argument("--hysteresis", type=int, default=2,
+                   help="Overflows tolerated before the dynamic loss scale halves.")
+    g.add_argument("--grad-reduce-in-bf16", action="store_true",
+                   help="With --bf16: accumulate and all-reduce gradients in bf16 (not fp32).")
+    g.add_argument("--accumulate-allreduce-grads-in-fp32", action="store_true",
+                   help="Gradient accumulation and all-reduce in fp32 (implied by --bf16 unless "
+                        "--grad-reduce-in-bf16).")
+    g.add_argument("--attention-softmax-in-fp32", action="store_true",
+                   help="Attention masking and softmax in fp32 (16-bit runs; Megatron-LM's "
+                        "default is the model dtype).")
+    g.add_argument("--apply-query-key-layer-scaling", action="store_true",
+                   help="Scale Q.K^T by 1/layer-number (fp16 stability); implies "
+                        "--attention-softmax-in-fp32.")
+    g = p.add_argument_group("activation recompute (Megatron-LM's names and defaults)")
+    g.add_argument("--recompute-activations", action="store_true",
+                   help="Selective recompute: --recompute-granularity selective.")
+    g.add_argument("--recompute-modules", nargs="+", type=str, default=None,
+                   help="Selective recompute submodules (default core_attn): core_attn, moe_act, "
+                        "layernorm, mla_up_proj, mlp, moe, shared_experts.")
+    g.add_argument("--distribute-saved-activations", action="store_true",
+                   help="Full recompute: split the saved layer inputs over the TP group.")
+    g = p.add_argument_group("fp8 and TP overlap (Transformer Engine on a GPU)")
+    g.add_argument("--fp8-format", dest="fp8", choices=["e4m3", "hybrid"], default=None,
+                   help="fp8 GEMMs through Transformer Engine: e4m3, or hybrid (e5m2 gradients).")
+    g.add_argument("--fp8-recipe", default="delayed",
+                   choices=["tensorwise", "delayed", "mxfp8", "blockwise", "custom"],
+                   help="fp8 scaling recipe.")
+    g.add_argument("--fp8-quantizer-factory", default=None,
+                   help="Import path of the quantizer factory of --fp8-recipe custom.")
+    g.add_argument("--fp8-margin", type=int, default=0, help="fp8 scaling-factor margin.")
+    g.add_argument("--fp8-interval", type=int, default=1,
+                   help="Deprecated (ignored by Transformer Engine >= 1.8).")
+    g.add_argument("--fp8-amax-history-len", type=int, default=1,
+                   help="Length of the amax history window.")
+    g.add_argument("--fp8-amax-compute-algo", default="most_recent", choices=["most_recent", "max"],
+                   help="amax of the history window used for the scaling factor.")
+    g.add_argument("--no-fp8-wgrad", "--disable-fp8-wgrad", dest="fp8_wgrad",
+                   action="store_false", default=True,
+                   help="Weight gradients in higher precision, not fp8.")
+    g.add_argument("--fp8-param-gather", action="store_true",
+                   help="Keep parameters in fp8 and all-gather them in fp8 (distributed "
+                        "optimizer).")
+    g.add_argument("--first-last-layers-bf16", action="store_true",
+                   help="Keep the first/last layers in bf16 under fp8.")
+    g.add_argument("--num-layers-at-start-in-bf16", type=int, default=1,
+                   help="With --first-last-layers-bf16: leading bf16 layers.")
+    g.add_argument("--num-layers-at-end-in-bf16", type=int, default=1,
+                   help="With --first-last-layers-bf16: trailing bf16 layers.")
+    g.add_argument("--tp-comm-overlap", action="store_true",
+                   help="Overlap TP communication with GEMMs (Transformer Engine userbuffers; "
+                        "needs --sequence-parallel).")
+    g.add_argument("--tp-comm-overlap-cfg", default=None,
+                   help="YAML userbuffers config for --tp-comm-overlap.")
+    g.add_argument("--tp-comm-bootstrap-backend", default="nccl", choices=["nccl", "mpi", "gloo"],
+                   help="Bootstrap backend of the --tp-comm-overlap userbuffers.")
 
 
 def _add_parallel_args(p):
@@ -386,6 +459,7 @@ def build_parser(model_family="gpt"):
     _add_nitp_args(p)
     _add_training_args(p)
     _add_speed_args(p)
+    _add_precision_args(p)
     _add_parallel_args(p)
     _add_data_args(p)
     _add_io_args(p)

@@ -100,6 +100,8 @@ def args_for_single_process(run_config: dict):
     args.num_layers_per_virtual_pipeline_stage = None
     args.sequence_parallel = False
     args.recompute_granularity = args.recompute_method = args.recompute_num_layers = None
+    args.recompute_activations = args.distribute_saved_activations = False
+    args.fp8, args.fp8_param_gather, args.tp_comm_overlap = None, False, False  # one CPU process
     args.use_distributed_optimizer = False
     args.moe_shared_expert_overlap = False
     args.enable_cuda_graph = False

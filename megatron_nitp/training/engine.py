@@ -206,6 +206,7 @@ class Trainer:
         from ..models.builder import (build_model_chunks, transformer_config_from_args,
                                       virtual_pipeline_size)
         from ..parallel.distributed import initialize_distributed
+        from ..parallel.precision import ddp_precision_config, initialize_tp_communicators
         from ..parallel.speed import speed_settings
         from .loggers import RunLogger
         from .step import build_optimizer, wrap_ddp
@@ -216,10 +217,12 @@ class Trainer:
                                a.expert_model_parallel_size, seed=a.seed,
                                timeout_minutes=a.distributed_timeout_minutes)
         self._lock_save_dir()
+        initialize_tp_communicators(a)  # --tp-comm-overlap (TE userbuffers), before the model
         self.config = transformer_config_from_args(a)
         self.chunks = build_model_chunks(a, self.config, self.nitp)
         self.model = wrap_ddp(self.chunks, self.config, a.use_distributed_optimizer,
-                              a.overlap_grad_reduce, a.overlap_param_gather)
+                              a.overlap_grad_reduce, a.overlap_param_gather,
+                              **ddp_precision_config(a))
         notice = speed_settings(a)[1]
         if notice:
             self.log(notice)
@@ -311,6 +314,7 @@ class Trainer:
 
     # -- one step ----------------------------------------------------------------------------
     def _train_step(self):
+        from ..parallel.precision import uses_grad_scaler
         from .sample_schedule import scheduler_increment
         from .step import forward_backward, reduce_losses, reduce_step_geometry
 
@@ -330,6 +334,20 @@ class Trainer:
                 p.main_grad.fill_(float("nan"))
                 break
         losses = self._pipeline_broadcast(losses, ["lm loss", "nitp loss"])
+        self.overflow = False
+        if uses_grad_scaler(a):
+            # fp16 / --loss-scale: gradients that overflow are the grad scaler's business (as in
+            # Megatron-LM): optimizer.step unscales, finds the inf, skips the update and backs
+            # the scale off. Only a non-finite loss counts as a bad step.
+            ok, grad_norm, _ = self.optimizer.step()
+            if ok:
+                self.scheduler.step(increment=scheduler_increment(a))
+            finite = bool(ok) and all(math.isfinite(v) for v in losses.values())
+            self.overflow = not ok and all(math.isfinite(v) for v in losses.values())
+            grad_norm = float("nan") if grad_norm is None else grad_norm
+            if probe is not None:
+                metrics = self._pipeline_broadcast(metrics, ["effective_rank", "pair_cosine"])
+            return losses, grad_norm, finite, metrics
         finite = self._grads_finite() and all(math.isfinite(v) for v in losses.values())
         grad_norm = float("nan")
         if finite:
@@ -340,6 +358,14 @@ class Trainer:
         if probe is not None:
             metrics = self._pipeline_broadcast(metrics, ["effective_rank", "pair_cosine"])
         return losses, grad_norm, finite, metrics
+
+    def loss_scale(self):
+        """The grad scaler's current scale (fp16 / --loss-scale), else None."""
+        from ..parallel.precision import uses_grad_scaler
+
+        if not uses_grad_scaler(self.args):
+            return None
+        return float(self.optimizer.get_loss_scale())
 
     def _eval_due(self):
         # --eval-iters 0 is Megatron-LM's way to skip evaluation altogether.
@@ -426,12 +452,15 @@ class Trainer:
                  f"{self.num_microbatches} microbatches/step, NITP "
                  f"{'on' if self.nitp.enabled else 'off'}")
         run_start, bad_in_a_row, last_saved = time.time(), 0, self.iteration
+        skipped_iterations = 0  # since the last logged line
         while self.iteration < a.train_iters:
             t0 = time.time()
             losses, grad_norm, ok, metrics = self._train_step()
             self.iteration += 1
             self.consumed += a.global_batch_size
-            bad_in_a_row = 0 if ok else bad_in_a_row + 1
+            overflow = getattr(self, "overflow", False)  # skipped by the loss scaler
+            skipped_iterations += not ok
+            bad_in_a_row = 0 if ok or overflow else bad_in_a_row + 1
             dt = time.time() - t0
             # A metrics step is always logged: its measurement would otherwise be thrown away.
             if self.iteration % a.log_interval == 0 or not ok or metrics:
@@ -441,9 +470,16 @@ class Trainer:
                        "grad_norm": grad_norm, "tokens_per_sec": tokens_per_step / dt,
                        "elapsed_s": round(time.time() - run_start, 3),
                        "consumed_samples": self.consumed, "skipped": not ok, **metrics}
+                if self.loss_scale() is not None:  # fp16 / --loss-scale, as Megatron-LM logs
+                    rec.update(loss_scale=self.loss_scale(), overflow=overflow,
+                               skipped_iterations=skipped_iterations)
                 self.logger.record(rec)
                 self.logger.train_line(rec, a.train_iters, start_iteration)
-            if not ok:
+                skipped_iterations = 0  # Megatron-LM counts the skipped ones per logged line
+            if overflow:
+                self.log(f"notice: gradient overflow at iteration {self.iteration}: step skipped,"
+                         f" loss scale now {self.loss_scale():.1f}")
+            elif not ok:
                 self.log(f"warning: non-finite loss or gradient at iteration {self.iteration}: "
                          f"step skipped ({bad_in_a_row} in a row)")
                 if bad_in_a_row >= a.max_bad_steps:

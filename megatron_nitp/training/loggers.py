@@ -118,8 +118,12 @@ class RunLogger:
         if rec.get("effective_rank") is not None:
             parts.append(f"erank {rec['effective_rank']:.2f} "
                          f"pair-cos {rec['pair_cosine']:.3f}")
+        if rec.get("loss_scale") is not None:  # Megatron-LM's fp16 fields
+            parts.append(f"loss scale {rec['loss_scale']:.1f} | number of skipped iterations "
+                         f"{rec['skipped_iterations']:3d}")
         if rec.get("skipped"):
-            parts.append("SKIPPED (non-finite)")
+            parts.append("SKIPPED (loss-scale overflow)" if rec.get("overflow")
+                         else "SKIPPED (non-finite)")
         self.print(" | ".join(parts))
 
     def close(self):

@@ -19,6 +19,7 @@ from ..nitp.documents import within_document_mask
 from ..nitp.loss import nitp_loss_func
 from ..nitp.metrics import GEOMETRY_KEYS, reduce_geometry
 from ..parallel.pipeline import schedule_seq_length, target_is_carried
+from ..parallel.precision import optimizer_precision_config, uses_grad_scaler
 from .sample_schedule import scheduler_increment
 from .schedule_resume import scheduler_kwargs
 
@@ -61,7 +62,7 @@ def make_forward_step(nitp_weight: float, calculate_per_token_loss: bool, device
 
 
 def wrap_ddp(chunks, config, use_distributed_optimizer: bool, overlap_grad_reduce=False,
-             overlap_param_gather=False):
+             overlap_param_gather=False, grad_reduce_in_fp32=True):
     """Float16Module (bf16/fp16 runs) then megatron DDP, in Megatron-LM's get_model order.
 
     Float16Module casts every parameter to the model dtype in place (the torch norms of the local
@@ -72,7 +73,9 @@ def wrap_ddp(chunks, config, use_distributed_optimizer: bool, overlap_grad_reduc
     if config.bf16 or config.fp16:
         chunks = [Float16Module(config, chunk) for chunk in chunks]
     ddp_config = DistributedDataParallelConfig(
-        grad_reduce_in_fp32=True,
+        # Megatron-LM: --accumulate-allreduce-grads-in-fp32 (implied by --bf16); see
+        # parallel/precision.py. fp32 parameters have fp32 gradient buffers either way.
+        grad_reduce_in_fp32=grad_reduce_in_fp32,
         overlap_grad_reduce=overlap_grad_reduce,
         overlap_param_gather=overlap_param_gather,
         use_distributed_optimizer=use_distributed_optimizer,
@@ -107,11 +110,15 @@ def build_optimizer(args, model_chunks, config):
         adam_beta2=args.adam_beta2,
         adam_eps=args.adam_eps,
         clip_grad=args.clip_grad,
-        bf16=args.bf16,
-        params_dtype=config.params_dtype,
         use_distributed_optimizer=args.use_distributed_optimizer,
+        # fp16/bf16, params dtype, loss scaling: megatron-core picks the grad scaler.
+        **optimizer_precision_config(args),
     )
     optimizer = get_megatron_optimizer(opt_config, model_chunks)
+    if uses_grad_scaler(args):
+        # As Megatron-LM's train(): the schedule multiplies each microbatch loss by the scale
+        # before backward; the optimizer unscales (and skips the step on an overflow).
+        config.grad_scale_func = optimizer.scale_loss
     scheduler = OptimizerParamScheduler(optimizer, **scheduler_kwargs(args))
     return optimizer, scheduler
 

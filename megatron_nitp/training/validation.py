@@ -268,6 +268,19 @@ def _validate_impl(args):
     if args.bf16 and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
         raise ConfigError("--bf16: this GPU has no bf16 support (needs Ampere or newer); "
                           "drop --bf16")
+    _validate_precision(args, impl, torch.cuda.is_available())
+
+
+def _validate_precision(args, impl, cuda):
+    """--fp16/--bf16 loss scaling, recompute, fp8 (parallel/precision.py)."""
+    from ..parallel.precision import (derive_precision_args, precision_errors,
+                                      precision_notices, precision_run_needs)
+
+    derive_precision_args(args)
+    for message in precision_errors(args, impl, cuda):
+        raise ConfigError(message)
+    for line in precision_notices(args) + (precision_run_needs(args) if args.dry_run else []):
+        print(line, flush=True)
 
 
 def _validate_exits(args):

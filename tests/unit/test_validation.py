@@ -104,7 +104,8 @@ CASES = {
         MOE + ["--nitp", "--overlap-moe-expert-parallel-comm"], 1,
         ["--overlap-moe-expert-parallel-comm", "not supported with --nitp"]),
     "no stop-grad under full recompute": (
-        ["--nitp", "--nitp-no-stop-grad", "--recompute-granularity", "full"], 1,
+        ["--nitp", "--nitp-no-stop-grad", "--recompute-granularity", "full",
+         "--recompute-method", "uniform", "--recompute-num-layers", "1"], 1,
         ["--nitp-no-stop-grad", "--recompute-granularity full"]),
     "max bad steps zero": (["--max-bad-steps", "0"], 1, ["--max-bad-steps 0", ">= 1"]),
     "keep-last-n zero": (["--keep-last-n-checkpoints", "0"], 1,
