@@ -131,23 +131,6 @@ TABLE = (
            "TP, Megatron-LM's default); another size is not supported yet (expert tensor "
            "parallelism, the model-families work)", decide=_etp_verdict),
     # -- refused until the issue #15 item that honours them lands ----------------------------
-    _store_true("--fp16", "fp16", REJECT,
-                f"{_PENDING} (fp16 with loss scaling, issue #15 item 8); use --bf16"),
-    _store_true("--grad-reduce-in-bf16", "grad_reduce_in_bf16", REJECT,
-                f"{_PENDING} (issue #15 item 8); gradients are reduced in fp32"),
-    _store_true("--attention-softmax-in-fp32", "attention_softmax_in_fp32", REJECT,
-                f"{_PENDING} (issue #15 item 8)"),
-    _value("--recompute-modules", "recompute_modules", str, None, REJECT,
-           f"{_PENDING} (issue #15 item 8); use --recompute-granularity", nargs="+"),
-    _value("--fp8-format", "fp8", str, None, REJECT,
-           f"{_PENDING} (fp8 through Transformer Engine, issue #15 item 8); use --bf16",
-           choices=["e4m3", "hybrid"]),
-    _value("--fp8-amax-history-len", "fp8_amax_history_len", int, 1, REJECT,
-           f"{_PENDING} (the fp8 family, issue #15 item 8)"),
-    _value("--fp8-amax-compute-algo", "fp8_amax_compute_algo", str, "most_recent", REJECT,
-           f"{_PENDING} (the fp8 family, issue #15 item 8)", choices=["most_recent", "max"]),
-    _store_true("--fp8-param-gather", "fp8_param_gather", REJECT,
-                f"{_PENDING} (the fp8 family, issue #15 item 8)"),
     _value("--vocab-file", "vocab_file", str, None, REJECT,
            f"{_PENDING} (GPT2BPETokenizer, issue #15 item 7); use --tokenizer-type "
            "HuggingFaceTokenizer or SentencePieceTokenizer with --tokenizer-model"),

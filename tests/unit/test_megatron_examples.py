@@ -27,7 +27,6 @@ GPT2_VOCAB = ["--vocab-size", "50257"]  # GPT-2's BPE vocabulary (gpt2-vocab.jso
 MIXTRAL_VOCAB = ["--tokenizer-type", "NullTokenizer", "--vocab-size", "31999"]  # 32000 ids
 REFUSED = {
     "gpt3_175b": {
-        "--fp16": ("fp16 with loss scaling, issue #15 item 8", []),
         # No --tokenizer-type in the script (Megatron-LM 0.16.1 itself raises "None tokenizer
         # is not implemented" there); the GPT-2 files are GPT2BPETokenizer's, item 7.
         "--vocab-file": ("GPT2BPETokenizer, issue #15 item 7", GPT2_VOCAB),
@@ -35,11 +34,6 @@ REFUSED = {
         "--rampup-batch-size": ("batch-size ramp-up, issue #15 item 5", []),
     },
     "llama3_8b_fp8": {
-        "--grad-reduce-in-bf16": ("issue #15 item 8", []),
-        "--fp8-format": ("fp8 family (GPU with Transformer Engine), issue #15 item 8", []),
-        "--fp8-amax-history-len": ("fp8 family, issue #15 item 8", []),
-        "--fp8-amax-compute-algo": ("fp8 family, issue #15 item 8", []),
-        "--fp8-param-gather": ("fp8 family, issue #15 item 8", []),
         "--profile": ("issue #15 item 9", []),
         "--profile-step-start": ("issue #15 item 9", []),
         "--profile-step-end": ("issue #15 item 9", []),
@@ -50,9 +44,7 @@ REFUSED = {
     "mixtral_8x7b": {
         "--tokenizer-type": ("Llama2Tokenizer, issue #15 item 7", MIXTRAL_VOCAB),
     },
-    "deepseek_v2_lite": {
-        "--attention-softmax-in-fp32": ("issue #15 item 8", []),
-    },
+    "deepseek_v2_lite": {},
     "qwen3_8b": {},
     "qwen3_30b_a3b": {},
     "deepseek_v3_ddp": {
@@ -60,7 +52,6 @@ REFUSED = {
                                         ["--moe-token-dispatcher-type", "alltoall"]),
         "--moe-flex-dispatcher-backend": ("flex dispatcher (model families)", []),
         "--mtp-num-layers": ("multi-token prediction (model families)", []),
-        "--recompute-modules": ("issue #15 item 8", []),
         "--moe-router-force-load-balancing": ("benchmarking mode: random routing", []),
         **{flag: ("issue #15 item 9", []) for flag in (
             "--log-throughput", "--log-params-norm", "--log-num-zeros-in-grad",

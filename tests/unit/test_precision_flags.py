@@ -21,7 +21,7 @@ from megatron_nitp.training.validation import ConfigError, validate_args
 
 # Every model flag explicit: the project's defaults are being aligned in parallel.
 TINY = ["--num-layers", "4", "--hidden-size", "32", "--num-attention-heads", "4",
-        "--seq-length", "16", "--micro-batch-size", "2", "--vocab-size", "64",
+        "--seq-length", "16", "--micro-batch-size", "2", "--vocab-size", "64", "--lr", "1e-3",
         "--normalization", "RMSNorm", "--swiglu", "--position-embedding-type", "rope",
         "--disable-bias-linear", "--attention-dropout", "0", "--hidden-dropout", "0",
         "--train-iters", "2", "--mock-data",
