@@ -318,9 +318,11 @@ def _add_io_args(p):
                    help="Resume the model, iteration and consumed samples, not the optimizer or "
                         "scheduler (fresh ones).")
     g.add_argument("--no-save-rng", action="store_true",
-                   help="No-op: megatron-nitp saves no RNG state (a run reseeds from --seed).")
+                   help="Do not save the per-rank RNG state (python, numpy, torch, CUDA, "
+                        "megatron-core's RNG tracker) in checkpoints.")
     g.add_argument("--no-load-rng", action="store_true",
-                   help="No-op: megatron-nitp saves no RNG state (a run reseeds from --seed).")
+                   help="Do not restore the RNG state from the checkpoint on resume (dropout "
+                        "then continues from --seed).")
     g.add_argument("--pretrained-checkpoint", default=None,
                    help="When --load holds no checkpoint: start from this one's weights as "
                         "--finetune (iteration 0, fresh optimizer and scheduler).")

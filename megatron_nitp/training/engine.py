@@ -246,7 +246,7 @@ class Trainer:
                 self.iteration, self.consumed = load_checkpoint(
                     a.load, self.chunks, self.optimizer, self.scheduler, self.nitp, self.log,
                     finetune=a.finetune, no_load_optim=a.no_load_optim,
-                    strict=a.dist_ckpt_strictness)
+                    strict=a.dist_ckpt_strictness, no_load_rng=a.no_load_rng)
             except CheckpointError as e:
                 _fail(str(e), a.debug)
             self.log(f"resumed from {a.load} at iteration {self.iteration}")
