@@ -297,10 +297,29 @@ def _add_data_args(p):
                    help="DataLoader worker processes per data iterator (Megatron-LM's default "
                         "is 2; 0 here: loading in the training process).")
     g.add_argument("--tokenizer-type", default="NullTokenizer",
-                   choices=["NullTokenizer", "SentencePieceTokenizer", "HuggingFaceTokenizer"],
-                   help="Tokenizer.")
+                   choices=["NullTokenizer", "SentencePieceTokenizer", "GPTSentencePieceTokenizer",
+                            "HuggingFaceTokenizer", "GPT2BPETokenizer", "Llama2Tokenizer",
+                            "TikTokenizer"],
+                   help="Tokenizer (data/tokenizers.py).")
     g.add_argument("--tokenizer-model", default=None,
-                   help="SentencePiece .model, HF tokenizer.json or directory.")
+                   help="SentencePiece .model, HF tokenizer.json or local directory, tiktoken "
+                        ".json vocabulary.")
+    # Megatron-LM 0.16.1's _add_tokenizer_args, same names and defaults.
+    g.add_argument("--vocab-file", type=str, default=None,
+                   help="Path to the vocab file (GPT2BPETokenizer: vocab.json).")
+    g.add_argument("--merge-file", type=str, default=None,
+                   help="Path to the BPE merge file (GPT2BPETokenizer: merges.txt).")
+    g.add_argument("--tiktoken-pattern", type=str, default=None,
+                   help="Which tiktoken pattern to use. Options: [v1, v2] (TikTokenizer; "
+                        "megatron-core's default v2).")
+    g.add_argument("--tiktoken-num-special-tokens", type=int, default=1000,
+                   help="Number of special tokens in tiktoken tokenizer.")
+    g.add_argument("--tokenizer-special-tokens", type=str, nargs="+", default=None,
+                   help="List of special tokens. For TikTokenizer needs to have "
+                        '["<unk>", "<s>", "</s>", "<mask>", "<pad>", "<cls>", "<sep>"].')
+    g.add_argument("--legacy-tokenizer", action="store_true", default=False,
+                   help="Megatron-LM's legacy tokenizer classes: Llama2Tokenizer then prepends "
+                        "BOS; same ids for GPT2BPE/GPTSentencePiece/Null; refused for others.")
 
 
 def _add_io_args(p):

@@ -124,7 +124,7 @@ def _adopt_saved_vocab_padding(args, saved):
 
 
 def _setup_tokenizer_and_data_args(args, log):
-    from ..data.tokenizers import build_tokenizer
+    from ..data.tokenizers import build_tokenizer, tokenizer_options
 
     if args.demo_data:
         from ..data.demo import prepare_demo_data
@@ -134,7 +134,8 @@ def _setup_tokenizer_and_data_args(args, log):
         prefix, tok = prepare_demo_data(log=log if rank == 0 else (lambda *a: None))
         args.data_path = [prefix]
         args.tokenizer_type, args.tokenizer_model = "SentencePieceTokenizer", tok
-    tokenizer = build_tokenizer(args.tokenizer_type, args.tokenizer_model, args.vocab_size)
+    tokenizer = build_tokenizer(args.tokenizer_type, args.tokenizer_model, args.vocab_size,
+                                **tokenizer_options(args))
     # NullTokenizer: --vocab-size V *defines* the tokenizer (ids 0..V-1 plus EOD = V, so V + 1).
     if (args.vocab_size is not None and args.tokenizer_type != "NullTokenizer"
             and args.vocab_size < tokenizer.vocab_size):
@@ -418,7 +419,8 @@ class Trainer:
             with self._params_in_sync():
                 save_checkpoint(a.save, self.iteration, self.chunks, self.optimizer,
                                 self.scheduler, self.consumed, a, self.nitp,
-                                {"type": a.tokenizer_type, "model": a.tokenizer_model},
+                                {"type": a.tokenizer_type, "model": a.tokenizer_model,
+                                 "vocab_file": a.vocab_file, "merge_file": a.merge_file},
                                 keep_last_n=a.keep_last_n_checkpoints, log=self.log)
         except CheckpointError as e:  # disk full: one line, the previous checkpoint intact
             self.logger.close()
