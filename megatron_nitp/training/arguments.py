@@ -276,6 +276,13 @@ def _add_data_args(p):
         g.add_argument(f"--{split}-data-path", nargs="*", default=None,
                        help=f"The {split} split's own prefixes (weighted as --data-path); "
                             "instead of --data-path and --split.")
+    # Megatron-LM 0.16.1's file forms of those lists (data/data_args.py).
+    g.add_argument("--data-args-path", type=str, default=None,
+                   help="A file holding the --data-path list (whitespace-separated), instead of "
+                        "--data-path.")
+    g.add_argument("--per-split-data-args-path", type=str, default=None,
+                   help="A JSON file with `train`, `valid`, `test` lists, instead of "
+                        "--train/valid/test-data-path.")
     g.add_argument("--split", default="98,2,0", help="train,valid,test proportions.")
     g.add_argument("--mock-data", action="store_true", help="Synthetic data (no files).")
     g.add_argument("--demo-data", action="store_true",

@@ -162,8 +162,10 @@ def pretrain(model_family="gpt", argv=None):
             raise ConfigError("--plot: needs --log-jsonl (the plot is drawn from its records)")
         if args.dry_run:  # before any megatron-core import: a dry run costs the torch import
             return _dry_run(args, nitp_config)
+        from ..data.data_args import resolve_data_args
         from ..data.datasets import validate_data_args
 
+        resolve_data_args(args)  # --data-args-path / --per-split-data-args-path: the lists
         tokenizer = _setup_tokenizer_and_data_args(args, log)
         validate_data_args(args.data_path, tokenizer, args.split, args.mock_data,
                            _per_split_paths(args))
