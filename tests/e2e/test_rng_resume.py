@@ -71,3 +71,35 @@ def test_rng_state_is_a_sharded_object_per_rank(straight):
     keys = set(FileSystemReader(str(straight / "ckpt" / "iter_0000002"))
                .read_metadata().state_dict_metadata)
     assert "rng_state/shard_0.0_1.1" in keys  # Megatron-LM's key: (PP, TP) offset and shape
+
+
+# -- several ranks: per-rank objects, another DP size, another TP size ---------------------------
+
+@pytest.fixture(scope="module")
+def straight_dp2(tmp_path_factory):
+    d = tmp_path_factory.mktemp("rng_dp2")
+    run_engine(RUN + ["--save", d / "all", "--save-interval", "2", "--log-jsonl",
+                      d / "straight.jsonl"], nproc=2)
+    checkpoint_at(d / "all", 2, d / "ckpt")
+    return d
+
+
+def test_dp2_resume_continues_exactly_and_dp1_loads_the_dp_rank_0_state(straight_dp2, tmp_path):
+    d = straight_dp2
+    res = run_engine(RUN + ["--load", d / "ckpt", "--log-jsonl", tmp_path / "r.jsonl"], nproc=2)
+    assert "RNG state" not in res.stdout
+    train, ref = _losses(tmp_path / "r.jsonl")[0], _losses(d / "straight.jsonl")[0]
+    assert sorted(train) == [3, 4]
+    for it in (3, 4):
+        assert train[it] == pytest.approx(ref[it], abs=1e-6, rel=0)
+    # At DP1 the objects (keyed by PP/TP rank, as Megatron-LM's) load without a notice.
+    res = run_engine(RUN + ["--load", d / "ckpt", "--global-batch-size", "4",
+                            "--exit-interval", "3"])
+    assert "RNG state" not in res.stdout and "resumed from" in res.stdout
+
+
+def test_another_tp_size_ignores_the_rng_state_with_megatron_lms_notice(straight):
+    res = run_engine(RUN + ["--load", straight / "ckpt", "--tensor-model-parallel-size", "2",
+                            "--exit-interval", "3"], nproc=2)
+    assert "notice: (TP, PP) mismatch after resume ((2, 1) vs (1, 1) from checkpoint): RNG " \
+           "state will be ignored" in res.stdout
