@@ -255,3 +255,18 @@ def test_a_hub_id_is_refused_in_one_line_asking_for_a_local_directory(hub_id, tm
     message = str(error.value)
     assert message.startswith(f"--tokenizer-model: {hub_id!r} is not a local path")
     assert "local directory" in message and "\n" not in message
+
+
+def test_gpt2_bpe_exports_as_a_hugging_face_tokenizer_with_the_same_ids(gpt2_files, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from megatron_nitp.convert.hf_tokenizer import build_run_tokenizer, export_tokenizer
+
+    vocab_file, merge_file = gpt2_files
+    run_config = {"args": {"tokenizer_type": "GPT2BPETokenizer", "vocab_size": 300,
+                           "vocab_file": vocab_file, "merge_file": merge_file}}
+    tokenizer = build_run_tokenizer(run_config)  # what tools/convert_checkpoint.py rebuilds
+    written, warning = export_tokenizer(tokenizer, str(tmp_path / "hf"))
+    assert warning is None and len(written) == 4
+    hf = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"), local_files_only=True)
+    assert hf.encode(TRICKY, add_special_tokens=False) == tokenizer.tokenize(TRICKY)
+    assert hf.eos_token_id == tokenizer.eod == 299
