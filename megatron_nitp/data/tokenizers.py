@@ -1,11 +1,13 @@
 """Tokenizers for preprocessing and training, built from the Megatron-LM flags.
 
-`build_tokenizer(tokenizer_type, tokenizer_model, vocab_size, **tokenizer_options(args))` returns an object with the
-interface megatron-core's datasets read (`GPTDatasetConfig.tokenizer`: `vocab_size`, `eod`, `pad`,
+`build_tokenizer(tokenizer_type, tokenizer_model, vocab_size, **tokenizer_options(args))` returns
+an object with the interface megatron-core's datasets read (`GPTDatasetConfig.tokenizer`: `vocab_size`, `eod`, `pad`,
 `unique_identifiers`; see megatron/core/datasets/megatron_tokenizer.py) plus `bos`,
 `tokenize`/`detokenize` and `save_to(dir)`, which copies the tokenizer files next to an exported
 checkpoint. We do not subclass megatron-core's `MegatronLegacyTokenizer`: it only adds a
-deprecation warning on every construction.
+deprecation warning on every construction. Types: Megatron-LM 0.16.1's NullTokenizer,
+(GPT)SentencePieceTokenizer, Llama2Tokenizer, GPT2BPETokenizer, TikTokenizer (megatron-core's
+class) and HuggingFaceTokenizer (local files only), with their ids and end-of-document tokens.
 
 `pad` follows megatron-core's convention: -1 means "no pad token" (`MegatronDataset` then pads
 with -1, an id that never occurs in data, and masks those positions out of the loss).
