@@ -1,8 +1,9 @@
 """Tokenizers for preprocessing and training, built from the Megatron-LM flags.
 
 `build_tokenizer(tokenizer_type, tokenizer_model, vocab_size, **tokenizer_options(args))` returns
-an object with the interface megatron-core's datasets read (`GPTDatasetConfig.tokenizer`: `vocab_size`, `eod`, `pad`,
-`unique_identifiers`; see megatron/core/datasets/megatron_tokenizer.py) plus `bos`,
+an object with the interface megatron-core's datasets read (`GPTDatasetConfig.tokenizer`:
+`vocab_size`, `eod`, `pad`, `unique_identifiers`; see megatron/core/datasets/megatron_tokenizer.py)
+plus `bos`,
 `tokenize`/`detokenize` and `save_to(dir)`, which copies the tokenizer files next to an exported
 checkpoint. We do not subclass megatron-core's `MegatronLegacyTokenizer`: it only adds a
 deprecation warning on every construction. Types: Megatron-LM 0.16.1's NullTokenizer,
