@@ -16,6 +16,7 @@ setup(
         "numpy",
         "sentencepiece",
         "tokenizers",
+        "tiktoken",  # --tokenizer-type TikTokenizer (megatron-core imports it only if present)
         "pyyaml",
         "psutil",  # megatron-core's dist checkpointing imports it without declaring it
         "safetensors",

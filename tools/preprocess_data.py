@@ -14,7 +14,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megatron_nitp.data.errors import DataArgumentError  # noqa: E402
-from megatron_nitp.data.tokenizers import TOKENIZER_TYPES  # noqa: E402
+from megatron_nitp.data.tokenizers import TOKENIZER_TYPES, tokenizer_options  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -25,7 +25,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     group = parser.add_argument_group("tokenizer")
     group.add_argument("--tokenizer-type", required=True, choices=TOKENIZER_TYPES + ("GPTSentencePieceTokenizer",))
     group.add_argument("--tokenizer-model", default=None, help="tokenizer file (or HF tokenizer directory)")
-    group.add_argument("--vocab-size", type=int, default=None, help="NullTokenizer only")
+    group.add_argument("--vocab-size", type=int, default=None, help="NullTokenizer, TikTokenizer")
+    # The rest of Megatron-LM's tokenizer flags, as the training run reads them.
+    group.add_argument("--vocab-file", default=None, help="GPT2BPETokenizer: vocab.json")
+    group.add_argument("--merge-file", default=None, help="GPT2BPETokenizer: merges.txt")
+    group.add_argument("--tiktoken-pattern", default=None, help="TikTokenizer: v1 or v2")
+    group.add_argument("--tiktoken-num-special-tokens", type=int, default=1000, help="TikTokenizer")
+    group.add_argument("--tokenizer-special-tokens", nargs="+", default=None, help="TikTokenizer")
+    group.add_argument("--legacy-tokenizer", action="store_true", help="Megatron-LM's legacy classes")
     group.add_argument("--append-eod", action="store_true", help="append the end-of-document token to every document")
     group = parser.add_argument_group("output data")
     group.add_argument("--output-prefix", required=True, help="writes PREFIX_{key}_document.bin/.idx")
@@ -54,6 +61,7 @@ def main(argv=None) -> int:
             workers=args.workers,
             overwrite=args.overwrite,
             progress=not args.no_progress,
+            tokenizer_options=tokenizer_options(args),
         )
     except DataArgumentError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)

@@ -36,7 +36,7 @@ def build_run_tokenizer(run_config: dict, base_dir: Optional[str] = None):
 
     A relative tokenizer path is tried as given and then relative to `base_dir`.
     """
-    from ..data.tokenizers import build_tokenizer
+    from ..data.tokenizers import build_tokenizer, tokenizer_options
 
     entry = tokenizer_entry(run_config)
     kind, model = entry["type"], entry.get("model")
@@ -45,7 +45,11 @@ def build_run_tokenizer(run_config: dict, base_dir: Optional[str] = None):
     if model and not os.path.exists(model) and base_dir and not os.path.isabs(model):
         candidate = os.path.join(base_dir, model)
         model = candidate if os.path.exists(candidate) else model
-    return build_tokenizer(kind, model, None)
+    # GPT2BPETokenizer's files, TikTokenizer's pattern and size: the run's own flags.
+    options = tokenizer_options(run_config["args"])
+    options.update({k: entry[k] for k in ("vocab_file", "merge_file") if entry.get(k)})
+    vocab_size = run_config["args"].get("vocab_size") if kind == "TikTokenizer" else None
+    return build_tokenizer(kind, model, vocab_size, **options)
 
 
 def special_ids(tokenizer) -> dict:
@@ -64,6 +68,14 @@ def export_tokenizer(tokenizer, out_dir: str) -> Tuple[List[str], Optional[str]]
         if not os.path.isfile(os.path.join(out_dir, "tokenizer_config.json")):
             written.append(_write_config(out_dir, tokenizer, _token_names_from_json(out_dir, tokenizer)))
         return written, None
+    if kind == "GPT2BPETokenizer":  # vocab.json + merges.txt, and the same BPE as tokenizer.json
+        written = tokenizer.save_to(out_dir)
+        written.append(os.path.join(out_dir, "tokenizer.json"))
+        tokenizer._tokenizer.save(written[-1])
+        written.append(_write_config(out_dir, tokenizer, {"eos_token": "<|endoftext|>"}))
+        return written, None
+    if kind == "TikTokenizer":
+        return [], "TikTokenizer has no Hugging Face form here: tokenizer not exported"
     return _export_sentencepiece(tokenizer, out_dir)
 
 

@@ -81,5 +81,9 @@ def build_data_iterator(
         num_workers=num_workers,
         collate_fn=_collate,
         persistent_workers=num_workers > 0,
+        # The workers' base seed from a generator of its own: building an iterator (a resumed
+        # run's, each evaluation's) must not advance the default generator, which is the one
+        # dropout draws from on CPU and which a resume restores from the checkpoint.
+        generator=torch.Generator(),
     )
     return iter(loader)

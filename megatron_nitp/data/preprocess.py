@@ -87,15 +87,20 @@ def preprocess_jsonl(
     workers: int = 1,
     overwrite: bool = False,
     progress: bool = True,
+    tokenizer_options: Optional[dict] = None,
 ) -> PreprocessReport:
     """Tokenise the `json_keys` texts of a JSONL file into `{output_prefix}_{key}_document`.
+
+    `tokenizer_options`: Megatron-LM's other tokenizer flags (`tokenizers.tokenizer_options`:
+    --vocab-file, --merge-file, --tiktoken-*, ...), as the training run gets them.
 
     Raises DataArgumentError before any work for bad arguments, and after the run (with nothing
     written) if the input held no valid document.
     """
     json_keys = list(json_keys)
     _check_arguments(input_path, json_keys, workers)
-    tokenizer = build_tokenizer(tokenizer_type, tokenizer_model, vocab_size)
+    tokenizer_options = dict(tokenizer_options or {})
+    tokenizer = build_tokenizer(tokenizer_type, tokenizer_model, vocab_size, **tokenizer_options)
     prefixes = {key: document_prefix(output_prefix, key) for key in json_keys}
     _prepare_outputs(prefixes.values(), overwrite)
 
@@ -108,7 +113,8 @@ def preprocess_jsonl(
 
     report = PreprocessReport(input_path, prefixes, tokens=dict.fromkeys(json_keys, 0))
     temporary = {key: _temporary_paths(prefix) for key, prefix in prefixes.items()}
-    worker_args = (tokenizer_type, tokenizer_model, vocab_size, json_keys, append_eod)
+    worker_args = (tokenizer_type, tokenizer_model, vocab_size, json_keys, append_eod,
+                   tokenizer_options)
     dtype = DType.optimal_dtype(tokenizer.vocab_size)
     start = time.time()
     pool = None
@@ -254,12 +260,14 @@ def _sigterm_as_interrupt():
 _WORKER = {}
 
 
-def _init_worker(tokenizer_type, tokenizer_model, vocab_size, json_keys, append_eod, in_pool):
+def _init_worker(tokenizer_type, tokenizer_model, vocab_size, json_keys, append_eod,
+                 tokenizer_options, in_pool):
     if in_pool:
         # Ctrl-C reaches the whole process group; only the main process decides what to do.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _WORKER["tokenizer"] = build_tokenizer(tokenizer_type, tokenizer_model, vocab_size)
+    _WORKER["tokenizer"] = build_tokenizer(tokenizer_type, tokenizer_model, vocab_size,
+                                           **tokenizer_options)
     _WORKER["json_keys"] = json_keys
     _WORKER["append_eod"] = append_eod
 

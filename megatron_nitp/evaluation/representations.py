@@ -38,10 +38,11 @@ class MegatronEncoder:
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            from ..data.tokenizers import build_tokenizer
+            from ..data.tokenizers import build_tokenizer, tokenizer_options
 
             self._tokenizer = build_tokenizer(self.tokenizer_type, self.tokenizer_model,
-                                              self.args.vocab_size)
+                                              self.args.vocab_size,
+                                              **tokenizer_options(self.args))
         return self._tokenizer
 
     def tokenize(self, text: str) -> List[int]:
@@ -96,11 +97,12 @@ def validation_batches(run_args, num_batches: int, micro_batch_size: int,
     (same data path, split, sequence length and seed), so every model sees the same tokens."""
     from ..data.datasets import build_datasets
     from ..data.iterators import build_data_iterator
-    from ..data.tokenizers import build_tokenizer
+    from ..data.tokenizers import build_tokenizer, tokenizer_options
 
     a = run_args
     if tokenizer is None:
-        tokenizer = build_tokenizer(a.tokenizer_type, a.tokenizer_model, a.vocab_size)
+        tokenizer = build_tokenizer(a.tokenizer_type, a.tokenizer_model, a.vocab_size,
+                                    **tokenizer_options(a))
     n = num_batches * micro_batch_size
     _, valid, _ = build_datasets(a.data_path, a.split, bool(a.mock_data), a.seq_length,
                                  tokenizer, a.seed, (1, n, 1),

@@ -332,6 +332,13 @@ def _add_data_args(p):
         g.add_argument(f"--{split}-data-path", nargs="*", default=None,
                        help=f"The {split} split's own prefixes (weighted as --data-path); "
                             "instead of --data-path and --split.")
+    # Megatron-LM 0.16.1's file forms of those lists (data/data_args.py).
+    g.add_argument("--data-args-path", type=str, default=None,
+                   help="A file holding the --data-path list (whitespace-separated), instead of "
+                        "--data-path.")
+    g.add_argument("--per-split-data-args-path", type=str, default=None,
+                   help="A JSON file with `train`, `valid`, `test` lists, instead of "
+                        "--train/valid/test-data-path.")
     g.add_argument("--split", default=None,
                    help="train,valid,test proportions (with --data-path and no --split: "
                         "'969, 30, 1' with a notice, as Megatron-LM).")
@@ -355,10 +362,29 @@ def _add_data_args(p):
                    help="DataLoader worker processes per data iterator (0: loading in the "
                         "training process).")
     g.add_argument("--tokenizer-type", default="NullTokenizer",
-                   choices=["NullTokenizer", "SentencePieceTokenizer", "HuggingFaceTokenizer"],
-                   help="Tokenizer.")
+                   choices=["NullTokenizer", "SentencePieceTokenizer", "GPTSentencePieceTokenizer",
+                            "HuggingFaceTokenizer", "GPT2BPETokenizer", "Llama2Tokenizer",
+                            "TikTokenizer"],
+                   help="Tokenizer (data/tokenizers.py).")
     g.add_argument("--tokenizer-model", default=None,
-                   help="SentencePiece .model, HF tokenizer.json or directory.")
+                   help="SentencePiece .model, HF tokenizer.json or local directory, tiktoken "
+                        ".json vocabulary.")
+    # Megatron-LM 0.16.1's _add_tokenizer_args, same names and defaults.
+    g.add_argument("--vocab-file", type=str, default=None,
+                   help="Path to the vocab file (GPT2BPETokenizer: vocab.json).")
+    g.add_argument("--merge-file", type=str, default=None,
+                   help="Path to the BPE merge file (GPT2BPETokenizer: merges.txt).")
+    g.add_argument("--tiktoken-pattern", type=str, default=None,
+                   help="Which tiktoken pattern to use. Options: [v1, v2] (TikTokenizer; "
+                        "megatron-core's default v2).")
+    g.add_argument("--tiktoken-num-special-tokens", type=int, default=1000,
+                   help="Number of special tokens in tiktoken tokenizer.")
+    g.add_argument("--tokenizer-special-tokens", type=str, nargs="+", default=None,
+                   help="List of special tokens. For TikTokenizer needs to have "
+                        '["<unk>", "<s>", "</s>", "<mask>", "<pad>", "<cls>", "<sep>"].')
+    g.add_argument("--legacy-tokenizer", action="store_true", default=False,
+                   help="Megatron-LM's legacy tokenizer classes: Llama2Tokenizer then prepends "
+                        "BOS; same ids for GPT2BPE/GPTSentencePiece/Null; refused for others.")
 
 
 def _add_io_args(p):
@@ -376,9 +402,11 @@ def _add_io_args(p):
                    help="Resume the model, iteration and consumed samples, not the optimizer or "
                         "scheduler (fresh ones).")
     g.add_argument("--no-save-rng", action="store_true",
-                   help="No-op: megatron-nitp saves no RNG state (a run reseeds from --seed).")
+                   help="Do not save the per-rank RNG state (python, numpy, torch, CUDA, "
+                        "megatron-core's RNG tracker) in checkpoints.")
     g.add_argument("--no-load-rng", action="store_true",
-                   help="No-op: megatron-nitp saves no RNG state (a run reseeds from --seed).")
+                   help="Do not restore the RNG state from the checkpoint on resume (dropout "
+                        "then continues from --seed).")
     g.add_argument("--pretrained-checkpoint", default=None,
                    help="When --load holds no checkpoint: start from this one's weights as "
                         "--finetune (iteration 0, fresh optimizer and scheduler).")

@@ -6,8 +6,8 @@ CheckpointConfig); what megatron-nitp cannot do is refused in one line before an
 - `--ckpt-format`: only `torch_dist` (megatron-core's dist checkpointing) is written and read.
 - `--async-save`: refused (saves are synchronous; the tmp-dir + rename protocol of
   training/checkpointing.py would need megatron-core's async finalisation).
-- `--no-save-rng` / `--no-load-rng`: no RNG state is saved (the only random consumer at train
-  time is dropout, reseeded from --seed), so both are no-ops, said once.
+- `--no-save-rng` / `--no-load-rng`: honoured by training/rng_state.py (per-rank RNG state in
+  the checkpoint, restored on resume unless --no-load-rng or --finetune).
 - `--pretrained-checkpoint`: used when --load holds no checkpoint, as --finetune.
 - `--use-checkpoint-args`: model arguments from the checkpoint's run_config.json, with
   Megatron-LM's rule (`load_args_from_checkpoint`): "forced" fields always come from the
@@ -54,10 +54,8 @@ def checkpoint_flag_errors(args):
 
 
 def checkpoint_flag_notices(args):
-    for flag, given in (("--no-save-rng", args.no_save_rng), ("--no-load-rng", args.no_load_rng)):
-        if given:
-            yield (f"notice: {flag}: no-op (megatron-nitp saves no RNG state; every run seeds "
-                   "from --seed)")
+    """Notices for checkpoint flags that are accepted without effect (none at present)."""
+    return iter(())
 
 
 def has_checkpoint(ckpt_dir) -> bool:

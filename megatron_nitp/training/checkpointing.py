@@ -14,6 +14,7 @@ import time
 import torch
 from megatron.core import dist_checkpointing, parallel_state
 
+from . import rng_state
 from .checkpoint_io import (
     RUN_CONFIG,
     TRACKER,
@@ -102,6 +103,9 @@ def _save_checkpoint(ckpt_dir, iteration, chunks, optimizer, scheduler, consumed
     if not getattr(args, "no_save_optim", False):  # Megatron-LM: neither optimizer nor scheduler
         state["optimizer"] = _optimizer_state(optimizer, model_state, is_loading=False)
         state["opt_param_scheduler"] = scheduler.state_dict()
+    saves_rng = not getattr(args, "no_save_rng", False)
+    if saves_rng:  # Megatron-LM's per-rank ShardedObject (training/rng_state.py)
+        state[rng_state.KEY] = rng_state.sharded_for_save()
     state["iteration"] = iteration
     state["consumed_samples"] = consumed_samples
     dist_checkpointing.save(state, tmp)
@@ -110,7 +114,7 @@ def _save_checkpoint(ckpt_dir, iteration, chunks, optimizer, scheduler, consumed
     if _rank0():
         run_config = dict(args=json_safe_args(args), nitp=nitp_config.to_dict(),
                           iteration=iteration, consumed_samples=consumed_samples,
-                          tokenizer=tokenizer_info)
+                          tokenizer=tokenizer_info, rng_state=saves_rng)
         _write_atomic(os.path.join(tmp, RUN_CONFIG), json.dumps(run_config, indent=1))
         if os.path.exists(final):
             shutil.rmtree(final)
@@ -244,13 +248,15 @@ def continues_schedule(saved_run_config, finetune=False, no_load_optim=False) ->
 
 
 def load_checkpoint(ckpt_dir, chunks, optimizer, scheduler, nitp_config, log=print,
-                    finetune=False, no_load_optim=False, strict="assume_ok_unexpected"):
+                    finetune=False, no_load_optim=False, strict="assume_ok_unexpected",
+                    no_load_rng=False):
     """Restore state in place; returns (iteration, consumed_samples).
 
     `finetune` (Megatron-LM's --finetune): the model weights only; the run starts at iteration 0
     with its fresh optimizer and scheduler. `no_load_optim` (--no-load-optim): the model,
     iteration and consumed samples, with a fresh optimizer and scheduler. `strict`: megatron-core's
-    StrictHandling for key mismatches (--dist-ckpt-strictness)."""
+    StrictHandling for key mismatches (--dist-ckpt-strictness). The RNG state is restored
+    unless `finetune` or `no_load_rng` (--no-load-rng), as Megatron-LM (training/rng_state.py)."""
     iteration = latest_iteration(ckpt_dir)
     if iteration is None:
         raise CheckpointError(f"--load {ckpt_dir}: no checkpoint found")
@@ -264,6 +270,14 @@ def load_checkpoint(ckpt_dir, chunks, optimizer, scheduler, nitp_config, log=pri
         not no_load_optim
     if load_optimizer:
         state["optimizer"] = _optimizer_state(optimizer, model_state, is_loading=True)
+    # A model-only checkpoint (HF import) starts a new run, as Megatron-LM's "release" one.
+    load_rng, rng_notice = rng_state.load_decision(saved.get("args", {}), finetune or model_only,
+                                                   no_load_rng,
+                                                   saved.get("rng_state", False))
+    if rng_notice:
+        log(rng_notice)
+    if load_rng:
+        state[rng_state.KEY] = rng_state.sharded_for_load()
     try:
         loaded = dist_checkpointing.load(state, path, strict=strict)
     except Exception as e:  # corrupt or partial: say so in one line
@@ -275,6 +289,8 @@ def load_checkpoint(ckpt_dir, chunks, optimizer, scheduler, nitp_config, log=pri
             f"{sorted(missing)[:5]}, {len(unexpected)} unexpected keys {sorted(unexpected)[:5]}")
     for i, chunk in enumerate(chunks):
         chunk.load_state_dict(loaded[f"model{i}"], strict=not fresh_head)
+    if load_rng:
+        rng_state.restore_loaded(loaded[rng_state.KEY])
     if not load_optimizer:
         # The mixed-precision optimizer copied its fp32 main weights from the initial model when
         # it was built; without its checkpoint state they must be refreshed from the loaded

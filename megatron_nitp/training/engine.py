@@ -126,7 +126,7 @@ def _adopt_saved_vocab_padding(args, saved):
 
 
 def _setup_tokenizer_and_data_args(args, log):
-    from ..data.tokenizers import build_tokenizer
+    from ..data.tokenizers import build_tokenizer, tokenizer_options
 
     if args.demo_data:
         from ..data.demo import prepare_demo_data
@@ -136,7 +136,8 @@ def _setup_tokenizer_and_data_args(args, log):
         prefix, tok = prepare_demo_data(log=log if rank == 0 else (lambda *a: None))
         args.data_path = [prefix]
         args.tokenizer_type, args.tokenizer_model = "SentencePieceTokenizer", tok
-    tokenizer = build_tokenizer(args.tokenizer_type, args.tokenizer_model, args.vocab_size)
+    tokenizer = build_tokenizer(args.tokenizer_type, args.tokenizer_model, args.vocab_size,
+                                **tokenizer_options(args))
     # NullTokenizer: --vocab-size V *defines* the tokenizer (ids 0..V-1 plus EOD = V, so V + 1).
     if (args.vocab_size is not None and args.tokenizer_type != "NullTokenizer"
             and args.vocab_size < tokenizer.vocab_size):
@@ -164,8 +165,10 @@ def pretrain(model_family="gpt", argv=None):
             raise ConfigError("--plot: needs --log-jsonl (the plot is drawn from its records)")
         if args.dry_run:  # before any megatron-core import: a dry run costs the torch import
             return _dry_run(args, nitp_config)
+        from ..data.data_args import resolve_data_args
         from ..data.datasets import validate_data_args
 
+        resolve_data_args(args)  # --data-args-path / --per-split-data-args-path: the lists
         tokenizer = _setup_tokenizer_and_data_args(args, log)
         validate_data_args(args.data_path, tokenizer, args.split, args.mock_data,
                            _per_split_paths(args))
@@ -238,7 +241,7 @@ class Trainer:
                 self.iteration, self.consumed = load_checkpoint(
                     a.load, self.chunks, self.optimizer, self.scheduler, self.nitp, self.log,
                     finetune=a.finetune, no_load_optim=a.no_load_optim,
-                    strict=a.dist_ckpt_strictness)
+                    strict=a.dist_ckpt_strictness, no_load_rng=a.no_load_rng)
             except CheckpointError as e:
                 _fail(str(e), a.debug)
             self.log(f"resumed from {a.load} at iteration {self.iteration}")
@@ -433,7 +436,8 @@ class Trainer:
             with self._params_in_sync():
                 save_checkpoint(a.save, self.iteration, self.chunks, self.optimizer,
                                 self.scheduler, self.consumed, a, self.nitp,
-                                {"type": a.tokenizer_type, "model": a.tokenizer_model},
+                                {"type": a.tokenizer_type, "model": a.tokenizer_model,
+                                 "vocab_file": a.vocab_file, "merge_file": a.merge_file},
                                 keep_last_n=a.keep_last_n_checkpoints, log=self.log)
         except CheckpointError as e:  # disk full: one line, the previous checkpoint intact
             self.logger.close()

@@ -121,9 +121,6 @@ TABLE = (
                  "deprecated in Megatron-LM: with --position-embedding-type rope there is no "
                  "position table to disable (Megatron-LM refuses it otherwise; use "
                  "--position-embedding-type)", decide=_no_position_embedding_verdict),
-    _value("--tiktoken-pattern", "tiktoken_pattern", str, None, NOOP,
-           "read by TikTokenizer only; the --tokenizer-type given does not use it"),
-    # -- honoured with no code of their own ----------------------------------------------------
     _value("--logging-level", "logging_level", int, None, HONOURED,
            "Python logging level of the root logger", apply=_set_logging_level),
     _value("--expert-tensor-parallel-size", "expert_tensor_parallel_size", int, None, HONOURED,
@@ -131,12 +128,6 @@ TABLE = (
            "TP, Megatron-LM's default); another size is not supported yet (expert tensor "
            "parallelism, the model-families work)", decide=_etp_verdict),
     # -- refused until the issue #15 item that honours them lands ----------------------------
-    _value("--vocab-file", "vocab_file", str, None, REJECT,
-           f"{_PENDING} (GPT2BPETokenizer, issue #15 item 7); use --tokenizer-type "
-           "HuggingFaceTokenizer or SentencePieceTokenizer with --tokenizer-model"),
-    _value("--merge-file", "merge_file", str, None, REJECT,
-           f"{_PENDING} (GPT2BPETokenizer, issue #15 item 7); use --tokenizer-type "
-           "HuggingFaceTokenizer or SentencePieceTokenizer with --tokenizer-model"),
     _store_true("--profile", "profile", REJECT,
                 f"{_PENDING} (torch profiler trace, issue #15 item 9)"),
     _value("--profile-step-start", "profile_step_start", int, 10, REJECT,

@@ -8,6 +8,7 @@ import importlib.util
 import math
 import os
 
+from ..data.data_args import data_args_errors
 from ..nitp.config import NITPConfig, NITPConfigError
 from ..models.options import option_errors
 from .checkpoint_flags import checkpoint_flag_errors, checkpoint_flag_notices
@@ -39,6 +40,8 @@ def validate_args(args, world_size=None):
         raise ConfigError(message)
     message = check_megatron_compat(args)  # Megatron-LM flags: no-op notices, refusals
     if message:
+        raise ConfigError(message)
+    for message in data_args_errors(args):
         raise ConfigError(message)
     for message in checkpoint_flag_notices(args):
         print(message, flush=True)

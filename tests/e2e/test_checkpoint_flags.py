@@ -108,12 +108,6 @@ def test_unsupported_checkpoint_flags_are_one_line(flags, message):
     assert res.stdout.count("error:") == 1
 
 
-def test_rng_flags_are_announced_no_ops():
-    res = run_engine(RUN + ["--no-save-rng", "--no-load-rng", "--dry-run"])
-    assert "notice: --no-save-rng: no-op" in res.stdout
-    assert "notice: --no-load-rng: no-op" in res.stdout
-
-
 def test_other_checkpoint_formats_are_named(tmp_path):
     from megatron_nitp.training.checkpoint_io import CheckpointError
     from megatron_nitp.training.checkpointing import verify_checkpoint_files
