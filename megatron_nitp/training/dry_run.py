@@ -48,20 +48,31 @@ def data_needs(args):
             if not (os.path.isfile(p + ".bin") and os.path.isfile(p + ".idx"))]
 
 
+def _tokenizer_files(args):
+    """(flag, path) of the files the tokenizer is built from."""
+    if args.tokenizer_type == "NullTokenizer":
+        return []
+    if args.tokenizer_type == "GPT2BPETokenizer":
+        return [("--vocab-file", args.vocab_file), ("--merge-file", args.merge_file)]
+    return [("--tokenizer-model", args.tokenizer_model)]
+
+
 def resolve_vocab(args, needs):
     """The tokenizer's vocabulary size as a run computes it; an assumption, said, without the
     tokenizer files."""
-    from ..data.tokenizers import build_tokenizer
+    from ..data.tokenizers import build_tokenizer, tokenizer_options
 
-    kind, model = args.tokenizer_type, args.tokenizer_model
-    if kind == "NullTokenizer" or (model and os.path.exists(model)):
-        if not getattr(args, "demo_data", False):
-            vocab = build_tokenizer(kind, model, args.vocab_size).vocab_size
-            return max(args.vocab_size or 0, vocab), None
-    if model and not os.path.exists(model):
-        where = ("a local file or directory: hub ids are not downloaded" if "/" in model
-                 and not model.startswith(("/", ".")) else "absent here")
-        needs.append(f"--tokenizer-model {model} ({where})")
+    files = _tokenizer_files(args)
+    missing = [(flag, path) for flag, path in files if not (path and os.path.exists(path))]
+    if not missing and not getattr(args, "demo_data", False):
+        vocab = build_tokenizer(args.tokenizer_type, args.tokenizer_model, args.vocab_size,
+                                **tokenizer_options(args)).vocab_size
+        return max(args.vocab_size or 0, vocab), None
+    for flag, path in missing:
+        if path:
+            where = ("a local file or directory: hub ids are not downloaded" if "/" in path
+                     and not path.startswith(("/", ".")) else "absent here")
+            needs.append(f"{flag} {path} ({where})")
     if args.vocab_size:
         return args.vocab_size, None
     return ASSUMED_VOCAB, (f"vocabulary size unknown without the tokenizer: counts assume "

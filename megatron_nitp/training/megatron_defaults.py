@@ -41,6 +41,15 @@ def required_errors(args):
     if args.train_iters is None and args.train_samples is None:
         yield ("--train-iters: required, or --train-samples (Megatron-LM 0.16.1 has no default "
                "training length)")
+    # Tokenizer files without --tokenizer-type: our NullTokenizer default would ignore them.
+    explicit = getattr(args, "explicit_dests", None)
+    if explicit is not None and "tokenizer_type" not in explicit:
+        for dest in ("vocab_file", "merge_file", "tokenizer_model"):
+            if getattr(args, dest, None):
+                yield (f"--{dest.replace('_', '-')}: needs --tokenizer-type (Megatron-LM 0.16.1 "
+                       "has no default tokenizer; e.g. GPT2BPETokenizer for GPT-2's vocab.json "
+                       "and merges.txt)")
+                break
 
 
 def deviation_notices(args, resolved: dict):

@@ -36,7 +36,7 @@ def test_per_split_json_takes_lists_strings_and_numbers(tmp_path):
     (dict(data_args_path="f", data_path=["a"]), "--data-args-path: not used with --data-path"),
     (dict(per_split_data_args_path="f", valid_data_path=["a"]),
      "--per-split-data-args-path: not used with --valid-data-path"),
-    (dict(data_args_path="f", per_split_data_args_path="g", split=None),
+    (dict(data_args_path="f", per_split_data_args_path="g"),
      "--data-args-path: not used with --per-split-data-args-path"),
     (dict(data_args_path="f"), None),
     (dict(data_args_path="f", split=None), "--data-args-path: needs --split"),

@@ -123,6 +123,15 @@ def test_required_flags_are_named_in_one_line():
     assert not list(required_errors(parse_args(MINIMAL)))
 
 
+@pytest.mark.parametrize("flag", ["--vocab-file", "--merge-file", "--tokenizer-model"])
+def test_tokenizer_files_need_a_tokenizer_type(flag):
+    # Megatron-LM has no default tokenizer; ours (NullTokenizer) would ignore the files.
+    errors = list(required_errors(parse_args(MINIMAL + [flag, "f"])))
+    assert len(errors) == 1 and errors[0].startswith(f"{flag}: needs --tokenizer-type")
+    given = ["--tokenizer-type", "GPT2BPETokenizer", flag, "f"]
+    assert not list(required_errors(parse_args(MINIMAL + given)))
+
+
 def test_a_run_relying_on_a_deviation_says_so_once(capsys):
     validate_args(parse_args(MINIMAL), world_size=1)
     out = capsys.readouterr().out

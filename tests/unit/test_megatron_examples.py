@@ -24,13 +24,13 @@ from megatron_nitp.training.engine import pretrain
 # flag -> (why it is refused today, flags standing in for it while the others are checked).
 # The stand-ins keep the model the same: a vocabulary of the script tokenizer's size.
 GPT2_VOCAB = ["--vocab-size", "50257"]  # GPT-2's BPE vocabulary (gpt2-vocab.json)
-MIXTRAL_VOCAB = ["--tokenizer-type", "NullTokenizer", "--vocab-size", "31999"]  # 32000 ids
+MIXTRAL_VOCAB = ["--vocab-size", "32000"]  # Llama2Tokenizer's, without its file here
 REFUSED = {
     "gpt3_175b": {
         # No --tokenizer-type in the script (Megatron-LM 0.16.1 itself raises "None tokenizer
-        # is not implemented" there); the GPT-2 files are GPT2BPETokenizer's, item 7.
-        "--vocab-file": ("GPT2BPETokenizer, issue #15 item 7", GPT2_VOCAB),
-        "--merge-file": ("GPT2BPETokenizer, issue #15 item 7", []),
+        # is not implemented" there): GPT-2's files need GPT2BPETokenizer named.
+        "--vocab-file": ("needs --tokenizer-type", GPT2_VOCAB),
+        "--merge-file": ("needs --tokenizer-type", []),
         "--rampup-batch-size": ("batch-size ramp-up, issue #15 item 5", []),
     },
     "llama3_8b_fp8": {
@@ -41,9 +41,7 @@ REFUSED = {
         "--decoupled-lr": ("issue #15 item 5", []),
         "--decoupled-min-lr": ("issue #15 item 5", []),
     },
-    "mixtral_8x7b": {
-        "--tokenizer-type": ("Llama2Tokenizer, issue #15 item 7", MIXTRAL_VOCAB),
-    },
+    "mixtral_8x7b": {},
     "deepseek_v2_lite": {},
     "qwen3_8b": {},
     "qwen3_30b_a3b": {},
@@ -210,7 +208,8 @@ def test_gpt3_175b_has_megatron_lms_parameter_count(monkeypatch, capsys):
 
 
 def test_mixtral_8x7b_has_megatron_lms_parameter_count(monkeypatch, capsys):
-    code, out, err = dry_run("mixtral_8x7b", cleared_argv("mixtral_8x7b"), monkeypatch, capsys)
+    code, out, err = dry_run("mixtral_8x7b", cleared_argv("mixtral_8x7b") + MIXTRAL_VOCAB,
+                             monkeypatch, capsys)
     assert code == 0, err
     d, ffn, experts = 4096, 14336, 8
     attention = d * (4096 + 2 * 1024) + 4096 * d
