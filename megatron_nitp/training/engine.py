@@ -294,27 +294,10 @@ class Trainer:
         self.valid_ds, self._iters = valid, iters
 
     # -- helpers -----------------------------------------------------------------------------
-    def _pipeline_broadcast(self, values: dict, keys):
-        """Losses live on the last pipeline stage; bring them to every rank (rank 0 logs)."""
-        from megatron.core import parallel_state as ps
-
-        t = torch.tensor([values.get(k, 0.0) for k in keys] + [1.0 if values else 0.0],
-                         dtype=torch.float64, device=_device())
-        torch.distributed.all_reduce(t, group=ps.get_pipeline_model_parallel_group())
-        return {k: t[i].item() for i, k in enumerate(keys)} if t[-1] > 0 else {}
-
     def _any_rank(self, flag: bool) -> bool:
         t = torch.tensor([1.0 if flag else 0.0], device=_device())
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
         return bool(t.item())
-
-    def _grads_finite(self):
-        # Per-bucket checks stay on the device; one host sync for the whole step.
-        flags = [torch.isfinite(buf.grad_data).all() for chunk in self.model
-                 for buf in list(chunk.buffers) + list(chunk.expert_parallel_buffers)]
-        bad = (~torch.stack(flags).all()).float().reshape(1) if flags else torch.zeros(1, device=_device())
-        torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
-        return bad.item() == 0
 
     def _injected_nan(self):
         spec = os.environ.get("MEGATRON_NITP_TEST_NAN_ITERS", "")
@@ -322,35 +305,13 @@ class Trainer:
 
     # -- one step ----------------------------------------------------------------------------
     def _train_step(self):
-        from .sample_schedule import scheduler_increment
-        from .step import forward_backward, reduce_losses, reduce_step_geometry
+        from .step import train_step
 
-        a = self.args
-        for chunk in self.model:
-            chunk.zero_grad_buffer()
-        self.optimizer.zero_grad()
         probe = self._geometry_probe() if self._want_metrics() else None
-        raw = forward_backward(a, self.model, self.config, self.nitp, self.train_iter,
-                               self.num_microbatches, self.iteration, geometry=probe,
-                               document_eod=self._document_eod())
-        losses = reduce_losses(raw)
-        metrics = reduce_step_geometry(raw, probe, self.config)
-        if self._injected_nan():  # test hook: a poisoned step
-            losses = {k: float("nan") for k in losses}
-            for p in self.chunks[0].parameters():
-                p.main_grad.fill_(float("nan"))
-                break
-        losses = self._pipeline_broadcast(losses, ["lm loss", "nitp loss"])
-        finite = self._grads_finite() and all(math.isfinite(v) for v in losses.values())
-        grad_norm = float("nan")
-        if finite:
-            ok, grad_norm, _ = self.optimizer.step()
-            finite = bool(ok) and grad_norm is not None and math.isfinite(grad_norm)
-            if finite:
-                self.scheduler.step(increment=scheduler_increment(a))  # samples or 1
-        if probe is not None:
-            metrics = self._pipeline_broadcast(metrics, ["effective_rank", "pair_cosine"])
-        return losses, grad_norm, finite, metrics
+        return train_step(self.args, self.model, self.optimizer, self.scheduler, self.config,
+                          self.nitp, self.train_iter, self.num_microbatches, self.iteration,
+                          geometry=probe, document_eod=self._document_eod(),
+                          poison=self._injected_nan())
 
     def _eval_due(self):
         # --eval-iters 0 is Megatron-LM's way to skip evaluation altogether.
@@ -374,24 +335,13 @@ class Trainer:
                                       a.nitp_metrics_num_pairs)
 
     def evaluate(self):
-        from .step import forward_backward, reduce_losses
+        from .step import eval_losses
 
         if self.valid_ds is None:
             return {}
-        a = self.args
-        valid_iter = self._iters(self.valid_ds, 0)
-        for c in self.model:
-            c.eval()
-        totals = []
-        with torch.no_grad():
-            for _ in range(a.eval_iters):
-                raw = forward_backward(a, self.model, self.config, self.nitp, valid_iter,
-                                       self.num_microbatches, self.iteration, forward_only=True,
-                                       document_eod=self._document_eod())
-                totals += raw
-        for c in self.model:
-            c.train()
-        return self._pipeline_broadcast(reduce_losses(totals), ["lm loss", "nitp loss"])
+        return eval_losses(self.args, self.model, self.config, self.nitp,
+                           self._iters(self.valid_ds, 0), self.num_microbatches, self.iteration,
+                           self.args.eval_iters, document_eod=self._document_eod())
 
     # -- loop --------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -439,7 +389,9 @@ class Trainer:
         run_start, bad_in_a_row, last_saved = time.time(), 0, self.iteration
         while self.iteration < a.train_iters:
             t0 = time.time()
-            losses, grad_norm, ok, metrics = self._train_step()
+            result = self._train_step()
+            losses, grad_norm, ok, metrics = (result.losses, result.grad_norm, result.ok,
+                                              result.metrics)
             self.iteration += 1
             self.consumed += a.global_batch_size
             bad_in_a_row = 0 if ok else bad_in_a_row + 1
