@@ -23,6 +23,7 @@ from .checkpoint_io import (
     latest_iteration,
     read_run_config,
 )
+from .debug import FAULTS
 from .out_of_space import out_of_space
 
 SHARDING = "fully_reshardable"
@@ -105,7 +106,7 @@ def _save_checkpoint(ckpt_dir, iteration, chunks, optimizer, scheduler, consumed
     state["iteration"] = iteration
     state["consumed_samples"] = consumed_samples
     dist_checkpointing.save(state, tmp)
-    _test_slow_save(iteration)
+    FAULTS.slow_save(iteration)  # debug fault injection (training/debug.py)
     torch.distributed.barrier()
     if _rank0():
         run_config = dict(args=json_safe_args(args), nitp=nitp_config.to_dict(),
@@ -127,18 +128,6 @@ def _remove(path):
         os.remove(path)
     except OSError:
         pass
-
-
-def _test_slow_save(iteration):
-    """Test hook: MEGATRON_NITP_TEST_SLOW_SAVE=SECONDS[@ITERATION] sleeps inside the save window
-    (after the shards are written, before the rename), in every save or only in ITERATION's,
-    so that a test can kill the run mid-save."""
-    spec = os.environ.get("MEGATRON_NITP_TEST_SLOW_SAVE", "")
-    if not spec:
-        return
-    seconds, _, at = spec.partition("@")
-    if not at or int(at) == iteration:
-        time.sleep(float(seconds))
 
 
 def _remove_partial_saves(ckpt_dir):
