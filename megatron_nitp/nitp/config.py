@@ -3,11 +3,13 @@
 import math
 from dataclasses import asdict, dataclass
 
+from ..errors import UserError
+
 LOSS_TYPES = ("cosine", "mse", "smooth_l1", "kl", "generic_cosine")
 PROJECTORS = ("swiglu", "none")
 
 
-class NITPConfigError(ValueError):
+class NITPConfigError(UserError, ValueError):
     """A bad NITP setting; the message names the command-line option."""
 
 

@@ -14,6 +14,7 @@ import traceback
 
 import torch
 
+from ..errors import UserError
 from ..nitp.config import NITPConfig
 from .arguments import parse_args
 from .checkpoint_io import CheckpointError, iteration_dir, latest_iteration, read_run_config
@@ -170,12 +171,8 @@ def pretrain(model_family="gpt", argv=None):
         args.padded_vocab_size = padded_vocab_size(
             args.vocab_size, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size)
         _check_resume_target(args, vocab_size_known=True, nitp_config=nitp_config, log=log)
-    except (ConfigError, CheckpointError, ValueError) as e:
+    except (UserError, ValueError) as e:  # ValueError: megatron-core's own config checks
         _fail(str(e), args.debug)
-    except SystemExit as e:  # data-layer errors are SystemExit subclasses with a message
-        if e.code not in (0, None) and not isinstance(e.code, int):
-            _fail(str(e.code).removeprefix("error: "), args.debug)
-        raise
     return Trainer(args, nitp_config, tokenizer, log, start_time).run()
 
 

@@ -8,6 +8,7 @@ import importlib.util
 import math
 import os
 
+from ..errors import UserError
 from ..nitp.config import NITPConfig, NITPConfigError
 from ..models.options import option_errors
 from .checkpoint_flags import checkpoint_flag_errors, checkpoint_flag_notices
@@ -15,8 +16,8 @@ from .flag_ranges import range_errors
 from .sample_schedule import sample_schedule_errors, schedule_lengths
 
 
-class ConfigError(ValueError):
-    pass
+class ConfigError(UserError, ValueError):
+    """A bad flag or flag combination (training arguments)."""
 
 
 def launch_world_size() -> int:
