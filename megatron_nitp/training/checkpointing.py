@@ -24,6 +24,7 @@ from .checkpoint_io import (
     read_run_config,
 )
 from .debug import FAULTS
+from .log import info
 from .out_of_space import out_of_space
 
 SHARDING = "fully_reshardable"
@@ -87,7 +88,7 @@ def save_checkpoint(ckpt_dir, iteration, *args, **kwargs):
 
 
 def _save_checkpoint(ckpt_dir, iteration, chunks, optimizer, scheduler, consumed_samples, args,
-                     nitp_config, tokenizer_info, keep_last_n=None, log=print):
+                     nitp_config, tokenizer_info, keep_last_n=None, log=info):
     import json
 
     final = iteration_dir(ckpt_dir, iteration)
@@ -232,7 +233,7 @@ def continues_schedule(saved_run_config, finetune=False, no_load_optim=False) ->
                 or saved_run_config.get("args", {}).get("no_save_optim", False))
 
 
-def load_checkpoint(ckpt_dir, chunks, optimizer, scheduler, nitp_config, log=print,
+def load_checkpoint(ckpt_dir, chunks, optimizer, scheduler, nitp_config, log=info,
                     finetune=False, no_load_optim=False, strict="assume_ok_unexpected"):
     """Restore state in place; returns (iteration, consumed_samples).
 

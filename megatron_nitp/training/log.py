@@ -55,6 +55,11 @@ def get_logger() -> logging.Logger:
     return log
 
 
+def info(msg: str):
+    """The default `log` of the functions that report progress: rank 0's stdout."""
+    get_logger().info(msg)
+
+
 def set_logging_level(level):
     """--logging-level (else MEGATRON_LOGGING_LEVEL), as Megatron-LM: the level of Python's
     root logger (megatron-core's modules log there) and of this project's logger."""
