@@ -56,12 +56,12 @@ def run_shape(shape, config_file, overrides, opts):
                  if measure else None)
         overhead.sync(opts.device)
         t0 = time.perf_counter()
-        losses, _, _ = train_step(v.args, v.model, v.optimizer, v.scheduler, v.config, v.nitp,
-                                  iter(batches), len(batches), v.iteration, geometry=probe)
+        result = train_step(v.args, v.model, v.optimizer, v.scheduler, v.config, v.nitp,
+                            iter(batches), len(batches), v.iteration, geometry=probe)
         overhead.sync(opts.device)
         v.iteration += 1
         if measure:
-            assert losses["effective_rank"] > 0, losses
+            assert result.metrics["effective_rank"] > 0, result
         return time.perf_counter() - t0
 
     for _ in range(opts.warmup):

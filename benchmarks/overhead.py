@@ -155,11 +155,10 @@ class Variant:
     def step(self, batches):
         from megatron_nitp.training.step import train_step
 
-        losses, _, ok = train_step(self.args, self.model, self.optimizer, self.scheduler,
-                                   self.config, self.nitp, iter(batches), len(batches),
-                                   self.iteration)
+        result = train_step(self.args, self.model, self.optimizer, self.scheduler, self.config,
+                            self.nitp, iter(batches), len(batches), self.iteration)
         self.iteration += 1
-        return losses
+        return result.losses
 
 
 def make_batches(args, num_microbatches, seed):

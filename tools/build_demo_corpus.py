@@ -12,10 +12,8 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megatron_nitp.data.demo_corpus import DEFAULT_MAX_BYTES, DEFAULT_SOURCES, build_demo_corpus  # noqa: E402
-from megatron_nitp.data.errors import DataArgumentError  # noqa: E402
+from megatron_nitp.data.demo_corpus import DEFAULT_MAX_BYTES, DEFAULT_SOURCES, build_demo_corpus
+from megatron_nitp.data.errors import DataArgumentError
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -19,9 +19,7 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megatron_nitp.evaluation.runs import run_and_exit, write_json_atomic  # noqa: E402
+from megatron_nitp.evaluation.runs import run_and_exit, write_json_atomic
 
 
 def parse_args(argv=None):

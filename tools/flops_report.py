@@ -17,10 +17,9 @@ import os
 import sys
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
-sys.path.insert(0, REPO)  # run from a checkout without `pip install -e .`
 
-from megatron_nitp.nitp.flops import paper_g3_flops, training_flops_per_token  # noqa: E402
-from megatron_nitp.training.arguments import parse_args  # noqa: E402
+from megatron_nitp.nitp.flops import paper_g3_flops, training_flops_per_token
+from megatron_nitp.training.arguments import parse_args
 
 EXAMPLES = os.path.join(REPO, "examples", "configs")
 

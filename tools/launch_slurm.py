@@ -24,10 +24,9 @@ import shlex
 import sys
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
-sys.path.insert(0, REPO)  # run from a checkout without `pip install -e .`
 
-from megatron_nitp.models.param_count import count_parameters  # noqa: E402
-from megatron_nitp.training.arguments import parse_args  # noqa: E402
+from megatron_nitp.models.param_count import count_parameters
+from megatron_nitp.training.arguments import parse_args
 
 TEMPLATE = os.path.join(REPO, "examples", "slurm", "pretrain_multi_node.sbatch")
 BLOCK = re.compile(r"# >>> launch settings.*?\n(.*?)# <<< launch settings\n", re.S)

@@ -12,9 +12,7 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megatron_nitp.training.plotting import plot_runs, summary  # noqa: E402
+from megatron_nitp.training.plotting import plot_runs, summary
 
 
 def parse_args(argv=None) -> argparse.Namespace:

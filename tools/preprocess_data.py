@@ -11,10 +11,8 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megatron_nitp.data.errors import DataArgumentError  # noqa: E402
-from megatron_nitp.data.tokenizers import TOKENIZER_TYPES, tokenizer_options  # noqa: E402
+from megatron_nitp.data.errors import DataArgumentError
+from megatron_nitp.data.tokenizers import TOKENIZER_TYPES, tokenizer_options
 
 
 def parse_args(argv=None) -> argparse.Namespace:

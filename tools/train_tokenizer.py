@@ -12,11 +12,9 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megatron_nitp.data.errors import DataArgumentError  # noqa: E402
-from megatron_nitp.data.tokenizer_training import TOKENIZER_KINDS, train_tokenizer  # noqa: E402
-from megatron_nitp.data.tokenizers import build_tokenizer  # noqa: E402
+from megatron_nitp.data.errors import DataArgumentError
+from megatron_nitp.data.tokenizer_training import TOKENIZER_KINDS, train_tokenizer
+from megatron_nitp.data.tokenizers import build_tokenizer
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -6,8 +6,10 @@ hf_import:  a transformers directory -> a megatron-nitp model-only ("release") c
 hf_tokenizer: the run's tokenizer as files `AutoTokenizer` loads.
 """
 
+from ..errors import UserError
 
-class ConversionError(Exception):
+
+class ConversionError(UserError):
     """Bad input for a conversion; the message is one line for the user."""
 
 

@@ -1,8 +1,10 @@
 """The one error type of the data layer (bad user input: a flag, a file, found before work
 starts) and the output-directory check that raises it."""
 
+from ..errors import UserError
 
-class DataArgumentError(SystemExit):
+
+class DataArgumentError(SystemExit, UserError):
     """Bad data input; the message names the flag or file and says what would be valid.
 
     It derives from SystemExit so that an entry point that does not catch it (a training script,

@@ -3,6 +3,8 @@
 import math
 from dataclasses import asdict, dataclass
 
+from ..errors import UserError
+
 LOSS_TYPES = ("cosine", "mse", "smooth_l1", "kl", "generic_cosine")
 PROJECTORS = ("swiglu", "none")
 
@@ -17,7 +19,7 @@ def head_in_use(projector: str, loss_type: str) -> bool:
     return projector == "swiglu" and loss_type != "generic_cosine"
 
 
-class NITPConfigError(ValueError):
+class NITPConfigError(UserError, ValueError):
     """A bad NITP setting; the message names the command-line option."""
 
 

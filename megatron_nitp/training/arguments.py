@@ -454,6 +454,40 @@ def _add_io_args(p):
     g.add_argument("--wandb-project", default=None, help="wandb project (offline works).")
     g.add_argument("--wandb-exp-name", default=None, help="wandb run name.")
     g.add_argument("--wandb-save-dir", default=None, help="wandb directory.")
+    # Megatron-LM 0.16.1's logging and profiling flags (its LoggerConfig / ProfilingConfig):
+    # names, types and defaults as there; honoured by training/run_logging.py.
+    g.add_argument("--wandb-entity", default=None, help="wandb entity (team or user).")
+    g.add_argument("--tensorboard-log-interval", type=int, default=1,
+                   help="Write training scalars to TensorBoard/wandb every N iterations.")
+    g.add_argument("--log-params-norm", action="store_true",
+                   help="Compute and log the L2 norm of all parameters (params-norm).")
+    g.add_argument("--log-num-zeros-in-grad", action="store_true",
+                   help="Count and log the zero entries of the gradient (num-zeros).")
+    g.add_argument("--log-throughput", action="store_true",
+                   help="Log model TFLOP/s per device (nitp/flops.py's FLOPs per token).")
+    g.add_argument("--log-timers-to-tensorboard", action="store_true",
+                   help="Write iteration-time (and with --log-throughput, throughput) to "
+                        "TensorBoard/wandb.")
+    g.add_argument("--log-memory-to-tensorboard", action="store_true",
+                   help="Write the device allocator's memory counters to TensorBoard (CUDA; on "
+                        "CPU the process's peak RSS as mem-max-rss-bytes).")
+    g.add_argument("--log-validation-ppl-to-tensorboard", action="store_true",
+                   help="Also write validation perplexity exp(min(20, loss)) to TensorBoard.")
+    g.add_argument("--logging-level", type=int, default=None,
+                   help="Python logging level of the run (10 DEBUG, 20 INFO, 30 WARNING, ...); "
+                        "MEGATRON_LOGGING_LEVEL when unset.")
+    g.add_argument("--profile", action="store_true", dest="profile",
+                   help="Profile iterations [--profile-step-start, --profile-step-end): with "
+                        "--use-pytorch-profiler a torch profiler trace in --tensorboard-dir, "
+                        "else an nsys capture range (cudaProfilerStart/Stop, CUDA only).")
+    g.add_argument("--profile-step-start", type=int, default=10,
+                   help="Global step to start profiling.")
+    g.add_argument("--profile-step-end", type=int, default=12,
+                   help="Global step to stop profiling.")
+    g.add_argument("--use-pytorch-profiler", action="store_true",
+                   help="--profile with the torch profiler (works on CPU).")
+    g.add_argument("--profile-ranks", nargs="+", type=int, default=[0],
+                   help="Global ranks to profile.")
     g.add_argument("--dry-run", action="store_true",
                    help="Validate, print parameter counts and the parallel plan, exit.")
     g.add_argument("--debug", action="store_true", help="Show tracebacks for config errors.")

@@ -18,6 +18,7 @@ import argparse
 import os
 
 from .checkpoint_io import CheckpointError, latest_iteration, read_run_config
+from .log import info
 
 # Megatron-LM's load_args_from_checkpoint: _set_arg(name) without force.
 _CKPT_ARGS_UNLESS_GIVEN = (
@@ -62,7 +63,7 @@ def has_checkpoint(ckpt_dir) -> bool:
     return bool(ckpt_dir) and os.path.isdir(ckpt_dir) and latest_iteration(ckpt_dir) is not None
 
 
-def resolve_pretrained_checkpoint(args, log=print):
+def resolve_pretrained_checkpoint(args, log=info):
     """Megatron-LM's load_checkpoint: with --pretrained-checkpoint and no checkpoint in --load,
     finetune from the pretrained one. A later restart of the same command (the run has saved
     into --load by then) resumes normally."""
@@ -84,7 +85,7 @@ def explicit_dests(parser: argparse.ArgumentParser, argv) -> set:
     return set(vars(parser.parse_args(argv)))
 
 
-def apply_checkpoint_args(args, given: set, log=print):
+def apply_checkpoint_args(args, given: set, log=info):
     """--use-checkpoint-args: take the model's arguments from the checkpoint's run config."""
     source = args.load if has_checkpoint(args.load) else args.pretrained_checkpoint
     if not has_checkpoint(source):

@@ -11,12 +11,14 @@ move. A crash mid-save leaves the previous checkpoint as the latest.
 import json
 import os
 
+from ..errors import UserError
+
 TRACKER = "latest_checkpointed_iteration.txt"
 RUN_CONFIG = "run_config.json"
 
 
-class CheckpointError(RuntimeError):
-    pass
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint that cannot be read or written as asked."""
 
 
 def iteration_dir(ckpt_dir: str, iteration: int) -> str:

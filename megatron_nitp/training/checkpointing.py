@@ -24,6 +24,8 @@ from .checkpoint_io import (
     latest_iteration,
     read_run_config,
 )
+from .debug import FAULTS
+from .log import info
 from .out_of_space import out_of_space
 
 SHARDING = "fully_reshardable"
@@ -87,7 +89,7 @@ def save_checkpoint(ckpt_dir, iteration, *args, **kwargs):
 
 
 def _save_checkpoint(ckpt_dir, iteration, chunks, optimizer, scheduler, consumed_samples, args,
-                     nitp_config, tokenizer_info, keep_last_n=None, log=print):
+                     nitp_config, tokenizer_info, keep_last_n=None, log=info):
     import json
 
     final = iteration_dir(ckpt_dir, iteration)
@@ -109,7 +111,7 @@ def _save_checkpoint(ckpt_dir, iteration, chunks, optimizer, scheduler, consumed
     state["iteration"] = iteration
     state["consumed_samples"] = consumed_samples
     dist_checkpointing.save(state, tmp)
-    _test_slow_save(iteration)
+    FAULTS.slow_save(iteration)  # debug fault injection (training/debug.py)
     torch.distributed.barrier()
     if _rank0():
         run_config = dict(args=json_safe_args(args), nitp=nitp_config.to_dict(),
@@ -131,18 +133,6 @@ def _remove(path):
         os.remove(path)
     except OSError:
         pass
-
-
-def _test_slow_save(iteration):
-    """Test hook: MEGATRON_NITP_TEST_SLOW_SAVE=SECONDS[@ITERATION] sleeps inside the save window
-    (after the shards are written, before the rename), in every save or only in ITERATION's,
-    so that a test can kill the run mid-save."""
-    spec = os.environ.get("MEGATRON_NITP_TEST_SLOW_SAVE", "")
-    if not spec:
-        return
-    seconds, _, at = spec.partition("@")
-    if not at or int(at) == iteration:
-        time.sleep(float(seconds))
 
 
 def _remove_partial_saves(ckpt_dir):
@@ -247,7 +237,7 @@ def continues_schedule(saved_run_config, finetune=False, no_load_optim=False) ->
                 or saved_run_config.get("args", {}).get("no_save_optim", False))
 
 
-def load_checkpoint(ckpt_dir, chunks, optimizer, scheduler, nitp_config, log=print,
+def load_checkpoint(ckpt_dir, chunks, optimizer, scheduler, nitp_config, log=info,
                     finetune=False, no_load_optim=False, strict="assume_ok_unexpected",
                     no_load_rng=False):
     """Restore state in place; returns (iteration, consumed_samples).

@@ -1,27 +1,31 @@
 """The training engine behind pretrain_gpt_nitp.py and pretrain_moe_nitp.py.
 
 arguments -> validation (no process groups yet) -> distributed init -> tokenizer + data ->
-model chunks (DDP) + optimizer + scheduler -> resume -> loop (train_step, metrics, eval, logs,
-checkpoints, exits) .
+model chunks (DDP) + optimizer + scheduler -> resume -> loop: step.train_step, then each
+component acts when it is due (loggers.RunLogger, evaluator.Evaluator, checkpointer.Checkpointer,
+stop_policy.StopPolicy, profiling.StepProfiler).
 """
 
 import contextlib
-import math
 import os
-import signal
 import sys
 import time
 import traceback
 
 import torch
 
+from ..errors import UserError
 from ..nitp.config import NITPConfig
 from .arguments import parse_args
 from .checkpoint_io import CheckpointError, iteration_dir, latest_iteration, read_run_config
+from .debug import FAULTS
+from .log import get_logger, rank, set_logging_level
 from .output_paths import probe_output_paths
+from .profiling import check_profile_args
 from .resume_changes import check_optimizer_layout, report_nitp_changes
 from .save_lock import SaveDirLock
 from .schedule_resume import check_schedule_on_resume
+from .stop_policy import SecondInterrupt
 from .validation import ConfigError, validate_args
 
 ARCH_FIELDS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
@@ -41,7 +45,7 @@ def _device():
 
 def _fail(msg, debug=False):
     # Every rank reaches the same verdict; one line is enough (the other ranks exit quietly).
-    if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0))) == 0:
+    if rank() == 0:
         if debug:
             traceback.print_exc()
         print(f"error: {msg}", file=sys.stderr, flush=True)
@@ -51,28 +55,24 @@ def _fail(msg, debug=False):
     sys.exit(2)
 
 
-def _check_resume_target(args, vocab_size_known, nitp_config=None, log=print):
+def _check_resume_target(args, vocab_size_known, nitp_config=None, log=None):
     """--load sanity before heavy work: empty dirs, architecture mismatches, what else the
     resume changes (schedule, NITP, optimizer layout)."""
     from .checkpoint_flags import resolve_pretrained_checkpoint
 
+    log = log or get_logger().info
     resolve_pretrained_checkpoint(args, log)
     if not args.load:
         return
+    it = latest_iteration(args.load) if os.path.isdir(args.load) else None
+    if it is None and args.save and os.path.abspath(args.load) == os.path.abspath(args.save):
+        log(f"notice: --load {args.load} holds no checkpoint yet (same as --save): "
+            "starting fresh")
+        args.load = None
+        return
     if not os.path.isdir(args.load):
-        if args.save and os.path.abspath(args.load) == os.path.abspath(args.save):
-            print(f"notice: --load {args.load} holds no checkpoint yet (same as --save): "
-                  "starting fresh", flush=True)
-            args.load = None
-            return
         raise ConfigError(f"--load {args.load}: no such directory")
-    it = latest_iteration(args.load)
     if it is None:
-        if args.save and os.path.abspath(args.load) == os.path.abspath(args.save):
-            print(f"notice: --load {args.load} holds no checkpoint yet (same as --save): "
-                  "starting fresh", flush=True)
-            args.load = None
-            return
         raise ConfigError(f"--load {args.load}: no checkpoint in this directory "
                           "(no latest_checkpointed_iteration.txt); a mistyped path must not "
                           "train from scratch")
@@ -120,8 +120,8 @@ def _adopt_saved_vocab_padding(args, saved):
         raise ConfigError(f"--load {args.load}: the checkpoint's padded vocabulary ({theirs} "
                           f"rows) does not split over --tensor-model-parallel-size {tp}; use a "
                           f"TP size dividing {theirs}")
-    print(f"notice: --load {args.load}: using the checkpoint's padded vocabulary of {theirs} "
-          f"rows ({mine} at this TP size)", flush=True)
+    get_logger().info(f"notice: --load {args.load}: using the checkpoint's padded vocabulary "
+                      f"of {theirs} rows ({mine} at this TP size)")
     args.padded_vocab_size = theirs
 
 
@@ -131,9 +131,8 @@ def _setup_tokenizer_and_data_args(args, log):
     if args.demo_data:
         from ..data.demo import prepare_demo_data
 
-        rank = int(os.environ.get("RANK", 0))
         # Rank 0 builds (cached, file-locked); the others find the cache.
-        prefix, tok = prepare_demo_data(log=log if rank == 0 else (lambda *a: None))
+        prefix, tok = prepare_demo_data(log=log if rank() == 0 else (lambda *a: None))
         args.data_path = [prefix]
         args.tokenizer_type, args.tokenizer_model = "SentencePieceTokenizer", tok
     tokenizer = build_tokenizer(args.tokenizer_type, args.tokenizer_model, args.vocab_size,
@@ -153,8 +152,8 @@ def pretrain(model_family="gpt", argv=None):
     # time limit also pays for imports, model build and checkpoint load.
     start_time = time.time()
     args = parse_args(argv, model_family)
-    rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0)))
-    log = (lambda msg: print(msg, flush=True)) if rank == 0 else (lambda msg: None)
+    set_logging_level(args.logging_level)
+    log = get_logger().info  # rank 0 prints (training/log.py)
     try:
         if model_family == "moe" and not args.num_experts:
             raise ConfigError("--num-experts: required by pretrain_moe_nitp.py")
@@ -166,6 +165,7 @@ def pretrain(model_family="gpt", argv=None):
         if args.dry_run:  # before any megatron-core import: a dry run costs the torch import
             return _dry_run(args, nitp_config)
         from ..data.data_args import resolve_data_args
+        check_profile_args(args)
         from ..data.datasets import validate_data_args
 
         resolve_data_args(args)  # --data-args-path / --per-split-data-args-path: the lists
@@ -177,12 +177,8 @@ def pretrain(model_family="gpt", argv=None):
         args.padded_vocab_size = padded_vocab_size(
             args.vocab_size, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size)
         _check_resume_target(args, vocab_size_known=True, nitp_config=nitp_config, log=log)
-    except (ConfigError, CheckpointError, ValueError) as e:
+    except (UserError, ValueError) as e:  # ValueError: megatron-core's own config checks
         _fail(str(e), args.debug)
-    except SystemExit as e:  # data-layer errors are SystemExit subclasses with a message
-        if e.code not in (0, None) and not isinstance(e.code, int):
-            _fail(str(e.code).removeprefix("error: "), args.debug)
-        raise
     return Trainer(args, nitp_config, tokenizer, log, start_time).run()
 
 
@@ -192,14 +188,9 @@ def _dry_run(args, nitp_config):
     return dry_run(args, nitp_config)
 
 
-class SecondInterrupt(KeyboardInterrupt):
-    """Ctrl-C again while --exit-signal-handler is already saving: stop now."""
-
-
 class Trainer:
     def __init__(self, args, nitp_config: NITPConfig, tokenizer, log, start_time=None):
         self.args, self.nitp, self.tokenizer, self.log = args, nitp_config, tokenizer, log
-        self.sigterm = False
         self.start_time = start_time or time.time()
 
     # -- setup -------------------------------------------------------------------------------
@@ -246,7 +237,7 @@ class Trainer:
                 _fail(str(e), a.debug)
             self.log(f"resumed from {a.load} at iteration {self.iteration}")
         # After the load: the logs rewind to the iteration this run continues from.
-        self.logger = RunLogger(a, enabled=torch.distributed.get_rank() == 0,
+        self.logger = RunLogger(a, enabled=rank() == 0,
                                 start_iteration=self.iteration)
         self._build_data()
 
@@ -254,7 +245,7 @@ class Trainer:
         """Rank 0 takes the --save lock; every rank learns the verdict (launched by srun, no
         launcher would stop ranks left waiting for a rank 0 that refused)."""
         refused = None
-        if self.args.save and torch.distributed.get_rank() == 0:
+        if self.args.save and rank() == 0:
             try:
                 SaveDirLock(self.args.save, self.log).acquire()
             except ConfigError as e:
@@ -289,78 +280,20 @@ class Trainer:
         self.valid_ds, self._iters = valid, iters
 
     # -- helpers -----------------------------------------------------------------------------
-    def _pipeline_broadcast(self, values: dict, keys):
-        """Losses live on the last pipeline stage; bring them to every rank (rank 0 logs)."""
-        from megatron.core import parallel_state as ps
-
-        t = torch.tensor([values.get(k, 0.0) for k in keys] + [1.0 if values else 0.0],
-                         dtype=torch.float64, device=_device())
-        torch.distributed.all_reduce(t, group=ps.get_pipeline_model_parallel_group())
-        return {k: t[i].item() for i, k in enumerate(keys)} if t[-1] > 0 else {}
-
     def _any_rank(self, flag: bool) -> bool:
         t = torch.tensor([1.0 if flag else 0.0], device=_device())
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
         return bool(t.item())
 
-    def _grads_finite(self):
-        # Per-bucket checks stay on the device; one host sync for the whole step.
-        flags = [torch.isfinite(buf.grad_data).all() for chunk in self.model
-                 for buf in list(chunk.buffers) + list(chunk.expert_parallel_buffers)]
-        bad = (~torch.stack(flags).all()).float().reshape(1) if flags else torch.zeros(1, device=_device())
-        torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
-        return bad.item() == 0
-
-    def _injected_nan(self):
-        spec = os.environ.get("MEGATRON_NITP_TEST_NAN_ITERS", "")
-        return str(self.iteration + 1) in spec.split(",")
-
     # -- one step ----------------------------------------------------------------------------
     def _train_step(self):
-        from ..parallel.precision import uses_grad_scaler
-        from .sample_schedule import scheduler_increment
-        from .step import forward_backward, reduce_losses, reduce_step_geometry
+        from .step import train_step
 
-        a = self.args
-        for chunk in self.model:
-            chunk.zero_grad_buffer()
-        self.optimizer.zero_grad()
         probe = self._geometry_probe() if self._want_metrics() else None
-        raw = forward_backward(a, self.model, self.config, self.nitp, self.train_iter,
-                               self.num_microbatches, self.iteration, geometry=probe,
-                               document_eod=self._document_eod())
-        losses = reduce_losses(raw)
-        metrics = reduce_step_geometry(raw, probe, self.config)
-        if self._injected_nan():  # test hook: a poisoned step
-            losses = {k: float("nan") for k in losses}
-            for p in self.chunks[0].parameters():
-                p.main_grad.fill_(float("nan"))
-                break
-        losses = self._pipeline_broadcast(losses, ["lm loss", "nitp loss"])
-        self.overflow = False
-        if uses_grad_scaler(a):
-            # fp16 / --loss-scale: gradients that overflow are the grad scaler's business (as in
-            # Megatron-LM): optimizer.step unscales, finds the inf, skips the update and backs
-            # the scale off. Only a non-finite loss counts as a bad step.
-            ok, grad_norm, _ = self.optimizer.step()
-            if ok:
-                self.scheduler.step(increment=scheduler_increment(a))
-            finite = bool(ok) and all(math.isfinite(v) for v in losses.values())
-            self.overflow = not ok and all(math.isfinite(v) for v in losses.values())
-            grad_norm = float("nan") if grad_norm is None else grad_norm
-            if probe is not None:
-                metrics = self._pipeline_broadcast(metrics, ["effective_rank", "pair_cosine"])
-            return losses, grad_norm, finite, metrics
-        finite = self._grads_finite() and all(math.isfinite(v) for v in losses.values())
-        grad_norm = float("nan")
-        if finite:
-            ok, grad_norm, _ = self.optimizer.step()
-            finite = bool(ok) and grad_norm is not None and math.isfinite(grad_norm)
-            if finite:
-                self.scheduler.step(increment=scheduler_increment(a))  # samples or 1
-        if probe is not None:
-            metrics = self._pipeline_broadcast(metrics, ["effective_rank", "pair_cosine"])
-        return losses, grad_norm, finite, metrics
+        return train_step(self.args, self.model, self.optimizer, self.scheduler, self.config,
+                          self.nitp, self.train_iter, self.num_microbatches, self.iteration,
+                          geometry=probe, document_eod=self._document_eod(),
+                          poison=FAULTS.nan_at(self.iteration + 1))
 
     def loss_scale(self):
         """The grad scaler's current scale (fp16 / --loss-scale), else None."""
@@ -369,11 +302,6 @@ class Trainer:
         if not uses_grad_scaler(self.args):
             return None
         return float(self.optimizer.get_loss_scale())
-
-    def _eval_due(self):
-        # --eval-iters 0 is Megatron-LM's way to skip evaluation altogether.
-        a = self.args
-        return bool(a.eval_interval and a.eval_iters) and self.iteration % a.eval_interval == 0
 
     def _document_eod(self):
         return self.tokenizer.eod if self.args.reset_attention_mask else None
@@ -392,24 +320,13 @@ class Trainer:
                                       a.nitp_metrics_num_pairs)
 
     def evaluate(self):
-        from .step import forward_backward, reduce_losses
+        from .step import eval_losses
 
         if self.valid_ds is None:
             return {}
-        a = self.args
-        valid_iter = self._iters(self.valid_ds, 0)
-        for c in self.model:
-            c.eval()
-        totals = []
-        with torch.no_grad():
-            for _ in range(a.eval_iters):
-                raw = forward_backward(a, self.model, self.config, self.nitp, valid_iter,
-                                       self.num_microbatches, self.iteration, forward_only=True,
-                                       document_eod=self._document_eod())
-                totals += raw
-        for c in self.model:
-            c.train()
-        return self._pipeline_broadcast(reduce_losses(totals), ["lm loss", "nitp loss"])
+        return eval_losses(self.args, self.model, self.config, self.nitp,
+                           self._iters(self.valid_ds, 0), self.num_microbatches, self.iteration,
+                           self.args.eval_iters, document_eod=self._document_eod())
 
     # -- loop --------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -428,14 +345,14 @@ class Trainer:
             for chunk in self.model:
                 chunk.enable_forward_pre_hook()
 
-    def _save(self):
+    def _save(self, iteration):
         from .checkpointing import save_checkpoint
 
         a = self.args
         try:
             with self._params_in_sync():
-                save_checkpoint(a.save, self.iteration, self.chunks, self.optimizer,
-                                self.scheduler, self.consumed, a, self.nitp,
+                save_checkpoint(a.save, iteration, self.chunks, self.optimizer, self.scheduler,
+                                self.consumed, a, self.nitp,
                                 {"type": a.tokenizer_type, "model": a.tokenizer_model,
                                  "vocab_file": a.vocab_file, "merge_file": a.merge_file},
                                 keep_last_n=a.keep_last_n_checkpoints, log=self.log)
@@ -444,91 +361,70 @@ class Trainer:
             _fail(str(e), a.debug)
 
     def run(self):
+        from .checkpointer import Checkpointer
+        from .evaluator import Evaluator
+        from .profiling import StepProfiler
+        from .stop_policy import StopPolicy
+
         a = self.args
-        if a.exit_signal_handler:
-            for sig in {signal.Signals(a.exit_signal), signal.SIGINT}:
-                signal.signal(sig, self._on_exit_signal)
+        stop_policy = StopPolicy(a, self.start_time, self._any_rank, self.log)
+        stop_policy.install_signal_handlers()
         self._setup()
         start_iteration = self.iteration
-        tokens_per_step = a.global_batch_size * a.seq_length
+        checkpointer = Checkpointer(a, self._save, self.iteration)
+        evaluator = Evaluator(a, self._log_eval)
+        profiler = StepProfiler(a, rank())
         self.log(f"training {a.model_family} model: {a.train_iters} iterations, "
                  f"global batch {a.global_batch_size} x seq {a.seq_length}, "
                  f"{self.num_microbatches} microbatches/step, NITP "
                  f"{'on' if self.nitp.enabled else 'off'}")
-        run_start, bad_in_a_row, last_saved = time.time(), 0, self.iteration
-        skipped_iterations = 0  # since the last logged line
+        if FAULTS.notice():
+            self.log(FAULTS.notice())
+        run_start = time.time()
+        self.skipped_since_log = 0  # Megatron-LM's 'number of skipped iterations'
         while self.iteration < a.train_iters:
+            profiler.step(self.iteration)
             t0 = time.time()
-            losses, grad_norm, ok, metrics = self._train_step()
+            result = self._train_step()
             self.iteration += 1
             self.consumed += a.global_batch_size
-            overflow = getattr(self, "overflow", False)  # skipped by the loss scaler
-            skipped_iterations += not ok
-            bad_in_a_row = 0 if ok or overflow else bad_in_a_row + 1
-            dt = time.time() - t0
-            # A metrics step is always logged: its measurement would otherwise be thrown away.
-            if self.iteration % a.log_interval == 0 or not ok or metrics:
-                rec = {"iteration": self.iteration, "lm_loss": losses.get("lm loss"),
-                       "nitp_loss": losses.get("nitp loss") if self.nitp.enabled else None,
-                       "lr": self.optimizer.param_groups[0]["lr"],
-                       "grad_norm": grad_norm, "tokens_per_sec": tokens_per_step / dt,
-                       "elapsed_s": round(time.time() - run_start, 3),
-                       "consumed_samples": self.consumed, "skipped": not ok, **metrics}
-                if self.loss_scale() is not None:  # fp16 / --loss-scale, as Megatron-LM logs
-                    rec.update(loss_scale=self.loss_scale(), overflow=overflow,
-                               skipped_iterations=skipped_iterations)
-                self.logger.record(rec)
-                self.logger.train_line(rec, a.train_iters, start_iteration)
-                skipped_iterations = 0  # Megatron-LM counts the skipped ones per logged line
-            if overflow:
-                self.log(f"notice: gradient overflow at iteration {self.iteration}: step skipped,"
-                         f" loss scale now {self.loss_scale():.1f}")
-            elif not ok:
-                self.log(f"warning: non-finite loss or gradient at iteration {self.iteration}: "
-                         f"step skipped ({bad_in_a_row} in a row)")
-                if bad_in_a_row >= a.max_bad_steps:
-                    self.log(f"error: {bad_in_a_row} consecutive non-finite steps "
-                             f"(--max-bad-steps {a.max_bad_steps}); stopping")
-                    if a.save and last_saved != self.iteration:
-                        # The parameters were never updated by the bad steps: this is the
-                        # last good state.
-                        self._save()
-                    return self._finish(3)
-            if self._eval_due():
-                self._log_eval()
-            if a.save and a.save_interval and self.iteration % a.save_interval == 0:
-                self._save()
-                last_saved = self.iteration
-            stop = None
-            if a.exit_signal_handler and self._any_rank(bool(self.sigterm)):
-                stop = self.sigterm or "a signal on another rank"
-            elif a.exit_duration_in_mins and self._any_rank(
-                    (time.time() - self.start_time) / 60 > a.exit_duration_in_mins):
-                stop = "--exit-duration-in-mins"
-            elif a.exit_interval and self.iteration % a.exit_interval == 0:
-                stop = "--exit-interval"
+            self._log_step(result, time.time() - t0, run_start, start_iteration)
+            profiler.after_step(self.iteration)
+            stop = stop_policy.after_step(self.iteration, result.ok,
+                                          self.loss_scale() if result.overflow else None)
+            if not stop:
+                evaluator.maybe_evaluate(self.iteration)
+                checkpointer.maybe_save(self.iteration)
+                stop = stop_policy.due(self.iteration)
             if stop:
-                if a.save and last_saved != self.iteration:
-                    self._save()
-                self.log(f"exiting at iteration {self.iteration} ({stop})")
-                return self._finish(0)
-        if a.eval_interval and a.eval_iters and self.iteration % a.eval_interval != 0:
-            self._log_eval()
-        # --train-iters 0 --save: the initialised (or --finetune-loaded) model as iteration 0,
-        # a seed checkpoint that any layout can --load --finetune.
-        if a.save and (last_saved != self.iteration or self.iteration == a.train_iters == 0):
-            self._save()
-        return self._finish(0)
+                checkpointer.save_before_stop(self.iteration)
+                if stop.code == 0:
+                    self.log(f"exiting at iteration {self.iteration} ({stop.reason})")
+                return self._finish(stop.code, profiler)
+        evaluator.at_end(self.iteration)
+        checkpointer.save_at_end(self.iteration)
+        return self._finish(0, profiler)
 
-    def _on_exit_signal(self, signum, _frame):
-        """Finish the step, save, exit 0; a second Ctrl-C means stop now (exit 130)."""
-        if self.sigterm and signum == signal.SIGINT:
-            raise SecondInterrupt
-        self.sigterm = signal.Signals(signum).name  # no print here: not reentrant
+    def _log_step(self, result, seconds, run_start, start_iteration):
+        from .step_record import step_record
 
-    def _finish(self, code):
-        """Close the logs; with --plot, draw the run's JSONL (rank 0; a plotting failure only
-        warns: the training itself succeeded)."""
+        self.skipped_since_log += not result.ok
+        if not self.logger.due(self.iteration, result.ok, result.metrics):
+            return
+        rec = step_record(self.args, self.nitp.enabled, self.iteration, result, seconds,
+                          self.optimizer.param_groups[0]["lr"], self.consumed,
+                          time.time() - run_start, self.model)
+        if self.loss_scale() is not None:  # fp16 / --loss-scale, as Megatron-LM logs
+            rec.update(loss_scale=self.loss_scale(), overflow=result.overflow,
+                       skipped_iterations=self.skipped_since_log)
+        self.skipped_since_log = 0  # Megatron-LM counts the skipped ones per logged line
+        self.logger.train(rec, self.args.train_iters, start_iteration)
+
+    def _finish(self, code, profiler=None):
+        """Close the profiler and the logs; with --plot, draw the run's JSONL (rank 0; a
+        plotting failure only warns: the training itself succeeded)."""
+        if profiler is not None:
+            profiler.stop()
         self.logger.close()
         if self.args.plot and self.logger.enabled:
             from .plotting import plot_runs
@@ -543,14 +439,10 @@ class Trainer:
     def _log_eval(self):
         with self._params_in_sync():
             ev = self.evaluate()
-        if not ev:
-            return
-        rec = {"iteration": self.iteration, "split": "valid", "lm_loss": ev.get("lm loss"),
-               "nitp_loss": ev.get("nitp loss") if self.nitp.enabled else None}
-        self.logger.record(rec)
-        nitp = f" | nitp loss {rec['nitp_loss']:.4f}" if rec["nitp_loss"] is not None else ""
-        self.logger.print(f"validation at iter {self.iteration} | lm loss {rec['lm_loss']:.4f}"
-                          f"{nitp}")
+        if ev:
+            self.logger.validation({"iteration": self.iteration, "lm_loss": ev.get("lm loss"),
+                                    "nitp_loss": ev.get("nitp loss") if self.nitp.enabled
+                                    else None})
 
 
 def main(model_family):
@@ -560,7 +452,7 @@ def main(model_family):
         # Ctrl-C without --exit-signal-handler (or a second one with it): one line, the shell's
         # 128 + SIGINT, and no traceback; a save it interrupted has removed its .tmp
         # (checkpointing.save_checkpoint).
-        if int(os.environ.get("RANK", 0)) == 0:
+        if rank() == 0:
             hint = ("a second Ctrl-C stops at once" if isinstance(e, SecondInterrupt) else
                     "--exit-signal-handler makes Ctrl-C save a checkpoint and exit 0")
             print(f"error: interrupted (SIGINT): exiting without saving; {hint}",

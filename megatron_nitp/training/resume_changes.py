@@ -9,6 +9,7 @@
   one line naming the flag.
 """
 
+from .log import info
 from .validation import ConfigError
 
 
@@ -24,7 +25,7 @@ def nitp_changes(saved_nitp: dict, current: dict):
             if k in saved_nitp and saved_nitp[k] != current[k]]
 
 
-def report_nitp_changes(saved_nitp: dict, current: dict, log=print):
+def report_nitp_changes(saved_nitp: dict, current: dict, log=info):
     changes = nitp_changes(saved_nitp, current)
     if not changes:
         return

@@ -18,6 +18,7 @@ import socket
 import time
 
 from ..processes import process_alive
+from .log import info
 from .validation import ConfigError
 
 LOCK_NAME = ".megatron_nitp.lock"
@@ -40,7 +41,7 @@ def _restart_count(value) -> int:
 
 
 class SaveDirLock:
-    def __init__(self, save_dir: str, log=print):
+    def __init__(self, save_dir: str, log=info):
         self.save_dir = os.path.abspath(save_dir)
         self.path = os.path.join(self.save_dir, LOCK_NAME)
         self.log = log

@@ -12,6 +12,7 @@ value and which one is used. megatron-core then applies the choice itself.
 import os
 
 from .checkpoint_io import CheckpointError
+from .log import info
 from .validation import ConfigError
 
 # The values megatron's scheduler saves and checks, and the flags they come from.
@@ -89,7 +90,7 @@ FROM_SAVED_ARGS = {
 }
 
 
-def check_schedule_on_resume(args, iteration_path: str, log=print, saved_args=None):
+def check_schedule_on_resume(args, iteration_path: str, log=info, saved_args=None):
     state = saved_scheduler_state(iteration_path)
     if not state:
         return

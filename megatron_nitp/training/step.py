@@ -1,9 +1,13 @@
 """One training step on megatron-core: batch -> forward_step -> schedule -> finalize -> optimizer.
 
-Shared by the engine loop and the equivalence tests, so what the tests prove is what trains.
+`train_step` is the one step of the engine loop, the benchmarks and the equivalence tests, so
+what the tests prove is what trains.
 """
 
+import math
+from dataclasses import dataclass, field
 from functools import partial
+from typing import Dict, Optional
 
 import torch
 from megatron.core import parallel_state
@@ -113,6 +117,7 @@ def build_optimizer(args, model_chunks, config):
         use_distributed_optimizer=args.use_distributed_optimizer,
         # fp16/bf16, params dtype, loss scaling: megatron-core picks the grad scaler.
         **optimizer_precision_config(args),
+        log_num_zeros_in_grad=args.log_num_zeros_in_grad,  # optimizer.step() counts them
     )
     optimizer = get_megatron_optimizer(opt_config, model_chunks)
     if uses_grad_scaler(args):
@@ -176,18 +181,108 @@ def forward_backward(args, model, config, nitp_config, data_iterators, num_micro
     )
 
 
+def _device():
+    """Where collectives' tensors live: NCCL needs CUDA tensors, gloo CPU ones."""
+    return (torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available()
+            else torch.device("cpu"))
+
+
+def pipeline_broadcast(values: dict, keys):
+    """Losses live on the last pipeline stage; bring them to every rank (rank 0 logs)."""
+    t = torch.tensor([values.get(k, 0.0) for k in keys] + [1.0 if values else 0.0],
+                     dtype=torch.float64, device=_device())
+    torch.distributed.all_reduce(t, group=parallel_state.get_pipeline_model_parallel_group())
+    return {k: t[i].item() for i, k in enumerate(keys)} if t[-1] > 0 else {}
+
+
+def grads_finite(model):
+    """Every rank's gradient buffers finite; per-bucket checks stay on the device, one host
+    sync for the whole step."""
+    flags = [torch.isfinite(buf.grad_data).all() for chunk in model
+             for buf in list(chunk.buffers) + list(chunk.expert_parallel_buffers)]
+    bad = ((~torch.stack(flags).all()).float().reshape(1) if flags
+           else torch.zeros(1, device=_device()))
+    torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+    return bad.item() == 0
+
+
+LOSS_KEYS = ("lm loss", "nitp loss")
+METRIC_KEYS = ("effective_rank", "pair_cosine")
+
+
+@dataclass
+class StepResult:
+    losses: Dict[str, float]  # LOSS_KEYS: global means, on every rank
+    grad_norm: float  # nan when the step was skipped
+    ok: bool  # the update was applied: finite losses and gradients, optimizer succeeded
+    metrics: Dict[str, float] = field(default_factory=dict)  # METRIC_KEYS on a metrics step
+    num_zeros_in_grad: Optional[int] = None  # --log-num-zeros-in-grad
+    overflow: bool = False  # skipped by the loss scaler (fp16 / --loss-scale): not a bad step
+
+
+def _poison(losses, model):
+    """--debug-inject-nan-iters (training/debug.py): this step's losses and one gradient NaN,
+    as a diverging step would leave them."""
+    for p in model[0].parameters():
+        p.main_grad.fill_(float("nan"))
+        break
+    return {k: float("nan") for k in losses}
+
+
 def train_step(args, model, optimizer, scheduler, config, nitp_config, data_iterators,
-               num_microbatches, iteration, geometry=None):
-    """Returns (losses {name: global mean}, grad_norm, update_successful); with a geometry
-    probe the losses also hold "effective_rank" and "pair_cosine" (last pipeline stage)."""
+               num_microbatches, iteration, geometry=None, document_eod=None,
+               poison=False) -> StepResult:
+    """The training step of the engine, the benchmarks and the equivalence tests: zero grads,
+    forward/backward over the microbatches, then the update unless a loss or a gradient is
+    non-finite on any rank (the step is skipped: parameters, optimizer and scheduler stay).
+    geometry: a GeometryProbe on a metrics step; document_eod: see make_forward_step; poison:
+    a debug fault (training/debug.py)."""
     for chunk in model:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
-    losses = forward_backward(args, model, config, nitp_config, data_iterators,
-                              num_microbatches, iteration, geometry=geometry)
-    update_successful, grad_norm, _ = optimizer.step()
-    if update_successful:
-        scheduler.step(increment=scheduler_increment(args))  # iterations, or samples
-    reduced = reduce_losses(losses)
-    reduced.update(reduce_step_geometry(losses, geometry, config))
-    return reduced, grad_norm, update_successful
+    raw = forward_backward(args, model, config, nitp_config, data_iterators, num_microbatches,
+                           iteration, geometry=geometry, document_eod=document_eod)
+    losses = reduce_losses(raw)
+    metrics = reduce_step_geometry(raw, geometry, config)
+    if poison:
+        losses = _poison(losses, model)
+    losses = pipeline_broadcast(losses, LOSS_KEYS)
+    losses_finite = all(math.isfinite(v) for v in losses.values())
+    overflow = False
+    if uses_grad_scaler(args):
+        # fp16 / --loss-scale: overflowing gradients are the grad scaler's business (as in
+        # Megatron-LM): optimizer.step unscales, finds the inf, skips the update and backs the
+        # scale off. Only a non-finite loss counts as a bad step.
+        update_successful, grad_norm, num_zeros = optimizer.step()
+        if update_successful:
+            scheduler.step(increment=scheduler_increment(args))
+        ok = bool(update_successful) and losses_finite
+        overflow = not update_successful and losses_finite
+    else:
+        ok = grads_finite(model) and losses_finite
+        grad_norm, num_zeros = float("nan"), None
+    if ok and not uses_grad_scaler(args):
+        update_successful, grad_norm, num_zeros = optimizer.step()
+        ok = bool(update_successful) and grad_norm is not None and math.isfinite(grad_norm)
+        if ok:
+            scheduler.step(increment=scheduler_increment(args))  # iterations, or samples
+    if geometry is not None:
+        metrics = pipeline_broadcast(metrics, METRIC_KEYS)
+    return StepResult(losses, grad_norm if grad_norm is not None else float("nan"), ok, metrics,
+                      num_zeros, overflow)
+
+
+def eval_losses(args, model, config, nitp_config, data_iterators, num_microbatches, iteration,
+                eval_iters, document_eod=None):
+    """Forward only over `eval_iters` global batches: {"lm loss", "nitp loss"} on every rank."""
+    for c in model:
+        c.eval()
+    totals = []
+    with torch.no_grad():
+        for _ in range(eval_iters):
+            totals += forward_backward(args, model, config, nitp_config, data_iterators,
+                                       num_microbatches, iteration, forward_only=True,
+                                       document_eod=document_eod)
+    for c in model:
+        c.train()
+    return pipeline_broadcast(reduce_losses(totals), LOSS_KEYS)

@@ -9,6 +9,7 @@ import math
 import os
 
 from ..data.data_args import data_args_errors
+from ..errors import UserError
 from ..nitp.config import NITPConfig, NITPConfigError
 from ..models.options import option_errors
 from .checkpoint_flags import checkpoint_flag_errors, checkpoint_flag_notices
@@ -18,8 +19,8 @@ from .megatron_compat import check_megatron_compat
 from .sample_schedule import sample_schedule_errors, schedule_lengths
 
 
-class ConfigError(ValueError):
-    pass
+class ConfigError(UserError, ValueError):
+    """A bad flag or flag combination (training arguments)."""
 
 
 def launch_world_size() -> int:

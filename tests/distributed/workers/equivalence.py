@@ -209,14 +209,15 @@ def full_grads_into_params(s):
 
 
 def run_step(s):
-    from megatron_nitp.training.step import forward_backward, reduce_losses
+    """The engine's own training step (training/step.py:train_step). The update it applies
+    leaves the reduced gradients in the grad buffers (main_grad), which are compared."""
+    from megatron_nitp.training.step import train_step
 
     its, n = data_iterators(s)
-    for chunk in s.model:
-        chunk.zero_grad_buffer()
-    s.optimizer.zero_grad()
-    losses = forward_backward(s.args, s.model, s.config, s.nitp, its, n, iteration=0)
-    return reduce_losses(losses)
+    result = train_step(s.args, s.model, s.optimizer, s.scheduler, s.config, s.nitp, its, n,
+                        iteration=0)
+    assert result.ok, f"the step was skipped: {result}"
+    return result.losses
 
 
 def phase_reference(out):
