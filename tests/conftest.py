@@ -33,3 +33,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(DEFAULT_TIMEOUT))
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging_levels():
+    """--logging-level sets process-wide levels (as in Megatron-LM); an in-process run (a dry
+    run of an example script giving it) must not silence the next test's output."""
+    import logging
+
+    from megatron_nitp.training.log import get_logger
+
+    levels = logging.getLogger().level, get_logger().level
+    yield
+    logging.getLogger().setLevel(levels[0])
+    get_logger().setLevel(levels[1])

@@ -17,7 +17,6 @@ returns the first refusal (the caller raises it as a ConfigError).
 
 import argparse
 import dataclasses
-import logging
 from typing import Callable, Optional
 
 NOOP, REJECT, HONOURED = "no-op", "rejected", "honoured"
@@ -74,10 +73,6 @@ def _no_attention_mask_verdict(args):
     return REJECT if getattr(args, "reset_attention_mask", False) else NOOP
 
 
-def _set_logging_level(args):
-    logging.getLogger().setLevel(args.logging_level)  # as Megatron-LM's setup_logging
-
-
 def _fsdp_strategy_verdict(args):
     return NOOP if args.data_parallel_sharding_strategy == "no_shard" else REJECT
 
@@ -121,25 +116,11 @@ TABLE = (
                  "deprecated in Megatron-LM: with --position-embedding-type rope there is no "
                  "position table to disable (Megatron-LM refuses it otherwise; use "
                  "--position-embedding-type)", decide=_no_position_embedding_verdict),
-    _value("--logging-level", "logging_level", int, None, HONOURED,
-           "Python logging level of the root logger", apply=_set_logging_level),
     _value("--expert-tensor-parallel-size", "expert_tensor_parallel_size", int, None, HONOURED,
            "when equal to --tensor-model-parallel-size (megatron-nitp splits the experts over "
            "TP, Megatron-LM's default); another size is not supported yet (expert tensor "
            "parallelism, the model-families work)", decide=_etp_verdict),
     # -- refused until the issue #15 item that honours them lands ----------------------------
-    _store_true("--profile", "profile", REJECT,
-                f"{_PENDING} (torch profiler trace, issue #15 item 9)"),
-    _value("--profile-step-start", "profile_step_start", int, 10, REJECT,
-           f"{_PENDING} (--profile, issue #15 item 9)"),
-    _value("--profile-step-end", "profile_step_end", int, 12, REJECT,
-           f"{_PENDING} (--profile, issue #15 item 9)"),
-    *(_store_true(f, f[2:].replace("-", "_"), REJECT,
-                  f"{_PENDING} (logging, issue #15 item 9); the console and --log-jsonl "
-                  "report loss, lr, grad norm and tokens/s")
-      for f in ("--log-throughput", "--log-params-norm", "--log-num-zeros-in-grad",
-                "--log-timers-to-tensorboard", "--log-memory-to-tensorboard",
-                "--log-validation-ppl-to-tensorboard")),
     _value("--mtp-num-layers", "mtp_num_layers", int, None, REJECT,
            f"{_PENDING} (multi-token prediction, the model-families work)"),
     _value("--mtp-loss-scaling-factor", "mtp_loss_scaling_factor", float, 0.1, REJECT,

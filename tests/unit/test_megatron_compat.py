@@ -86,16 +86,6 @@ def test_flags_whose_verdict_depends_on_others(monkeypatch, capsys):
         _validate(["--data-parallel-sharding-strategy", "optim"], monkeypatch)
 
 
-def test_logging_level_is_honoured(monkeypatch):
-    root = logging.getLogger()
-    before = root.level
-    try:
-        _validate(["--logging-level", "40"], monkeypatch)
-        assert root.level == 40
-    finally:
-        root.setLevel(before)
-
-
 def test_a_flag_arguments_py_declares_wins_over_the_table(monkeypatch):
     parser = compat.OneLineErrorParser()
     parser.add_argument("--fp16", action="store_true", help="honoured elsewhere")

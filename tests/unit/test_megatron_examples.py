@@ -34,10 +34,6 @@ REFUSED = {
         "--rampup-batch-size": ("batch-size ramp-up, issue #15 item 5", []),
     },
     "llama3_8b_fp8": {
-        "--profile": ("issue #15 item 9", []),
-        "--profile-step-start": ("issue #15 item 9", []),
-        "--profile-step-end": ("issue #15 item 9", []),
-        "--log-throughput": ("issue #15 item 9", []),
         "--decoupled-lr": ("issue #15 item 5", []),
         "--decoupled-min-lr": ("issue #15 item 5", []),
     },
@@ -51,10 +47,6 @@ REFUSED = {
         "--moe-flex-dispatcher-backend": ("flex dispatcher (model families)", []),
         "--mtp-num-layers": ("multi-token prediction (model families)", []),
         "--moe-router-force-load-balancing": ("benchmarking mode: random routing", []),
-        **{flag: ("issue #15 item 9", []) for flag in (
-            "--log-throughput", "--log-params-norm", "--log-num-zeros-in-grad",
-            "--log-timers-to-tensorboard", "--log-memory-to-tensorboard",
-            "--log-validation-ppl-to-tensorboard")},
     },
 }
 # The script's default (USE_MEGATRON_FSDP=1): Megatron-FSDP on top of the above.
