@@ -90,6 +90,15 @@ class NITPGPTModel(GPTModel):
             return self._carried_target
         return None
 
+    def _logits(self, hidden_states, runtime_gather_output=None):
+        """[b, s, V] logits of the main model. megatron-core 0.16.1's _postprocess reads `labels`
+        for the MTP losses even when none are given; MTP layers only train, so skip them."""
+        weight = (self.shared_embedding_or_output_weight()
+                  if self.share_embeddings_and_output_weights else None)
+        logits, _ = self.output_layer(hidden_states, weight=weight,
+                                      runtime_gather_output=runtime_gather_output)
+        return logits.transpose(0, 1).contiguous()
+
     def _postprocess(self, hidden_states, *args, **kwargs):
         cfg = self.nitp_config
         target = self._implicit_target(kwargs.get("decoder_input")) if cfg.uses_target else None
@@ -101,6 +110,10 @@ class NITPGPTModel(GPTModel):
                 out = torch.cat([out, target.to(out.dtype)], dim=0)
             return out
         labels = kwargs.get("labels", args[2] if len(args) > 2 else None)
+        if labels is None and self.config.mtp_num_layers is not None:
+            return self._logits(hidden_states, kwargs.get("runtime_gather_output"))
+        # With MTP, megatron applies the MTP block to `hidden_states` in there; the NITP head
+        # below reads the same main-model h_t (after the final norm), as the paper's.
         lm = super()._postprocess(hidden_states, *args, **kwargs)
         geometry = None
         if self._geometry is not None and labels is not None:

@@ -8,8 +8,7 @@ interleaved schedule needs one shape for every boundary). Gradients flow back th
 only when stop-grad is off (the ablation).
 """
 
-from megatron.core.transformer.transformer_block import get_num_layers_to_build
-from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
+from ..models.pipeline_layout import chunk_layer_range
 
 BEFORE, OWNER, AFTER = "before", "owner", "after"
 
@@ -23,8 +22,8 @@ def _chunks(config):
 
 
 def _layer_range(config, pp_rank, vp_stage):
-    offset = get_transformer_layer_offset(config, vp_stage=vp_stage, pp_rank=pp_rank)
-    return offset, offset + get_num_layers_to_build(config, vp_stage=vp_stage, pp_rank=pp_rank)
+    # Even, uneven (first/last stage counts) or an explicit layout: megatron-core's placement.
+    return chunk_layer_range(config, pp_rank, vp_stage)
 
 
 def owner_chunk_index(config, target_layer: int) -> int:

@@ -15,6 +15,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.transformer.module import Float16Module
 from megatron.core.utils import get_attr_wrapped_model, get_batch_on_this_cp_rank
 
+from ..models.mtp import take_mtp_losses
 from ..nitp.documents import within_document_mask
 from ..nitp.loss import nitp_loss_func
 from ..nitp.metrics import GEOMETRY_KEYS, reduce_geometry
@@ -131,6 +132,7 @@ def reduce_losses(losses_per_microbatch):
         t = totals[name].clone()
         torch.distributed.all_reduce(t, group=group)
         out[name] = (t[0] / t[1].clamp(min=1)).item()
+    out.update(take_mtp_losses(len(losses_per_microbatch)))  # "mtp_1 loss", ... (models/mtp.py)
     return out
 
 

@@ -10,6 +10,8 @@ import os
 
 from ..nitp.config import NITPConfig, NITPConfigError
 from ..models.options import option_errors
+from ..models.mtp import mtp_errors
+from ..models.pipeline_layout import pipeline_errors, uneven, virtual_pipeline_size
 from .checkpoint_flags import checkpoint_flag_errors, checkpoint_flag_notices
 from .flag_ranges import range_errors
 from .sample_schedule import sample_schedule_errors, schedule_lengths
@@ -54,15 +56,19 @@ def validate_args(args, world_size=None):
         raise ConfigError(
             f"--global-batch-size {args.global_batch_size}: must be a multiple of "
             f"--micro-batch-size {args.micro_batch_size} x data-parallel size {dp}")
-    if args.num_layers % pp != 0:
+    for message in pipeline_errors(args) + mtp_errors(args):  # models/pipeline_layout.py, mtp.py
+        raise ConfigError(message)
+    if args.num_layers % pp != 0 and not uneven(args):
         raise ConfigError(f"--num-layers {args.num_layers}: must be divisible by "
                           f"--pipeline-model-parallel-size {pp}")
-    if args.num_layers_per_virtual_pipeline_stage:
-        if pp == 1:
-            raise ConfigError("--num-layers-per-virtual-pipeline-stage: needs "
+    for flag in ("num_layers_per_virtual_pipeline_stage", "num_virtual_stages_per_pipeline_rank"):
+        if getattr(args, flag) and pp == 1:
+            raise ConfigError(f"--{flag.replace('_', '-')}: needs "
                               "--pipeline-model-parallel-size > 1")
+    if virtual_pipeline_size(args):
         per_stage = args.num_layers // pp
-        if per_stage % args.num_layers_per_virtual_pipeline_stage != 0:
+        if (args.num_layers_per_virtual_pipeline_stage
+                and per_stage % args.num_layers_per_virtual_pipeline_stage != 0):
             raise ConfigError(
                 f"--num-layers-per-virtual-pipeline-stage "
                 f"{args.num_layers_per_virtual_pipeline_stage}: must divide the "
