@@ -13,6 +13,7 @@ from typing import Optional
 import torch
 from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
+from megatron.core.transformer.utils import ensure_metadata_has_dp_cp_group
 
 from ..nitp.config import NITPConfig
 from ..nitp.head import NITPHead, get_nitp_head_spec
@@ -28,6 +29,11 @@ class NITPGPTModel(GPTModel):
                  use_transformer_engine: bool = False, **kwargs):
         super().__init__(config, transformer_layer_spec, vocab_size, max_sequence_length,
                          **kwargs)
+        if self.mtp_process and self.post_process and not self.pre_process \
+                and self.share_embeddings_and_output_weights:
+            # megatron-core 0.16.1 allocates an output weight on a later MTP stage that nothing
+            # reads (the tied weight there is its embedding copy), then refuses to checkpoint it.
+            self.output_layer.weight = None
         self.nitp_config = nitp_config or NITPConfig()
         cfg = self.nitp_config
         self.nitp_head = None
@@ -50,6 +56,12 @@ class NITPGPTModel(GPTModel):
             if cfg.target_layer > 0 and self._role == OWNER:
                 found = self._capture.attach(self.decoder, cfg.target_layer)
                 assert found, f"layer {cfg.target_layer} not built on its owner chunk"
+
+    def sharded_state_dict(self, prefix="", sharded_offsets=(), metadata=None):
+        # megatron-core 0.16.1's GPTModel reads metadata["dp_cp_group"] on an MTP stage without
+        # the default its parent LanguageModule fills in (for itself only).
+        return super().sharded_state_dict(prefix, sharded_offsets,
+                                          ensure_metadata_has_dp_cp_group(metadata))
 
     # -- pipeline: split [h; z] received from the previous stage -------------------------------
     def set_input_tensor(self, input_tensor):

@@ -15,6 +15,7 @@ import traceback
 
 import torch
 
+from ..models.mtp import mtp_loss_names
 from ..nitp.config import NITPConfig
 from .arguments import parse_args
 from .checkpoint_io import CheckpointError, iteration_dir, latest_iteration, read_run_config
@@ -340,7 +341,8 @@ class Trainer:
             for p in self.chunks[0].parameters():
                 p.main_grad.fill_(float("nan"))
                 break
-        losses = self._pipeline_broadcast(losses, ["lm loss", "nitp loss"])
+        losses = self._pipeline_broadcast(
+            losses, ["lm loss", "nitp loss", *mtp_loss_names(a.mtp_num_layers)])
         finite = self._grads_finite() and all(math.isfinite(v) for v in losses.values())
         grad_norm = float("nan")
         if finite:
@@ -451,7 +453,10 @@ class Trainer:
                        "lr": self.optimizer.param_groups[0]["lr"],
                        "grad_norm": grad_norm, "tokens_per_sec": tokens_per_step / dt,
                        "elapsed_s": round(time.time() - run_start, 3),
-                       "consumed_samples": self.consumed, "skipped": not ok, **metrics}
+                       "consumed_samples": self.consumed, "skipped": not ok, **metrics,
+                       # Megatron-LM's "mtp_1 loss", ... as mtp_1_loss, ...
+                       **{n.replace(" ", "_"): losses.get(n)
+                          for n in mtp_loss_names(a.mtp_num_layers)}}
                 self.logger.record(rec)
                 self.logger.train_line(rec, a.train_iters, start_iteration)
             if not ok:

@@ -291,6 +291,13 @@ def phase_parallel(out, names):
         path = os.path.join(out, f"grads_{name}")
         os.makedirs(path, exist_ok=True)
         dist_checkpointing.save(sharded_sd(s.chunks), path)
+        # Where megatron built the layers (the uneven layouts must really be uneven).
+        built = [dict(decoder=[l.layer_number for l in c.decoder.layers],
+                      mtp=len(c.mtp.layers) if getattr(c, "mtp_process", False) else 0)
+                 for c in s.chunks]
+        with open(os.path.join(out, f"built_{name}_{torch.distributed.get_rank()}.json"),
+                  "w") as f:
+            json.dump(built, f)
         if losses:
             with open(os.path.join(out, f"losses_{name}_{torch.distributed.get_rank()}.json"),
                       "w") as f:
@@ -329,7 +336,7 @@ def phase_compare(out, names):
                 torch.testing.assert_close(b, want, rtol=0, atol=1e-7,
                                            msg=lambda m: f"[{name}] {bname}: {m}")
                 report.setdefault("_expert_bias", {}).setdefault(name, {})[bname] = want.tolist()
-        loss_files = glob.glob(os.path.join(out, f"losses_{name}_*.json"))
+        loss_files = glob.glob(os.path.join(out, f"losses_{name}_[0-9]*.json"))  # not name_*
         assert loss_files, f"[{name}] no rank reported losses"
         for lf in loss_files:
             got = json.load(open(lf))
@@ -339,8 +346,11 @@ def phase_compare(out, names):
             for lname in names:
                 assert abs(got[lname] - ref[lname]) <= 1e-4 * abs(ref[lname]), (
                     f"[{name}] {lname}: {got[lname]} vs single-process {ref[lname]}")
+        built = {int(f.rsplit("_", 1)[1][:-5]): json.load(open(f))
+                 for f in glob.glob(os.path.join(out, f"built_{name}_[0-9]*.json"))}
         report[name] = dict(lm=got["lm loss"], nitp=got["nitp loss"], max_rel_grad_err=worst,
-                            mtp=got.get("mtp_1 loss"))
+                            mtp=got.get("mtp_1 loss"),
+                            built=[built[r] for r in sorted(built)])
         destroy_distributed_model_parallel()
     print("EQUIVALENCE_RESULTS " + json.dumps(report))
 
