@@ -12,7 +12,8 @@ import sys
 import pytest
 from safetensors import safe_open
 
-from tests.e2e.engine_runner import REPO_ROOT, engine_env, read_log, run_engine
+from tests.e2e.engine_runner import (REPO_ROOT, checkpoint_at, engine_env, read_log,
+                                     run_engine)
 
 # Every model flag explicit (project defaults move to Megatron-LM's).
 MODEL = ["--num-layers", "3", "--hidden-size", "32", "--num-attention-heads", "2",
@@ -42,16 +43,18 @@ def _keys(path):
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("mtp")
     ckpt, log = root / "ckpt", root / "log.jsonl"
-    first = run_engine([*MODEL, "--train-iters", "2", "--save", ckpt, "--save-interval", "2",
+    first = run_engine([*MODEL, "--train-iters", "3", "--save", ckpt, "--save-interval", "2",
                         "--log-interval", "1", "--log-jsonl", log], nproc=2)
-    resumed = run_engine([*MODEL, "--train-iters", "3", "--load", ckpt, "--log-interval", "1",
+    # Resume from iteration 2's save: iteration 3 again, from the loaded MTP layers.
+    resumed = run_engine([*MODEL, "--train-iters", "3", "--load",
+                          checkpoint_at(ckpt, 2, root / "at2"), "--log-interval", "1",
                           "--log-jsonl", root / "resumed.jsonl"], nproc=2)
     return dict(root=root, ckpt=ckpt, log=log, first=first, resumed=resumed)
 
 
 def test_both_losses_logged(run):
     train, _ = read_log(run["log"])
-    assert [r["iteration"] for r in train] == [1, 2]
+    assert [r["iteration"] for r in train] == [1, 2, 3]
     for r in train:
         assert r["nitp_loss"] > 0 and 3.0 < r["mtp_1_loss"] < 8.0  # ~ ln 256 at init
     assert "mtp_1 loss" in run["first"].stdout and "nitp loss" in run["first"].stdout
@@ -60,7 +63,10 @@ def test_both_losses_logged(run):
 def test_resume_reads_the_mtp_layers(run):
     train, _ = read_log(run["root"] / "resumed.jsonl")
     assert [r["iteration"] for r in train] == [3]
-    assert train[0]["mtp_1_loss"] > 0
+    straight = read_log(run["log"])[0][-1]
+    # The same step from the same saved state: MTP layers (and all else) were restored.
+    for key in ("lm_loss", "nitp_loss", "mtp_1_loss"):
+        assert train[0][key] == pytest.approx(straight[key], rel=1e-5), key
     index = json.loads((run["ckpt"] / "iter_0000002" / "metadata.json").read_text())
     assert index  # a megatron dist checkpoint; its tensors include the MTP layer's:
     from megatron.core import dist_checkpointing
