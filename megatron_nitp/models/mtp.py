@@ -10,12 +10,8 @@ its MTPLossLoggingHelper tracker, read here as Megatron-LM's training loop reads
 """
 
 import torch
-from megatron.core.models.gpt.gpt_layer_specs import (
-    get_gpt_decoder_layer_specs,
-    get_gpt_layer_local_spec,
-    get_gpt_mtp_block_spec,
-)
-from megatron.core.transformer.multi_token_prediction import MTPLossLoggingHelper
+
+# megatron-core is imported inside the functions: validation (mtp_errors) runs before it is needed.
 
 MTP_PREFIX = "mtp."  # state-dict prefix of the MTP layers (training only, like the NITP head)
 
@@ -34,15 +30,21 @@ def mtp_errors(args):
     if args.position_embedding_type not in ("rope", "none"):
         return [f"--mtp-num-layers: needs --position-embedding-type rope or none (got "
                 f"{args.position_embedding_type}), as in Megatron-LM"]
-    if args.recompute_granularity == "full" and (args.recompute_method != "uniform"
-                                                 or args.recompute_num_layers != 1):
-        return ["--mtp-num-layers with --recompute-granularity full: megatron-core recomputes "
-                "MTP layers only with --recompute-method uniform --recompute-num-layers 1"]
+    if (args.recompute_granularity == "full" and args.recompute_method == "uniform"
+            and args.recompute_num_layers != 1):
+        # megatron-core asserts it in the first forward (block: it warns and skips MTP's).
+        return [f"--recompute-num-layers {args.recompute_num_layers}: must be 1 with "
+                "--mtp-num-layers and --recompute-method uniform (megatron-core's MTP recompute)"]
     return []
 
 
 def _last_decoder_layer_spec(config, use_te):
     """The spec of the model's last decoder layer (dense or MoE), whichever stage holds it."""
+    from megatron.core.models.gpt.gpt_layer_specs import (
+        get_gpt_decoder_layer_specs,
+        get_gpt_layer_local_spec,
+    )
+
     if config.num_moe_experts:
         return get_gpt_decoder_layer_specs(config, use_transformer_engine=use_te,
                                            normalization=config.normalization)[-1]
@@ -63,6 +65,8 @@ def get_mtp_spec(config, use_te: bool, vp_stage=None, pp_rank=None, local_fixups
     local_fixups: what specs.py applies to every local spec (SP norms, MLA attention)."""
     if config.mtp_num_layers is None:
         return None
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_mtp_block_spec
+
     block = get_gpt_mtp_block_spec(config, _last_decoder_layer_spec(config, use_te),
                                    use_transformer_engine=use_te, vp_stage=vp_stage,
                                    pp_rank=pp_rank)
@@ -75,6 +79,8 @@ def take_mtp_losses(num_microbatches):
     """{"mtp_1 loss": mean, ...} of the step just run (mean over microbatches and DP x CP, as
     Megatron-LM logs it), and reset megatron's tracker; {} when nothing was tracked (no MTP, a
     stage without it, or an evaluation: megatron tracks training forwards only)."""
+    from megatron.core.transformer.multi_token_prediction import MTPLossLoggingHelper
+
     tracker = MTPLossLoggingHelper.tracker
     if "values" not in tracker or tracker.get("avg_group") is None:
         return {}

@@ -8,14 +8,17 @@ then places the layers (get_num_layers_to_build / get_transformer_layer_offset);
 carrier (parallel/pipeline.py) reads the same placement, so layer k may sit on any stage.
 """
 
-from megatron.core.transformer.enums import LayerType
-from megatron.core.transformer.pipeline_parallel_layer_layout import PipelineParallelLayerLayout
+# megatron-core is imported inside the functions: validation runs before it is needed.
 
 
 def virtual_pipeline_size(args):
     """Megatron-LM's virtual_pipeline_model_parallel_size (None: no interleaving)."""
     pp = args.pipeline_model_parallel_size
     if getattr(args, "pipeline_model_parallel_layout", None):
+        from megatron.core.transformer.pipeline_parallel_layer_layout import (
+            PipelineParallelLayerLayout,
+        )
+
         n = PipelineParallelLayerLayout.get_num_stages_from_str(
             args.pipeline_model_parallel_layout) // pp
     elif getattr(args, "num_virtual_stages_per_pipeline_rank", None):
@@ -36,11 +39,23 @@ def pipeline_config(args) -> dict:
     )
 
 
+def clear_pipeline_split(args):
+    """No virtual or uneven split (a one-stage rebuild of a checkpoint: export, import)."""
+    for dest in ("num_layers_per_virtual_pipeline_stage", "num_virtual_stages_per_pipeline_rank",
+                 "decoder_first_pipeline_num_layers", "decoder_last_pipeline_num_layers",
+                 "pipeline_model_parallel_layout"):
+        setattr(args, dest, None)
+
+
 def uneven(args) -> bool:
     return any(v is not None for v in pipeline_config(args).values())
 
 
 def _layout_errors(args):
+    from megatron.core.transformer.pipeline_parallel_layer_layout import (
+        PipelineParallelLayerLayout,
+    )
+
     pp, text = args.pipeline_model_parallel_size, args.pipeline_model_parallel_layout
     flag = f"--pipeline-model-parallel-layout {text!r}"
     try:
@@ -80,6 +95,8 @@ def pipeline_errors(args):
                 "rank with --decoder-first/last-pipeline-num-layers"]
     if (first is not None or last is not None) and pp == 1:
         return ["--decoder-first/last-pipeline-num-layers: need --pipeline-model-parallel-size > 1"]
+    if first is None and last is None and not args.num_virtual_stages_per_pipeline_rank:
+        return []  # the even split: validation's own divisibility check
     vp = args.num_virtual_stages_per_pipeline_rank or 1
     rest, stages = args.num_layers, pp
     for flag, n in (("--decoder-first-pipeline-num-layers", first),
@@ -98,6 +115,7 @@ def pipeline_errors(args):
 
 def chunk_layer_range(config, pp_rank, vp_stage):
     """[lo, hi): global 0-based decoder layers of chunk (pp_rank, vp_stage), any split."""
+    from megatron.core.transformer.enums import LayerType
     from megatron.core.transformer.transformer_block import get_num_layers_to_build
     from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
 

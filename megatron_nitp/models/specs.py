@@ -46,9 +46,15 @@ def get_layer_spec(config, transformer_impl: str, vp_stage=None, pp_rank=None):
             get_gpt_layer_with_transformer_engine_spec,
         )
 
-        return get_gpt_layer_with_transformer_engine_spec(
+        from megatron.core.extensions.transformer_engine import TENorm
+
+        # A block spec (as megatron's TransformerBlock would build from this layer spec), so
+        # that layer k can get its own spec (nitp/target.py).
+        layer = get_gpt_layer_with_transformer_engine_spec(
             qk_layernorm=config.qk_layernorm,
             multi_latent_attention=config.multi_latent_attention)
+        n = get_num_layers_to_build(config, vp_stage=vp_stage, pp_rank=pp_rank)
+        return TransformerBlockSubmodules(layer_specs=[layer] * n, layer_norm=TENorm)
     else:
         n = get_num_layers_to_build(config, vp_stage=vp_stage, pp_rank=pp_rank)
         layer = get_gpt_layer_local_spec(normalization=config.normalization,

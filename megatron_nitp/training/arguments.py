@@ -184,7 +184,7 @@ def _add_training_args(p):
     g.add_argument("--recompute-num-layers", type=int, default=None,
                    help="Layers per recompute unit (uniform) or recomputed layers (block).")
     g.add_argument("--enable-cuda-graph", action="store_true",
-                   help="CUDA graphs (not supported with NITP: layer hooks never fire).")
+                   help="CUDA graphs (not supported with NITP: replay skips layer k's capture).")
     g.add_argument("--moe-shared-expert-overlap", action="store_true",
                    help="Overlap shared expert with dispatch.")
     g.add_argument("--overlap-moe-expert-parallel-comm", action="store_true",

@@ -19,7 +19,7 @@ from ..models.mtp import take_mtp_losses
 from ..nitp.documents import within_document_mask
 from ..nitp.loss import nitp_loss_func
 from ..nitp.metrics import GEOMETRY_KEYS, reduce_geometry
-from ..parallel.pipeline import schedule_seq_length, target_is_carried
+from ..parallel.pipeline import TargetCarrier
 from .sample_schedule import scheduler_increment
 from .schedule_resume import scheduler_kwargs
 
@@ -155,8 +155,6 @@ def reduce_step_geometry(losses_per_microbatch, geometry, config):
 def forward_backward(args, model, config, nitp_config, data_iterators, num_microbatches,
                      iteration, forward_only=False, geometry=None, document_eod=None):
     weight = nitp_config.weight_at(iteration) if nitp_config.enabled else 0.0
-    carried = (nitp_config.uses_target and args.pipeline_model_parallel_size > 1
-               and target_is_carried(config, nitp_config.target_layer))
     return get_forward_backward_func()(
         forward_step_func=make_forward_step(
             weight, config.calculate_per_token_loss,
@@ -165,7 +163,7 @@ def forward_backward(args, model, config, nitp_config, data_iterators, num_micro
         data_iterator=data_iterators,
         model=model,
         num_microbatches=num_microbatches,
-        seq_length=schedule_seq_length(args.seq_length, carried),
+        seq_length=TargetCarrier.schedule_seq_length(config, nitp_config, args.seq_length),
         micro_batch_size=args.micro_batch_size,
         forward_only=forward_only,
     )

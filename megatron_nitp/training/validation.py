@@ -65,7 +65,7 @@ def validate_args(args, world_size=None):
         if getattr(args, flag) and pp == 1:
             raise ConfigError(f"--{flag.replace('_', '-')}: needs "
                               "--pipeline-model-parallel-size > 1")
-    if virtual_pipeline_size(args):
+    if args.num_layers_per_virtual_pipeline_stage or virtual_pipeline_size(args):
         per_stage = args.num_layers // pp
         if (args.num_layers_per_virtual_pipeline_stage
                 and per_stage % args.num_layers_per_virtual_pipeline_stage != 0):
@@ -109,10 +109,11 @@ def validate_args(args, world_size=None):
     if nitp.enabled:
         if args.enable_cuda_graph:
             raise ConfigError("--enable-cuda-graph: not supported with --nitp (graph replay "
-                              "bypasses the layer hook that captures the implicit target)")
+                              "skips the Python forward of layer k, which captures the implicit target)")
         if args.overlap_moe_expert_parallel_comm:
             raise ConfigError("--overlap-moe-expert-parallel-comm: not supported with --nitp "
-                              "(the overlapped schedule bypasses the target hook)")
+                              "(the overlapped schedule runs layer k's parts, not its forward, which "
+                              "captures the implicit target)")
         if not nitp.stop_grad and args.recompute_granularity == "full":
             raise ConfigError("--nitp-no-stop-grad with --recompute-granularity full: the "
                               "target is captured inside a recomputed (no-grad) block; use "
