@@ -183,6 +183,7 @@ def pretrain(model_family="gpt", argv=None):
 
 def _dry_run(args, nitp_config):
     from ..models.param_count import count_parameters, padded_vocab_size
+    from ..models.pipeline_layout import chunk_layer_counts
 
     if args.vocab_size is None:
         args.vocab_size = 151936
@@ -191,11 +192,13 @@ def _dry_run(args, nitp_config):
     counts = count_parameters(args)
     dp = args.data_parallel_size
     print(f"parameters: total {counts['total'] / 1e9:.3f}B, active {counts['active'] / 1e9:.3f}B"
-          f", NITP head {counts.get('nitp_head', 0) / 1e6:.1f}M (training only)")
+          f", NITP head {counts.get('nitp_head', 0) / 1e6:.1f}M (training only)"
+          + (f", MTP {counts['mtp'] / 1e6:.1f}M (training only)" if counts.get("mtp") else ""))
     print(f"parallel plan: TP {args.tensor_model_parallel_size} x PP "
           f"{args.pipeline_model_parallel_size} x CP {args.context_parallel_size} x DP {dp}"
           f" (EP {args.expert_model_parallel_size}, VPP chunk "
-          f"{args.num_layers_per_virtual_pipeline_stage}), microbatches/step "
+          f"{args.num_layers_per_virtual_pipeline_stage}; layers per chunk "
+          f"{chunk_layer_counts(args)}), microbatches/step "
           f"{args.global_batch_size // (args.micro_batch_size * dp)}")
     print(f"NITP: {nitp_config.to_dict()}")
     return 0
