@@ -43,6 +43,8 @@ def build_parser():
     e.add_argument("--iteration", type=int, default=None, help="default: the latest")
     e.add_argument("--keep-nitp-head", action="store_true",
                    help="also write nitp_head.safetensors + nitp_head.json")
+    e.add_argument("--keep-mtp-layers", action="store_true",
+                   help="also write the MTP layers (megatron names) to mtp_layers.safetensors")
     e.add_argument("--dtype", choices=["fp32", "bf16"], default=None,
                    help="weights dtype (default: the checkpoint's)")
     e.add_argument("--max-shard-size", default="5GB", help="split safetensors above this size")
@@ -89,7 +91,7 @@ def megatron_to_hf(a) -> int:
     from megatron_nitp.convert.hf_export import export_to_hf
 
     s = export_to_hf(a.load, a.save, a.iteration, a.keep_nitp_head, a.dtype, a.max_shard_size,
-                     progress_bar=not a.no_progress)
+                     progress_bar=not a.no_progress, keep_mtp_layers=a.keep_mtp_layers)
     layout = s["saved_layout"]
     print(f"wrote {s['architecture']} to {s['out_dir']} from iteration {s['iteration']} "
           f"(saved at TP{layout['tensor']} PP{layout['pipeline']} EP{layout['expert']}"

@@ -109,8 +109,11 @@ def _trim_vocab(tensors, shape: ModelShape, hf_vocab: Optional[int]):
 
 def export_to_hf(ckpt_dir: str, out_dir: str, iteration: Optional[int] = None,
                  keep_nitp_head: bool = False, dtype: Optional[str] = None,
-                 max_shard_size: str = "5GB", progress_bar: bool = True) -> dict:
-    """Write `out_dir`; returns a summary dict."""
+                 max_shard_size: str = "5GB", progress_bar: bool = True,
+                 keep_mtp_layers: bool = False) -> dict:
+    """Write `out_dir`; returns a summary dict. MTP layers (models/mtp.py) train only, like
+    the NITP head: dropped, or with `keep_mtp_layers` written beside the model as
+    mtp_layers.safetensors in megatron's names (transformers' models have no MTP module)."""
     from ..parallel.distributed import destroy_distributed_model_parallel
     from ..training.checkpoint_io import load_model_single_process
 
@@ -118,15 +121,16 @@ def export_to_hf(ckpt_dir: str, out_dir: str, iteration: Optional[int] = None,
                                                   drop_nitp_head=not keep_nitp_head)
     try:
         return _export(model, args, nitp, ckpt_dir, out_dir, keep_nitp_head, dtype,
-                       max_shard_size, progress_bar)
+                       max_shard_size, progress_bar, keep_mtp_layers)
     finally:
         destroy_distributed_model_parallel()  # the caller may load another checkpoint next
 
 
 def _export(model, args, nitp, ckpt_dir, out_dir, keep_nitp_head, dtype, max_shard_size,
-            progress_bar):
+            progress_bar, keep_mtp_layers=False):
     from tqdm import tqdm
 
+    from ..models.mtp import drop_mtp, mtp_tensors
     from .hf_mapping import has_nitp_tensors
     from .hf_tokenizer import build_run_tokenizer, export_tokenizer, special_ids
 
@@ -134,6 +138,10 @@ def _export(model, args, nitp, ckpt_dir, out_dir, keep_nitp_head, dtype, max_sha
     sd = {k: v.detach().cpu() for k, v in model.state_dict().items()
           if isinstance(v, torch.Tensor)}
     head = {k: v for k, v in sd.items() if k.startswith("nitp_head.")}
+    mtp = {k: v for k, v in mtp_tensors(sd).items() if not k.endswith("_extra_state")}
+    sd = drop_mtp(sd)
+    if keep_mtp_layers and not mtp:
+        raise ConversionError(f"--keep-mtp-layers: checkpoint {ckpt_dir} has no MTP layers")
     if keep_nitp_head and not head:
         raise ConversionError(f"--keep-nitp-head: checkpoint {ckpt_dir} has no NITP head "
                               "(NITP off, generic_cosine, or no projector)")
@@ -197,7 +205,13 @@ def _export(model, args, nitp, ckpt_dir, out_dir, keep_nitp_head, dtype, max_sha
                                  "(0 = embeddings), shifted by `shift` positions"}, f, indent=1)
         files.append("nitp_head.json")
 
+    if keep_mtp_layers:
+        files += write_safetensors({k: v.to(target_dtype) for k, v in mtp.items()}, out_dir,
+                                   max_bytes, basename="mtp_layers")
     dropped = []
+    if mtp and not keep_mtp_layers:
+        dropped.append(f"{args.mtp_num_layers} MTP layer(s) (training only; --keep-mtp-layers "
+                       "writes them)")
     if not keep_nitp_head and _had_head(run_config, nitp):
         dropped.append("NITP head (training only; --keep-nitp-head writes it)")
     summary = dict(

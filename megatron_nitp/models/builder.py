@@ -11,14 +11,8 @@ from ..parallel.speed import speed_settings
 from .param_count import padded_vocab_size  # noqa: F401  (re-exported for the engine)
 from .gpt_nitp import NITPGPTModel
 from .options import attention_config, mla_config, moe_routing_config
-from .specs import get_layer_spec, resolve_transformer_impl
-
-
-def virtual_pipeline_size(args):
-    if not args.num_layers_per_virtual_pipeline_stage:
-        return None
-    per_stage = args.num_layers // args.pipeline_model_parallel_size
-    return per_stage // args.num_layers_per_virtual_pipeline_stage
+from .pipeline_layout import pipeline_config, virtual_pipeline_size  # noqa: F401  (re-exported)
+from .specs import get_layer_spec, get_mtp_block_spec, resolve_transformer_impl
 
 
 def transformer_config_from_args(args) -> TransformerConfig:
@@ -57,6 +51,9 @@ def transformer_config_from_args(args) -> TransformerConfig:
         tensor_model_parallel_size=args.tensor_model_parallel_size,
         pipeline_model_parallel_size=args.pipeline_model_parallel_size,
         virtual_pipeline_model_parallel_size=virtual_pipeline_size(args),
+        **pipeline_config(args),
+        mtp_num_layers=getattr(args, "mtp_num_layers", None),
+        mtp_loss_scaling_factor=getattr(args, "mtp_loss_scaling_factor", 0.1),
         context_parallel_size=args.context_parallel_size,
         expert_model_parallel_size=args.expert_model_parallel_size,
         sequence_parallel=args.sequence_parallel,
@@ -90,6 +87,7 @@ def build_model_chunks(args, config: TransformerConfig, nitp_config: NITPConfig)
         model = NITPGPTModel(
             config,
             get_layer_spec(config, impl, vp_stage=vp_stage, pp_rank=pp_rank),
+            mtp_block_spec=get_mtp_block_spec(config, impl, vp_stage=vp_stage, pp_rank=pp_rank),
             vocab_size=args.padded_vocab_size,
             max_sequence_length=args.max_position_embeddings,
             nitp_config=nitp_config,

@@ -74,6 +74,7 @@ def count_parameters(args) -> dict:
       embedding  the input embedding table (+ learned position table), counted once if tied
       nitp_head  the NITP projection head (3 x mult x d^2), training only, not in `total`;
                  0 when NITP is off, --nitp-no-projector or the generic cosine baseline
+      mtp        the --mtp-num-layers MTP layers, training only, not in `total`
     and a breakdown: attention, norms, dense_mlp, router, shared_experts, routed_experts,
     routed_experts_active, output_layer, padded_vocab_size, num_moe_layers, num_dense_layers.
     """
@@ -140,6 +141,14 @@ def count_parameters(args) -> dict:
         embedding += get_arg(args, "max_position_embeddings", get_arg(args, "seq_length")) * d
     output_layer = 0 if tied else vocab * d
 
+    # MTP layers (models/mtp.py), training only like the head: enorm, hnorm, eh_proj (2d -> d),
+    # one layer built like the last decoder layer, final norm; embedding and output are shared.
+    n_mtp = get_arg(args, "mtp_num_layers", None) or 0
+    last_mlp = _mlp_params(d, f, swiglu, bias)
+    if pattern and pattern[-1]:
+        last_mlp = (router + shared + routed) // n_moe
+    mtp = n_mtp * (3 * norm + 2 * d * d + attn_layer + 2 * norm + qk_norm_layer + last_mlp)
+
     common = attention + norms + dense_mlp + router + shared + embedding + output_layer
     nitp_on = get_arg(args, "nitp", False) and nitp_uses_head(args)
     mult = get_arg(args, "nitp_head_ffn_multiplier", 4)
@@ -148,6 +157,7 @@ def count_parameters(args) -> dict:
         "active": common + routed_active,
         "embedding": embedding,
         "nitp_head": 3 * mult * d * d if nitp_on else 0,
+        "mtp": mtp,
         "attention": attention,
         "norms": norms,
         "dense_mlp": dense_mlp,

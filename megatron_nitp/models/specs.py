@@ -5,6 +5,8 @@ dense or MoE layer spec per layer from `moe_layer_freq`. The local path swaps me
 norm wrapper (which asserts sequence_parallel is off) for an SP-aware RMSNorm.
 """
 
+import dataclasses
+
 from megatron.core.models.gpt.gpt_layer_specs import (
     get_gpt_decoder_block_spec,
     get_gpt_layer_local_spec,
@@ -17,6 +19,7 @@ from megatron.core.transformer.transformer_block import (
 
 from ..parallel.norms import use_sequence_parallel_norms
 from .mla import with_local_mla_core_attention
+from .mtp import get_mtp_spec
 from ..parallel.without_te import transformer_engine_available
 
 
@@ -43,9 +46,15 @@ def get_layer_spec(config, transformer_impl: str, vp_stage=None, pp_rank=None):
             get_gpt_layer_with_transformer_engine_spec,
         )
 
-        return get_gpt_layer_with_transformer_engine_spec(
+        from megatron.core.extensions.transformer_engine import TENorm
+
+        # A block spec (as megatron's TransformerBlock would build from this layer spec), so
+        # that layer k can get its own spec (nitp/target.py).
+        layer = get_gpt_layer_with_transformer_engine_spec(
             qk_layernorm=config.qk_layernorm,
             multi_latent_attention=config.multi_latent_attention)
+        n = get_num_layers_to_build(config, vp_stage=vp_stage, pp_rank=pp_rank)
+        return TransformerBlockSubmodules(layer_specs=[layer] * n, layer_norm=TENorm)
     else:
         n = get_num_layers_to_build(config, vp_stage=vp_stage, pp_rank=pp_rank)
         layer = get_gpt_layer_local_spec(normalization=config.normalization,
@@ -57,3 +66,17 @@ def get_layer_spec(config, transformer_impl: str, vp_stage=None, pp_rank=None):
     layers = [with_local_mla_core_attention(s) for s in block.layer_specs]
     return use_sequence_parallel_norms(
         TransformerBlockSubmodules(layer_specs=layers, layer_norm=WrappedTorchNorm))
+
+
+def _local_mtp_fixups(block):
+    """The local fixes above, inside each MTP layer (its transformer layer and its norms)."""
+    layers = [dataclasses.replace(s, submodules=dataclasses.replace(
+        s.submodules, transformer_layer=with_local_mla_core_attention(
+            s.submodules.transformer_layer))) for s in block.layer_specs]
+    return use_sequence_parallel_norms(dataclasses.replace(block, layer_specs=layers))
+
+
+def get_mtp_block_spec(config, transformer_impl: str, vp_stage=None, pp_rank=None):
+    """The MTP block of this chunk (models/mtp.py), None without MTP on it."""
+    return get_mtp_spec(config, transformer_impl == "transformer_engine", vp_stage=vp_stage,
+                        pp_rank=pp_rank, local_fixups=_local_mtp_fixups)

@@ -39,13 +39,17 @@ def paper_g3_flops(d, de, k, L, V, mult=4):
     }
 
 
-def _pipeline_chunks(args):
-    """(number of model chunks, layers per chunk) for megatron's even split, or (n, None)."""
-    L = get_arg(args, "num_layers")
-    pp = get_arg(args, "pipeline_model_parallel_size", 1)
-    per_vstage = get_arg(args, "num_layers_per_virtual_pipeline_stage")
-    chunks = pp * (L // (pp * per_vstage) if per_vstage else 1)
-    return chunks, (L // chunks if L % chunks == 0 else None)
+def _owner_and_chunks(args, target):
+    """(index of the chunk whose output carries layer `target`, number of chunks), for even,
+    uneven and layout splits (models/pipeline_layout.py)."""
+    from megatron_nitp.models.pipeline_layout import chunk_layer_counts
+
+    counts, done = chunk_layer_counts(args), 0
+    for i, n in enumerate(counts):
+        if target == 0 or done < target <= done + n:
+            return i, len(counts)
+        done += n
+    return len(counts) - 1, len(counts)
 
 
 def nitp_head_params(args):
@@ -91,17 +95,11 @@ def training_flops_per_token(args) -> dict:
     loss = 18 * d
     nitp = head + loss
 
-    chunks, per_chunk = _pipeline_chunks(args)
     target = get_arg(args, "nitp_target_layer", default_target_layer(L))
+    owner, chunks = _owner_and_chunks(args, target)
     uses_target = get_arg(args, "nitp_loss_type", "cosine") != "generic_cosine"
-    if chunks == 1 or not uses_target:
-        boundaries = 0
-    elif per_chunk is None:
-        boundaries = None  # uneven split: megatron-core would need explicit stage sizes
-    else:
-        owner = 0 if target == 0 else (target - 1) // per_chunk
-        # pipeline.py doubles every boundary once z has to travel at all (one p2p shape).
-        boundaries = chunks - 1 if owner != chunks - 1 else 0
+    # pipeline.py doubles every boundary once z has to travel at all (one p2p shape).
+    boundaries = chunks - 1 if uses_target and owner != chunks - 1 else 0
     dtype_bytes = 2 if get_arg(args, "bf16", False) else 4
     mbs = get_arg(args, "micro_batch_size", 1)
     return {

@@ -5,11 +5,13 @@ the last model chunk, every boundary carries cat([h, z], dim=0): the schedule is
 sequence length (so p2p buffers are [2s/(tp*cp), b, d]) and each chunk splits the received tensor
 in `set_input_tensor`. Chunks before the one that owns layer k send zeros in the z half (the
 interleaved schedule needs one shape for every boundary). Gradients flow back through the z half
-only when stop-grad is off (the ablation).
+only when stop-grad is off (the ablation). `TargetCarrier` owns the whole protocol: the packing,
+the unpacking and the sequence length the schedule is given.
 """
 
-from megatron.core.transformer.transformer_block import get_num_layers_to_build
-from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
+import torch
+
+from ..models.pipeline_layout import chunk_layer_range
 
 BEFORE, OWNER, AFTER = "before", "owner", "after"
 
@@ -23,8 +25,8 @@ def _chunks(config):
 
 
 def _layer_range(config, pp_rank, vp_stage):
-    offset = get_transformer_layer_offset(config, vp_stage=vp_stage, pp_rank=pp_rank)
-    return offset, offset + get_num_layers_to_build(config, vp_stage=vp_stage, pp_rank=pp_rank)
+    # Even, uneven (first/last stage counts) or an explicit layout: megatron-core's placement.
+    return chunk_layer_range(config, pp_rank, vp_stage)
 
 
 def owner_chunk_index(config, target_layer: int) -> int:
@@ -50,6 +52,49 @@ def chunk_role(config, target_layer: int, pp_rank: int, vp_stage) -> str:
     return BEFORE if me < owner else OWNER if me == owner else AFTER
 
 
-def schedule_seq_length(seq_length: int, carried: bool) -> int:
-    """The sequence length to give megatron's schedule (it sizes the p2p buffers)."""
-    return 2 * seq_length if carried else seq_length
+def layer_index_on_chunk(config, target_layer: int, pp_rank: int, vp_stage):
+    """Local index of layer `target_layer` on chunk (pp_rank, vp_stage), None if not there."""
+    lo, hi = _layer_range(config, pp_rank, vp_stage)
+    return target_layer - 1 - lo if lo < target_layer <= hi else None
+
+
+class TargetCarrier:
+    """The [h; z] protocol of one model chunk: which part it plays (BEFORE the chunk owning
+    layer k, the OWNER, AFTER it), what it receives and what it sends."""
+
+    def __init__(self, config, nitp_config, pp_rank: int, vp_stage):
+        k = nitp_config.target_layer
+        self.carried = self.is_carried(config, nitp_config)
+        self.role = chunk_role(config, k, pp_rank, vp_stage) if nitp_config.uses_target else None
+        self._received = None
+
+    @staticmethod
+    def is_carried(config, nitp_config) -> bool:
+        return (nitp_config.uses_target and config.pipeline_model_parallel_size > 1
+                and target_is_carried(config, nitp_config.target_layer))
+
+    @classmethod
+    def schedule_seq_length(cls, config, nitp_config, seq_length: int) -> int:
+        """The sequence length to give megatron's schedule (it sizes the p2p buffers)."""
+        return 2 * seq_length if cls.is_carried(config, nitp_config) else seq_length
+
+    def receive(self, input_tensor):
+        """The previous chunk's output -> h (z kept for `received`)."""
+        if self.carried and input_tensor is not None:
+            h, self._received = input_tensor.chunk(2, dim=0)
+            return h
+        return input_tensor
+
+    def received(self):
+        return self._received
+
+    def send(self, hidden_states, target):
+        """h (and this chunk's z, or the one received) -> what the schedule sends on."""
+        if not self.carried:
+            return hidden_states
+        if target is None:  # BEFORE the owner: zeros keep every boundary's shape
+            target = torch.zeros_like(hidden_states)
+        return torch.cat([hidden_states, target.to(hidden_states.dtype)], dim=0)
+
+    def reset(self):
+        self._received = None

@@ -96,6 +96,11 @@ def _add_model_args(p):
                    help="Vocabulary size (NullTokenizer, mock data; else from the tokenizer).")
     g.add_argument("--make-vocab-size-divisible-by", type=int, default=128,
                    help="Pad the vocabulary to a multiple of this times TP.")
+    # Multi-token prediction (megatron-core's MultiTokenPredictionBlock; models/mtp.py).
+    g.add_argument("--mtp-num-layers", type=int, default=None,
+                   help="Number of Multi-Token Prediction (MTP) layers (DeepSeek-V3); None: off.")
+    g.add_argument("--mtp-loss-scaling-factor", type=float, default=0.1,
+                   help="Scaling factor of the MTP loss, divided over the MTP layers.")
     g = p.add_argument_group("mixture of experts")
     add_config_flags(g, TRANSFORMER_CONFIG, _MOE_FIELDS, _MOE_NOTES)
     g.add_argument("--num-experts", type=int, default=None, help="Routed experts per MoE layer.")
@@ -162,7 +167,7 @@ def _add_training_args(p):
     g.add_argument("--recompute-num-layers", type=int, default=None,
                    help="Layers per recompute unit (uniform) or recomputed layers (block).")
     g.add_argument("--enable-cuda-graph", action="store_true",
-                   help="CUDA graphs (not supported with NITP: layer hooks never fire).")
+                   help="CUDA graphs (not supported with NITP: replay skips layer k's capture).")
     g.add_argument("--moe-shared-expert-overlap", action="store_true",
                    help="Overlap shared expert with dispatch.")
     g.add_argument("--overlap-moe-expert-parallel-comm", action="store_true",
@@ -316,6 +321,17 @@ def _add_parallel_args(p):
     g.add_argument("--pipeline-model-parallel-size", type=int, default=1, help="PP.")
     g.add_argument("--num-layers-per-virtual-pipeline-stage", type=int, default=None,
                    help="Interleaved (virtual) pipeline chunk size.")
+    # Uneven pipelines (models/pipeline_layout.py), Megatron-LM's names and meaning.
+    g.add_argument("--num-virtual-stages-per-pipeline-rank", type=int, default=None,
+                   help="Number of virtual pipeline stages per pipeline parallelism rank.")
+    g.add_argument("--decoder-first-pipeline-num-layers", type=int, default=None,
+                   help="Transformer layers on the first pipeline stage (default: even split).")
+    g.add_argument("--decoder-last-pipeline-num-layers", type=int, default=None,
+                   help="Transformer layers on the last pipeline stage (default: even split).")
+    g.add_argument("--pipeline-model-parallel-layout", type=str, default=None,
+                   help='Explicit layout, e.g. "E|(t|)*3,m|m||L": E embedding, L loss, t '
+                        'decoder layer, m MTP layer; stages split by "|" (megatron-core\'s '
+                        "PipelineParallelLayerLayout).")
     g.add_argument("--expert-model-parallel-size", type=int, default=1, help="EP.")
     g.add_argument("--context-parallel-size", type=int, default=1, help="CP (needs TE).")
     g.add_argument("--sequence-parallel", action="store_true", help="SP (needs TP > 1).")

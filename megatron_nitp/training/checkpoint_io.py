@@ -82,6 +82,7 @@ def args_for_single_process(run_config: dict):
     the weights have that many rows.
     """
     from ..models.builder import padded_vocab_size
+    from ..models.pipeline_layout import clear_pipeline_split
     from .arguments import parse_args
 
     args = parse_args([])
@@ -99,7 +100,7 @@ def args_for_single_process(run_config: dict):
         virtual_layers=args.num_layers_per_virtual_pipeline_stage)
     args.tensor_model_parallel_size = args.pipeline_model_parallel_size = 1
     args.expert_model_parallel_size = args.context_parallel_size = 1
-    args.num_layers_per_virtual_pipeline_stage = None
+    clear_pipeline_split(args)  # virtual and uneven splits: models/pipeline_layout.py
     args.sequence_parallel = False
     args.recompute_granularity = args.recompute_method = args.recompute_num_layers = None
     args.recompute_activations = args.distribute_saved_activations = False

@@ -12,6 +12,7 @@ import os
 
 from ..models.memory_estimate import layout_parameters, memory_estimate, report_lines
 from ..models.param_count import count_parameters, padded_vocab_size
+from ..models.pipeline_layout import chunk_layer_counts
 from .output_paths import DIRECTORIES, FILES, probe
 from .validation import ConfigError
 
@@ -110,14 +111,16 @@ def dry_run(args, nitp_config, log=print):
     dp = args.data_parallel_size
     num_microbatches = args.global_batch_size // (args.micro_batch_size * dp)
     log(f"parameters: total {counts['total'] / 1e9:.3f}B ({counts['total']:,}), active "
-        f"{counts['active'] / 1e9:.3f}B, NITP head {counts.get('nitp_head', 0) / 1e6:.1f}M (training only); padded "
-        f"vocabulary {args.padded_vocab_size}")
+        f"{counts['active'] / 1e9:.3f}B, NITP head {counts.get('nitp_head', 0) / 1e6:.1f}M (training only)"
+        + (f", MTP {counts['mtp'] / 1e6:.1f}M (training only)" if counts.get("mtp") else "")
+        + f"; padded vocabulary {args.padded_vocab_size}")
     if assumption:
         log(f"note: {assumption}")
     log(f"parallel plan: TP {args.tensor_model_parallel_size} x PP "
         f"{args.pipeline_model_parallel_size} x CP {args.context_parallel_size} x DP {dp}"
         f" (EP {args.expert_model_parallel_size}, VPP chunk "
-        f"{args.num_layers_per_virtual_pipeline_stage}), microbatches/step {num_microbatches}")
+        f"{args.num_layers_per_virtual_pipeline_stage}; layers per chunk "
+        f"{chunk_layer_counts(args)}), microbatches/step {num_microbatches}")
     for line in report_lines(memory_estimate(args, num_microbatches),
                              layout_parameters(args, counts)):
         log(line)

@@ -48,6 +48,9 @@ RANGES = {
     "tensor_model_parallel_size": AT_LEAST_1, "pipeline_model_parallel_size": AT_LEAST_1,
     "num_layers_per_virtual_pipeline_stage": AT_LEAST_1, "expert_model_parallel_size": AT_LEAST_1,
     "context_parallel_size": AT_LEAST_1, "distributed_timeout_minutes": AT_LEAST_1,
+    "num_virtual_stages_per_pipeline_rank": AT_LEAST_1,
+    "decoder_first_pipeline_num_layers": AT_LEAST_1, "decoder_last_pipeline_num_layers": AT_LEAST_1,
+    "mtp_num_layers": AT_LEAST_1, "mtp_loss_scaling_factor": AT_LEAST_0,
     # checkpoints, exits, logs
     "num_workers": AT_LEAST_0,
     "save_interval": AT_LEAST_1, "keep_last_n_checkpoints": AT_LEAST_1,

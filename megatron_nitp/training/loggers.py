@@ -168,6 +168,8 @@ class RunLogger:
                  f"lm loss {rec['lm_loss']:.4f}"]
         if rec.get("nitp_loss") is not None:
             parts.append(f"nitp loss {rec['nitp_loss']:.4f}")
+        parts += [f"{k[:-5]} loss {v:.4f}" for k, v in rec.items()  # MTP, as Megatron-LM's
+                  if k.startswith("mtp_") and k.endswith("_loss") and v is not None]
         parts += [f"lr {rec['lr']:.3e}", f"grad norm {rec['grad_norm']:.3f}",
                   f"tokens/s {rec['tokens_per_sec']:.0f}", f"elapsed {_fmt_time(elapsed)}",
                   f"ETA {_fmt_time(eta)}"]

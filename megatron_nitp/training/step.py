@@ -19,10 +19,11 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.transformer.module import Float16Module
 from megatron.core.utils import get_attr_wrapped_model, get_batch_on_this_cp_rank
 
+from ..models.mtp import mtp_loss_names, take_mtp_losses
 from ..nitp.documents import within_document_mask
 from ..nitp.loss import nitp_loss_func
 from ..nitp.metrics import GEOMETRY_KEYS, reduce_geometry
-from ..parallel.pipeline import schedule_seq_length, target_is_carried
+from ..parallel.pipeline import TargetCarrier
 from ..parallel.precision import optimizer_precision_config, uses_grad_scaler
 from .sample_schedule import scheduler_increment
 from .schedule_resume import scheduler_kwargs
@@ -143,6 +144,7 @@ def reduce_losses(losses_per_microbatch):
         t = totals[name].clone()
         torch.distributed.all_reduce(t, group=group)
         out[name] = (t[0] / t[1].clamp(min=1)).item()
+    out.update(take_mtp_losses(len(losses_per_microbatch)))  # "mtp_1 loss", ... (models/mtp.py)
     return out
 
 
@@ -165,8 +167,6 @@ def reduce_step_geometry(losses_per_microbatch, geometry, config):
 def forward_backward(args, model, config, nitp_config, data_iterators, num_microbatches,
                      iteration, forward_only=False, geometry=None, document_eod=None):
     weight = nitp_config.weight_at(iteration) if nitp_config.enabled else 0.0
-    carried = (nitp_config.uses_target and args.pipeline_model_parallel_size > 1
-               and target_is_carried(config, nitp_config.target_layer))
     return get_forward_backward_func()(
         forward_step_func=make_forward_step(
             weight, config.calculate_per_token_loss,
@@ -175,7 +175,7 @@ def forward_backward(args, model, config, nitp_config, data_iterators, num_micro
         data_iterator=data_iterators,
         model=model,
         num_microbatches=num_microbatches,
-        seq_length=schedule_seq_length(args.seq_length, carried),
+        seq_length=TargetCarrier.schedule_seq_length(config, nitp_config, args.seq_length),
         micro_batch_size=args.micro_batch_size,
         forward_only=forward_only,
     )
@@ -207,6 +207,11 @@ def grads_finite(model):
 
 
 LOSS_KEYS = ("lm loss", "nitp loss")
+
+
+def loss_keys(args):
+    """LOSS_KEYS and, with --mtp-num-layers, Megatron-LM's "mtp_1 loss", ... (models/mtp.py)."""
+    return LOSS_KEYS + tuple(mtp_loss_names(getattr(args, "mtp_num_layers", None)))
 METRIC_KEYS = ("effective_rank", "pair_cosine")
 
 
@@ -246,7 +251,7 @@ def train_step(args, model, optimizer, scheduler, config, nitp_config, data_iter
     metrics = reduce_step_geometry(raw, geometry, config)
     if poison:
         losses = _poison(losses, model)
-    losses = pipeline_broadcast(losses, LOSS_KEYS)
+    losses = pipeline_broadcast(losses, loss_keys(args))
     losses_finite = all(math.isfinite(v) for v in losses.values())
     overflow = False
     if uses_grad_scaler(args):

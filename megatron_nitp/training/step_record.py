@@ -7,6 +7,8 @@ import resource
 
 import torch
 
+from ..models.mtp import mtp_loss_names
+
 
 def throughput_tflops(args, nitp_enabled, seconds, world_size):
     """Model TFLOP/s per device: nitp/flops.py's training FLOPs per token (matmuls incl. the
@@ -40,7 +42,10 @@ def step_record(args, nitp_enabled, iteration, result, seconds, lr, consumed, el
            "lr": lr, "grad_norm": result.grad_norm,
            "tokens_per_sec": args.global_batch_size * args.seq_length / max(seconds, 1e-12),
            "elapsed_s": round(elapsed, 3), "consumed_samples": consumed,
-           "skipped": not result.ok, **result.metrics}
+           "skipped": not result.ok, **result.metrics,
+           # Megatron-LM's "mtp_1 loss", ... as mtp_1_loss, ...
+           **{n.replace(" ", "_"): result.losses.get(n)
+              for n in mtp_loss_names(getattr(args, "mtp_num_layers", None))}}
     rec["iteration_time_s"] = seconds
     if args.log_throughput:
         rec["throughput_tflops"] = throughput_tflops(args, nitp_enabled, seconds,

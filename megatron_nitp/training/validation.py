@@ -12,6 +12,8 @@ from ..data.data_args import data_args_errors
 from ..errors import UserError
 from ..nitp.config import NITPConfig, NITPConfigError
 from ..models.options import option_errors
+from ..models.mtp import mtp_errors
+from ..models.pipeline_layout import pipeline_errors, uneven, virtual_pipeline_size
 from .checkpoint_flags import checkpoint_flag_errors, checkpoint_flag_notices
 from .flag_ranges import range_errors
 from .megatron_defaults import deviation_notices, required_errors
@@ -65,15 +67,19 @@ def validate_args(args, world_size=None):
         raise ConfigError(
             f"--global-batch-size {args.global_batch_size}: must be a multiple of "
             f"--micro-batch-size {args.micro_batch_size} x data-parallel size {dp}")
-    if args.num_layers % pp != 0:
+    for message in pipeline_errors(args) + mtp_errors(args):  # models/pipeline_layout.py, mtp.py
+        raise ConfigError(message)
+    if args.num_layers % pp != 0 and not uneven(args):
         raise ConfigError(f"--num-layers {args.num_layers}: must be divisible by "
                           f"--pipeline-model-parallel-size {pp}")
-    if args.num_layers_per_virtual_pipeline_stage:
-        if pp == 1:
-            raise ConfigError("--num-layers-per-virtual-pipeline-stage: needs "
+    for flag in ("num_layers_per_virtual_pipeline_stage", "num_virtual_stages_per_pipeline_rank"):
+        if getattr(args, flag) and pp == 1:
+            raise ConfigError(f"--{flag.replace('_', '-')}: needs "
                               "--pipeline-model-parallel-size > 1")
+    if args.num_layers_per_virtual_pipeline_stage or virtual_pipeline_size(args):
         per_stage = args.num_layers // pp
-        if per_stage % args.num_layers_per_virtual_pipeline_stage != 0:
+        if (args.num_layers_per_virtual_pipeline_stage
+                and per_stage % args.num_layers_per_virtual_pipeline_stage != 0):
             raise ConfigError(
                 f"--num-layers-per-virtual-pipeline-stage "
                 f"{args.num_layers_per_virtual_pipeline_stage}: must divide the "
@@ -114,10 +120,11 @@ def validate_args(args, world_size=None):
     if nitp.enabled:
         if args.enable_cuda_graph:
             raise ConfigError("--enable-cuda-graph: not supported with --nitp (graph replay "
-                              "bypasses the layer hook that captures the implicit target)")
+                              "skips the Python forward of layer k, which captures the implicit target)")
         if args.overlap_moe_expert_parallel_comm:
             raise ConfigError("--overlap-moe-expert-parallel-comm: not supported with --nitp "
-                              "(the overlapped schedule bypasses the target hook)")
+                              "(the overlapped schedule runs layer k's parts, not its forward, which "
+                              "captures the implicit target)")
         if not nitp.stop_grad and args.recompute_granularity == "full":
             raise ConfigError("--nitp-no-stop-grad with --recompute-granularity full: the "
                               "target is captured inside a recomputed (no-grad) block; use "

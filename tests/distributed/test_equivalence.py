@@ -17,7 +17,10 @@ TWO = ["tp2", "tp2_sp", "pp2_k_on_stage0", "pp2_k_on_last_stage", "pp2_vpp2",
        "dp2_distributed_optimizer", "dp2_per_token_loss", "recompute_full", "moe_ep2",
        # model families (models/options.py): Qwen3-like dense, DeepSeek-V3-like routing
        "qwen3_tp2_sp", "qwen3_pp2", "qwen3_dp2_distributed_optimizer", "dsv3_ep2", "dsv3_dp2",
-       "mla_pp2"]
+       "mla_pp2",
+       # MTP next to NITP (models/mtp.py) and uneven pipelines (models/pipeline_layout.py)
+       "mtp_tp2_sp", "mtp_pp2", "mtp_dp2_distributed_optimizer", "mtp_pp2_layout",
+       "pp2_first1_k3", "pp2_last1_k3", "pp2_last1_k1", "pp2_vstages2_k3", "pp2_layout_vpp"]
 FOUR = ["tp2_pp2_sp", "moe_ep2_pp2"]
 
 
@@ -64,3 +67,31 @@ def test_expert_bias_updated_and_equal_to_single_process(results, layout):
     biases = results["_expert_bias"][layout]
     assert len(biases) == 3  # layers 2-4 are MoE
     assert all(any(v != 0 for v in b) for b in biases.values())
+
+
+@pytest.mark.parametrize("layout", ["mtp_tp2_sp", "mtp_pp2", "mtp_dp2_distributed_optimizer",
+                                    "mtp_pp2_layout"])
+def test_mtp_loss_reported_and_equal_to_single_process(results, layout):
+    # compare asserted "mtp_1 loss" equals the single-process one; the MTP layers' gradients are
+    # among the parameters compared. Here: the MTP loss is a real cross-entropy (about ln 128).
+    assert 4.0 < results[layout]["mtp"] < 6.0
+
+
+# Per rank, per chunk: the global numbers of the decoder layers megatron built, and MTP layers.
+BUILT = {
+    "mtp_pp2": [[dict(decoder=[1, 2], mtp=0)], [dict(decoder=[3, 4], mtp=1)]],
+    "mtp_pp2_layout": [[dict(decoder=[1], mtp=0)], [dict(decoder=[2, 3, 4], mtp=1)]],
+    "pp2_first1_k3": [[dict(decoder=[1], mtp=0)], [dict(decoder=[2, 3, 4], mtp=0)]],
+    "pp2_last1_k3": [[dict(decoder=[1, 2, 3], mtp=0)], [dict(decoder=[4], mtp=0)]],
+    "pp2_last1_k1": [[dict(decoder=[1, 2, 3], mtp=0)], [dict(decoder=[4], mtp=0)]],
+    "pp2_vstages2_k3": [[dict(decoder=[1], mtp=0), dict(decoder=[3], mtp=0)],
+                        [dict(decoder=[2], mtp=0), dict(decoder=[4], mtp=0)]],
+    "pp2_layout_vpp": [[dict(decoder=[1], mtp=0), dict(decoder=[3, 4], mtp=0)],
+                       [dict(decoder=[2], mtp=0), dict(decoder=[], mtp=0)]],
+}
+
+
+@pytest.mark.parametrize("layout", sorted(BUILT))
+def test_uneven_layout_built_where_asked(results, layout):
+    # Equal losses alone would also hold for a silently even split: check the placement.
+    assert results[layout]["built"] == BUILT[layout]

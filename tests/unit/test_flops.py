@@ -102,3 +102,26 @@ def test_markdown_report_for_a_config_with_flags():
     assert lines[0].startswith("| config |") and len(lines) == 3
     assert lines[2].startswith("| moe_9b_a1b |") and "2.28%" in lines[2]
     assert "1 boundaries x 2560 B/token" in lines[2]
+
+
+@pytest.mark.parametrize("extra,k,counts,boundaries", [
+    ([], 1, [2, 2], 1),
+    ([], 3, [2, 2], 0),
+    (["--decoder-first-pipeline-num-layers", "1"], 1, [1, 3], 1),
+    (["--decoder-first-pipeline-num-layers", "1"], 2, [1, 3], 0),
+    (["--decoder-last-pipeline-num-layers", "1"], 3, [3, 1], 1),
+    (["--num-virtual-stages-per-pipeline-rank", "2"], 3, [1, 1, 1, 1], 3),
+    (["--num-virtual-stages-per-pipeline-rank", "2"], 4, [1, 1, 1, 1], 0),
+    (["--pipeline-model-parallel-layout", "Et|t|tt|L"], 3, [1, 1, 2, 0], 3),
+])
+def test_pipeline_carry_follows_uneven_splits(extra, k, counts, boundaries):
+    # The equivalence suite checks megatron-core builds these same splits (test_equivalence.py).
+    from megatron_nitp.models.pipeline_layout import chunk_layer_counts
+    from megatron_nitp.nitp.flops import training_flops_per_token
+    from megatron_nitp.training.arguments import parse_args
+
+    args = parse_args(["--num-layers", "4", "--hidden-size", "32", "--num-attention-heads", "4",
+                       "--vocab-size", "64", "--nitp", "--pipeline-model-parallel-size", "2",
+                       "--nitp-target-layer", str(k), *extra])
+    assert chunk_layer_counts(args) == counts
+    assert training_flops_per_token(args)["pipeline_carry_boundaries"] == boundaries

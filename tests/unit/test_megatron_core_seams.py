@@ -1,12 +1,13 @@
 """Canaries: the private megatron-core 0.16.1 seams NITP relies on. A megatron-core upgrade that
 moves one of them fails the test named after it, instead of NITP silently training wrong.
 
-- NITPGPTModel overrides `GPTModel._postprocess` and reads `hidden_states`, `labels`,
-  `loss_mask` and `decoder_input` from it (models/gpt_nitp.py);
+- NITPGPTModel overrides `GPTModel._postprocess` with its parameters by name, and reads
+  `hidden_states`, `labels`, `loss_mask` and `decoder_input` (models/gpt_nitp.py);
 - the pipeline carries [h; z] by doubling `seq_length` given to the schedule, which sizes its
-  p2p buffers from it (parallel/pipeline.py);
-- the implicit target is captured by a forward hook on TransformerLayer k, which fires only if
-  TransformerBlock calls its layers through `nn.Module.__call__` (nitp/target.py).
+  p2p buffers from it (parallel/pipeline.py, TargetCarrier);
+- the implicit target is captured by layer k itself, built from its own ModuleSpec: that needs
+  TransformerBlock to build each layer from its spec with the spec's params, and
+  TransformerLayer.forward to return (hidden_states, context) (nitp/target.py).
 """
 
 import inspect
@@ -19,10 +20,14 @@ import torch.nn.functional as F
 def test_gpt_model_postprocess_takes_the_arguments_nitp_reads():
     from megatron.core.models.gpt import GPTModel
 
+    from megatron_nitp.models.gpt_nitp import NITPGPTModel
+
     params = list(inspect.signature(GPTModel._postprocess).parameters)
-    # gpt_nitp.py reads labels positionally at index 2 (after self, hidden_states) too.
-    assert params[:5] == ["self", "hidden_states", "input_ids", "position_ids", "labels"]
-    for name in ("loss_mask", "decoder_input"):
+    ours = [p for p in inspect.signature(NITPGPTModel._postprocess).parameters
+            if p != "rest"]
+    # The override names megatron's parameters in megatron's order, up to decoder_input.
+    assert params[:len(ours)] == ours, (params, ours)
+    for name in ("labels", "loss_mask", "decoder_input"):
         assert name in params, f"GPTModel._postprocess lost {name!r}"
     # ... and GPTModel.forward hands them over by keyword.
     forward = inspect.getsource(GPTModel.forward)
@@ -45,24 +50,34 @@ def test_pipeline_schedules_size_p2p_buffers_from_seq_length():
     assert "tensor_shape = [seq_length, micro_batch_size, config.hidden_size]" in interleaved
 
 
-def test_transformer_block_calls_its_layers_through_module_call(mp):
+def test_transformer_block_builds_layer_k_from_its_own_spec(mp):
+    import dataclasses
+
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
     from megatron.core.transformer import TransformerConfig
-    from megatron.core.transformer.transformer_block import TransformerBlock
+    from megatron.core.transformer.transformer_block import (TransformerBlock,
+                                                             TransformerBlockSubmodules)
+
+    from megatron_nitp.nitp.target import (ImplicitTargetCapture, ImplicitTargetLayer,
+                                           with_target_capture)
 
     config = TransformerConfig(num_layers=3, hidden_size=16, num_attention_heads=2,
                                add_bias_linear=False, gated_linear_unit=True,
                                activation_func=F.silu, bias_activation_fusion=False,
                                masked_softmax_fusion=False, apply_rope_fusion=False,
                                gradient_accumulation_fusion=False, persist_layer_norm=False)
-    block = TransformerBlock(config, get_gpt_layer_local_spec())
-    fired = []
-    for layer in block.layers:
-        layer.register_forward_hook(lambda m, i, o: fired.append((m.layer_number, o)))
-    hidden = torch.randn(5, 2, 16)
-    out = block(hidden, attention_mask=None)
-    assert [n for n, _ in fired] == [1, 2, 3]
-    # The hook sees (hidden_states, context), hidden_states [s, b, d] as the next layer's input.
-    h2 = fired[1][1]
-    assert isinstance(h2, tuple) and h2[0].shape == (5, 2, 16)
+    layer = get_gpt_layer_local_spec()
+    capture = ImplicitTargetCapture()
+    spec = with_target_capture(TransformerBlockSubmodules(layer_specs=[layer] * 3), 1, capture)
+    block = TransformerBlock(config, spec)
+    assert [type(l) for l in block.layers][1] is ImplicitTargetLayer
+    assert block.layers[1].target_capture is capture and block.layers[1].layer_number == 2
+    seen = []  # layer 3's input is layer 2's output
+    block.layers[2].register_forward_pre_hook(lambda m, args, kw: seen.append(kw.get(
+        "hidden_states", args[0] if args else None)), with_kwargs=True)
+    capture.arm()
+    out = block(torch.randn(5, 2, 16), attention_mask=None)
+    z = capture.take()
+    assert z is not None and z.shape == (5, 2, 16) and torch.equal(z, seen[0])
     assert out.shape == (5, 2, 16)
+    assert dataclasses.is_dataclass(spec) and spec.layer_specs[0] is layer  # others untouched

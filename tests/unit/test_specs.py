@@ -52,8 +52,12 @@ def test_head_is_swiglu_without_bias_and_only_when_used(mp):
     assert build(["--no-nitp"]).nitp_head is None
 
 
-def test_target_hook_sits_on_layer_k_and_fires_once_per_forward(mp):
+def test_target_layer_is_layer_k_and_captures_once_per_forward(mp):
+    from megatron_nitp.nitp.target import ImplicitTargetLayer
+
     model = build(["--nitp", "--nitp-target-layer", "2"])
+    assert [isinstance(l, ImplicitTargetLayer) for l in model.decoder.layers] == \
+        [False, True, False, False]
     tokens = torch.randint(0, 64, (2, 8))
     pos = torch.arange(8).repeat(2, 1)
     seen = []
@@ -64,3 +68,24 @@ def test_target_hook_sits_on_layer_k_and_fires_once_per_forward(mp):
     lm, nitp, valid = model(tokens, pos, None, labels=tokens, loss_mask=torch.ones(2, 8))
     assert len(captured) == 1 and captured[0] is seen[0]
     assert nitp.shape == (2, 8) and valid[:, -1].sum() == 0
+
+
+@pytest.mark.parametrize("moe", [False, True])
+def test_mtp_layers_built_like_the_last_layer_and_counted(mp, moe):
+    from megatron.core.transformer.moe.moe_layer import MoELayer
+
+    from megatron_nitp.models.param_count import count_parameters
+
+    argv = ["--nitp", "--mtp-num-layers", "1", "--position-embedding-type", "rope",
+            "--normalization", "RMSNorm", "--swiglu", "--disable-bias-linear"]
+    if moe:
+        argv += ["--num-experts", "4", "--moe-router-topk", "2", "--moe-ffn-hidden-size", "16",
+                 "--moe-shared-expert-intermediate-size", "16", "--moe-layer-freq",
+                 "([0]*1+[1]*3)"]
+    model = build(argv)
+    layer = model.mtp.layers[0].transformer_layer
+    assert isinstance(layer.mlp, MoELayer) == moe
+    built = sum(p.numel() for n, p in model.named_parameters() if n.startswith("mtp."))
+    args = parse_args(["--num-layers", "4", "--hidden-size", "32", "--num-attention-heads", "4",
+                       "--vocab-size", "64", "--transformer-impl", "local"] + argv)
+    assert count_parameters(args)["mtp"] == built

@@ -56,6 +56,13 @@ MODELS = {
                 num_query_groups=4, untie=True, gqa=False,
                 extra=["--multi-latent-attention", "--kv-lora-rank", "16", "--qk-head-dim", "8",
                        "--qk-pos-emb-head-dim", "4", "--v-head-dim", "8", "--qk-layernorm"]),
+    # DeepSeek-V3's multi-token prediction next to NITP (models/mtp.py), every flag explicit.
+    "mtp": dict(num_layers=4, hidden_size=32, ffn_hidden_size=64, num_attention_heads=4,
+                num_query_groups=2, untie=False,
+                extra=["--mtp-num-layers", "1", "--mtp-loss-scaling-factor", "0.3",
+                       "--position-embedding-type", "rope", "--normalization", "RMSNorm",
+                       "--swiglu", "--disable-bias-linear", "--attention-dropout", "0",
+                       "--hidden-dropout", "0"]),
 }
 
 # name: (nproc, layout). k = NITP target layer (global, 1-based).
@@ -77,6 +84,18 @@ LAYOUTS = {
     # MLA at TP > 1 on the local spec is refused (models/options.py): measured here, gradients
     # off by up to 7e-3 relative at TP2 with or without SP, losses equal.
     "mla_pp2": (2, dict(model="mla", pp=2, k=3)),
+    # MTP + NITP: MTP on the last stage; z carried past it (k=1) or read there (k=3).
+    "mtp_tp2_sp": (2, dict(model="mtp", tp=2, sp=True, k=1)),
+    "mtp_pp2": (2, dict(model="mtp", pp=2, k=1)),
+    "mtp_dp2_distributed_optimizer": (2, dict(model="mtp", distopt=True, k=1)),
+    # Uneven pipelines (models/pipeline_layout.py); layer k on either side of the split.
+    "pp2_first1_k3": (2, dict(model="dense", pp=2, first=1, k=3)),
+    "pp2_last1_k3": (2, dict(model="dense", pp=2, last=1, k=3)),
+    "pp2_last1_k1": (2, dict(model="dense", pp=2, last=1, k=1)),
+    "pp2_vstages2_k3": (2, dict(model="dense", pp=2, vstages=2, k=3)),
+    # vp-major: rank0 "Et", rank1 "t", rank0 "tt", rank1 "L" (a last chunk without layers).
+    "pp2_layout_vpp": (2, dict(model="dense", pp=2, layout="Et|t|tt|L", k=3)),
+    "mtp_pp2_layout": (2, dict(model="mtp", pp=2, layout="Et|tttmL", k=3)),
     "tp2_pp2_sp": (4, dict(model="dense", tp=2, pp=2, sp=True, k=1)),
     "moe_ep2_pp2": (4, dict(model="moe", ep=2, pp=2, k=1)),
 }
@@ -117,6 +136,12 @@ def make_args(layout, nitp=True):
         argv.append("--sequence-parallel")
     if layout.get("vpp_layers"):
         argv += ["--num-layers-per-virtual-pipeline-stage", str(layout["vpp_layers"])]
+    for key, flag in (("first", "--decoder-first-pipeline-num-layers"),
+                      ("last", "--decoder-last-pipeline-num-layers"),
+                      ("vstages", "--num-virtual-stages-per-pipeline-rank"),
+                      ("layout", "--pipeline-model-parallel-layout")):
+        if layout.get(key) is not None:
+            argv += [flag, str(layout[key])]
     if layout.get("distopt"):
         argv.append("--use-distributed-optimizer")
     if layout.get("per_token"):
@@ -267,6 +292,13 @@ def phase_parallel(out, names):
         path = os.path.join(out, f"grads_{name}")
         os.makedirs(path, exist_ok=True)
         dist_checkpointing.save(sharded_sd(s.chunks), path)
+        # Where megatron built the layers (the uneven layouts must really be uneven).
+        built = [dict(decoder=[l.layer_number for l in c.decoder.layers],
+                      mtp=len(c.mtp.layers) if getattr(c, "mtp_process", False) else 0)
+                 for c in s.chunks]
+        with open(os.path.join(out, f"built_{name}_{torch.distributed.get_rank()}.json"),
+                  "w") as f:
+            json.dump(built, f)
         if losses:
             with open(os.path.join(out, f"losses_{name}_{torch.distributed.get_rank()}.json"),
                       "w") as f:
@@ -305,14 +337,21 @@ def phase_compare(out, names):
                 torch.testing.assert_close(b, want, rtol=0, atol=1e-7,
                                            msg=lambda m: f"[{name}] {bname}: {m}")
                 report.setdefault("_expert_bias", {}).setdefault(name, {})[bname] = want.tolist()
-        loss_files = glob.glob(os.path.join(out, f"losses_{name}_*.json"))
+        loss_files = glob.glob(os.path.join(out, f"losses_{name}_[0-9]*.json"))  # not name_*
         assert loss_files, f"[{name}] no rank reported losses"
         for lf in loss_files:
             got = json.load(open(lf))
-            for lname in ("lm loss", "nitp loss"):
+            names = ["lm loss", "nitp loss"] + [n for n in ref if n.startswith("mtp_")]
+            if MODELS[layout["model"]].get("extra", []).count("--mtp-num-layers"):
+                assert "mtp_1 loss" in ref and "mtp_1 loss" in got, f"[{name}] no MTP loss"
+            for lname in names:
                 assert abs(got[lname] - ref[lname]) <= 1e-4 * abs(ref[lname]), (
                     f"[{name}] {lname}: {got[lname]} vs single-process {ref[lname]}")
-        report[name] = dict(lm=got["lm loss"], nitp=got["nitp loss"], max_rel_grad_err=worst)
+        built = {int(f.rsplit("_", 1)[1][:-5]): json.load(open(f))
+                 for f in glob.glob(os.path.join(out, f"built_{name}_[0-9]*.json"))}
+        report[name] = dict(lm=got["lm loss"], nitp=got["nitp loss"], max_rel_grad_err=worst,
+                            mtp=got.get("mtp_1 loss"),
+                            built=[built[r] for r in sorted(built)])
         destroy_distributed_model_parallel()
     print("EQUIVALENCE_RESULTS " + json.dumps(report))
 
