@@ -121,10 +121,6 @@ TABLE = (
            "TP, Megatron-LM's default); another size is not supported yet (expert tensor "
            "parallelism, the model-families work)", decide=_etp_verdict),
     # -- refused until the issue #15 item that honours them lands ----------------------------
-    _value("--mtp-num-layers", "mtp_num_layers", int, None, REJECT,
-           f"{_PENDING} (multi-token prediction, the model-families work)"),
-    _value("--mtp-loss-scaling-factor", "mtp_loss_scaling_factor", float, 0.1, REJECT,
-           f"{_PENDING} (multi-token prediction, the model-families work)"),
     _value("--moe-flex-dispatcher-backend", "moe_flex_dispatcher_backend", str, "deepep", REJECT,
            f"{_PENDING} (the flex token dispatcher, DeepEP/HybridEP on GPU); use "
            "--moe-token-dispatcher-type alltoall", choices=["deepep", "hybridep"]),

@@ -118,7 +118,6 @@ def test_pipeline_carry_follows_uneven_splits(extra, k, counts, boundaries):
     # The equivalence suite checks megatron-core builds these same splits (test_equivalence.py).
     from megatron_nitp.models.pipeline_layout import chunk_layer_counts
     from megatron_nitp.nitp.flops import training_flops_per_token
-    from megatron_nitp.training.arguments import parse_args
 
     args = parse_args(["--num-layers", "4", "--hidden-size", "32", "--num-attention-heads", "4",
                        "--vocab-size", "64", "--nitp", "--pipeline-model-parallel-size", "2",

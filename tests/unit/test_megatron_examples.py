@@ -45,7 +45,6 @@ REFUSED = {
         "--moe-token-dispatcher-type": ("flex dispatcher (model families)",
                                         ["--moe-token-dispatcher-type", "alltoall"]),
         "--moe-flex-dispatcher-backend": ("flex dispatcher (model families)", []),
-        "--mtp-num-layers": ("multi-token prediction (model families)", []),
         "--moe-router-force-load-balancing": ("benchmarking mode: random routing", []),
     },
 }
