@@ -1,4 +1,4 @@
-"""A transformers directory (Llama / Qwen2-MoE) -> a megatron-nitp model-only checkpoint.
+"""A transformers directory (Llama / Qwen2-MoE / Qwen3 / Qwen3-MoE) -> a megatron-nitp model-only checkpoint.
 
 Two steps, so that the layout logic is megatron's own:
 1. one process (TP1/PP1): map the HF tensors (hf_mapping), load them into a TP1 NITPGPTModel
@@ -108,10 +108,14 @@ def _arch_flags(s: ModelShape, padded_vocab: int) -> List[str]:
              "--group-query-attention", "--num-query-groups", s.num_query_groups,
              "--kv-channels", s.head_dim, "--normalization", "RMSNorm", "--swiglu",
              "--position-embedding-type", "rope", "--norm-epsilon", s.norm_eps,
-             "--max-position-embeddings", s.max_position_embeddings]
+             "--max-position-embeddings", s.max_position_embeddings, "--disable-bias-linear"]
     if not s.tied:
         flags.append("--untie-embeddings-and-output-weights")
+    if s.qk_layernorm:
+        flags.append("--qk-layernorm")
     if s.num_experts:
+        flags.append("--no-moe-router-pre-softmax" if s.norm_topk_prob
+                     else "--moe-router-pre-softmax")
         flags += ["--num-experts", s.num_experts, "--moe-router-topk", s.topk,
                   "--moe-ffn-hidden-size", s.moe_ffn_hidden_size,
                   "--moe-layer-freq", compact_layer_freq(s.moe_layers)]
