@@ -9,6 +9,7 @@ MoE -> `Qwen2MoeForCausalLM`: routed experts with softmax over all experts then 
 hf_mapping), zero q/k/v biases.
 With --qk-layernorm (Qwen3-like): dense -> `Qwen3ForCausalLM`, MoE without a shared expert ->
 `Qwen3MoeForCausalLM` (per-head q/k RMSNorm; no biases, no filler tensors).
+With --multi-latent-attention (DeepSeek-V2/V3-like) -> `DeepseekV3ForCausalLM` (hf_deepseek).
 
 The vocabulary is exported padded (megatron's `padded_vocab_size` rows, so logits match
 megatron's); a checkpoint imported from HF with a vocabulary that needed TP padding is trimmed
@@ -23,7 +24,8 @@ from typing import Callable, Dict, Optional
 import torch
 
 from . import ConversionError
-from .hf_mapping import (LLAMA, QWEN3, QWEN3_MOE, ModelShape, hf_shared_expert_size, megatron_to_hf,
+from .hf_deepseek import deepseek_config_kwargs
+from .hf_mapping import (DEEPSEEK_V3, LLAMA, QWEN3, QWEN3_MOE, ModelShape, hf_shared_expert_size, megatron_to_hf,
                          nitp_head_to_hf, shape_from_args)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -73,7 +75,8 @@ def write_safetensors(tensors: Dict[str, torch.Tensor], out_dir: str, max_shard_
 
 def hf_config(shape: ModelShape, dtype: torch.dtype, ids: dict, provenance: dict):
     """A transformers config object for the shape (its class writes the version's config.json)."""
-    from transformers import LlamaConfig, Qwen2MoeConfig, Qwen3Config, Qwen3MoeConfig
+    from transformers import (DeepseekV3Config, LlamaConfig, Qwen2MoeConfig, Qwen3Config,
+                              Qwen3MoeConfig)
 
     common = dict(
         vocab_size=shape.vocab_size, hidden_size=shape.hidden_size,
@@ -89,7 +92,11 @@ def hf_config(shape: ModelShape, dtype: torch.dtype, ids: dict, provenance: dict
                decoder_sparse_step=1,
                mlp_only_layers=[i for i, m in enumerate(shape.moe_layers) if not m],
                use_sliding_window=False, router_aux_loss_coef=0.0)
-    if shape.architecture == LLAMA:
+    if shape.architecture == DEEPSEEK_V3:
+        common.pop("head_dim")
+        common.update(deepseek_config_kwargs(shape))  # its own rope, heads and routing fields
+        config = DeepseekV3Config(**common)
+    elif shape.architecture == LLAMA:
         config = LlamaConfig(attention_bias=False, mlp_bias=False, **common)
     elif shape.architecture == QWEN3:
         config = Qwen3Config(attention_bias=False, use_sliding_window=False, **common)

@@ -29,8 +29,10 @@ from typing import Callable, Dict, Iterable, List, Optional
 
 import torch
 
-from . import (LLAMA, MOE_ARCHITECTURES, QWEN2_MOE, QWEN3, QWEN3_MOE, SUPPORTED,  # noqa: F401
-               ConversionError, hf_architecture)
+from . import (DEEPSEEK_V3, LLAMA, MOE_ARCHITECTURES, QWEN2_MOE, QWEN3,  # noqa: F401
+               QWEN3_MOE, SUPPORTED, ConversionError, hf_architecture)
+from .hf_deepseek import (deepseek_moe_to_hf, deepseek_problems, mla_attention_to_hf,
+                          mla_shape_fields)
 
 
 @dataclass
@@ -55,9 +57,13 @@ class ModelShape:
     topk: int = 0
     qk_layernorm: bool = False  # per-head q/k RMSNorm (Qwen3)
     norm_topk_prob: bool = False  # renormalised top-k (megatron without pre-softmax)
+    mla: dict = field(default_factory=dict)  # multi-latent attention sizes (hf_deepseek)
+    routing: dict = field(default_factory=dict)  # sigmoid routing: groups, scaling, expert bias
 
     @property
     def architecture(self) -> str:
+        if self.mla:
+            return DEEPSEEK_V3
         if self.num_experts:
             return QWEN3_MOE if self.qk_layernorm else QWEN2_MOE
         return QWEN3 if self.qk_layernorm else LLAMA
@@ -83,12 +89,15 @@ def family_option_problems(args) -> List[str]:
         return getattr(args, name, default)
 
     problems = [flag for flag, bad in (
-        ("--multi-latent-attention", on("multi_latent_attention")),
         ("--add-qkv-bias", on("add_qkv_bias")),
         ("--add-bias-linear", on("add_bias_linear")),
         ("--apply-layernorm-1p", on("layernorm_zero_centered_gamma")),
         (f"--rotary-percent {on('rotary_percent')}", on("rotary_percent", 1.0) != 1.0),
     ) if bad]
+    if on("multi_latent_attention"):
+        experts = on("num_experts") or 0
+        return problems + deepseek_problems(
+            args, moe_layer_pattern(args.moe_layer_freq, args.num_layers) if experts else [])
     if args.num_experts:
         problems += [flag for flag, bad in (
             ("--qk-layernorm with --moe-shared-expert-intermediate-size (Qwen3-MoE has no "
@@ -115,6 +124,11 @@ def shape_from_args(args) -> ModelShape:
     if problems:
         raise ConversionError("this model has no Hugging Face equivalent here: " + "; ".join(problems))
     experts = args.num_experts or 0
+    mla = bool(getattr(args, "multi_latent_attention", False))
+    routing = dict(num_groups=getattr(args, "moe_router_num_groups", None),
+                   group_topk=getattr(args, "moe_router_group_topk", None),
+                   scaling_factor=getattr(args, "moe_router_topk_scaling_factor", None),
+                   expert_bias=bool(getattr(args, "moe_router_enable_expert_bias", False)))
     return ModelShape(
         num_layers=args.num_layers, hidden_size=args.hidden_size,
         num_attention_heads=args.num_attention_heads,
@@ -130,6 +144,7 @@ def shape_from_args(args) -> ModelShape:
         topk=args.moe_router_topk if experts else 0,
         qk_layernorm=bool(getattr(args, "qk_layernorm", False)),
         norm_topk_prob=bool(experts) and not getattr(args, "moe_router_pre_softmax", True),
+        mla=mla_shape_fields(args) if mla else {}, routing=routing if mla and experts else {},
     )
 
 
@@ -219,6 +234,9 @@ def megatron_to_hf(sd: Dict[str, torch.Tensor], s: ModelShape,
         used.add(name)
         return sd[name]
 
+    if s.mla:
+        return _deepseek_to_hf(sd, s, take, used, progress)
+
     out["model.embed_tokens.weight"] = take("embedding.word_embeddings.weight")
     qwen = s.architecture == QWEN2_MOE
     for i in range(s.num_layers):
@@ -236,6 +254,35 @@ def megatron_to_hf(sd: Dict[str, torch.Tensor], s: ModelShape,
         out[h + "post_attention_layernorm.weight"] = take(m + "pre_mlp_layernorm.weight")
         if s.num_experts and s.moe_layers[i]:
             out.update(_moe_to_hf(take, m + "mlp.", h + "mlp.", s))
+        else:
+            gate, up = _gate_up(take(m + "mlp.linear_fc1.weight"))
+            out[h + "mlp.gate_proj.weight"], out[h + "mlp.up_proj.weight"] = gate, up
+            out[h + "mlp.down_proj.weight"] = take(m + "mlp.linear_fc2.weight")
+        if progress:
+            progress(1)
+    out["model.norm.weight"] = take("decoder.final_layernorm.weight")
+    if not s.tied:
+        out["lm_head.weight"] = take("output_layer.weight")
+    leftover = sorted(k for k in sd if k not in used and not k.endswith("_extra_state")
+                      and not k.startswith("nitp_head.") and k != "output_layer.weight")
+    if leftover:
+        raise ConversionError(f"checkpoint tensors with no HF counterpart: {', '.join(leftover[:5])}"
+                              + (" ..." if len(leftover) > 5 else ""))
+    return out
+
+
+def _deepseek_to_hf(sd, s: ModelShape, take, used, progress):
+    """DeepseekV3 names (hf_deepseek) for an MLA model; the embedding, norms, dense MLPs and head
+    are named as in Llama."""
+    out = {"model.embed_tokens.weight": take("embedding.word_embeddings.weight")}
+    for i in range(s.num_layers):
+        m, h = f"decoder.layers.{i}.", f"model.layers.{i}."
+        out[h + "input_layernorm.weight"] = take(m + "input_layernorm.weight")
+        out.update(mla_attention_to_hf(take, m, h, s))
+        out[h + "post_attention_layernorm.weight"] = take(m + "pre_mlp_layernorm.weight")
+        if s.num_experts and s.moe_layers[i]:
+            out.update(deepseek_moe_to_hf(take, lambda n: n in sd, m + "mlp.", h + "mlp.", s,
+                                          _gate_up))
         else:
             gate, up = _gate_up(take(m + "mlp.linear_fc1.weight"))
             out[h + "mlp.gate_proj.weight"], out[h + "mlp.up_proj.weight"] = gate, up

@@ -1,8 +1,12 @@
 """HF export of the Megatron-LM model families: Qwen3-like dense (GQA, --qk-layernorm, untied, no
-biases) -> Qwen3ForCausalLM, and Qwen3-MoE-like (q/k norm, no shared expert, dense first layer,
-top-k without pre-softmax = norm_topk_prob) -> Qwen3MoeForCausalLM. One process
-(workers/family_export_checks.py): tiny checkpoints, the CLI export, logits and greedy tokens vs
-transformers, hf-to-megatron and back bit-identical."""
+biases) -> Qwen3ForCausalLM; Qwen3-MoE-like (q/k norm, no shared expert, dense first layer,
+top-k without pre-softmax = norm_topk_prob) -> Qwen3MoeForCausalLM; multi-latent attention,
+dense without q-lora (DeepSeek-V2-Lite's attention) and DeepSeek-V3-like (q-lora, YaRN, sigmoid
+routing with expert bias, group top-k, scaling, shared experts, dense first layer) ->
+DeepseekV3ForCausalLM. One process (workers/family_export_checks.py): tiny checkpoints with
+every weight (and the expert bias) moved off its init, the CLI export, logits and greedy tokens
+vs transformers; hf-to-megatron and back bit-identical for the Qwen3 families (DeepseekV3 is
+export-only: hf-to-megatron refuses it in one line)."""
 
 import json
 import os
@@ -13,7 +17,8 @@ import pytest
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "workers",
                       "family_export_checks.py")
-FAMILIES = {"qwen3": "Qwen3ForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM"}
+FAMILIES = {"qwen3": "Qwen3ForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM",
+            "mla_dense": "DeepseekV3ForCausalLM", "dsv3": "DeepseekV3ForCausalLM"}
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +53,28 @@ def test_qwen3_configs_say_what_megatron_computed(results):
     assert moe["num_experts_per_tok"] == 2 and moe["moe_intermediate_size"] == 32
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+def test_deepseek_v3_config_says_what_megatron_computed(results):
+    c = results["dsv3"]["config"]
+    assert (c["q_lora_rank"], c["kv_lora_rank"], c["qk_nope_head_dim"], c["qk_rope_head_dim"],
+            c["v_head_dim"]) == (24, 32, 16, 8, 16)
+    assert c["rope_interleave"] and c["rope_parameters"]["rope_type"] == "yarn"
+    assert c["rope_parameters"]["factor"] == 4.0 and c["rope_parameters"]["mscale_all_dim"] == 1.0
+    assert (c["n_routed_experts"], c["num_experts_per_tok"], c["n_group"], c["topk_group"]) == \
+        (8, 4, 4, 2)
+    assert c["routed_scaling_factor"] == 2.5 and c["norm_topk_prob"] is True
+    assert c["n_shared_experts"] == 2 and c["first_k_dense_replace"] == 1
+    assert c["num_nextn_predict_layers"] == 0  # no MTP layers exported
+    dense = results["mla_dense"]["config"]
+    assert dense["q_lora_rank"] is None and dense["first_k_dense_replace"] == 4
+    assert dense["rope_parameters"]["rope_type"] == "default"  # YaRN factor 1 = plain RoPE
+
+
+@pytest.mark.parametrize("name", ["qwen3", "qwen3_moe"])
 def test_family_hf_to_megatron_to_hf_is_bit_identical(results, name):
     assert results["roundtrip"][name]["mismatched"] == []
+
+
+def test_deepseek_v3_import_refused_in_one_line(results):
+    r = results["dsv3_import_error"]
+    lines = r["stderr"].strip().splitlines()
+    assert r["rc"] == 2 and len(lines) == 1 and "export-only" in lines[0], r

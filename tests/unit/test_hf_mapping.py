@@ -213,6 +213,41 @@ def test_export_architecture_per_family(flags, arch, norm_topk):
     assert (s.architecture, s.norm_topk_prob) == (arch, norm_topk)
 
 
+MLA = ["--multi-latent-attention", "--kv-lora-rank", "16", "--qk-head-dim", "8",
+       "--qk-pos-emb-head-dim", "4", "--v-head-dim", "8", "--qk-layernorm", "--norm-epsilon", "1e-6"]
+DS_MOE = MLA + ["--num-experts", "4", "--moe-router-topk", "2", "--moe-ffn-hidden-size", "8",
+                "--moe-shared-expert-intermediate-size", "8", "--moe-layer-freq", "[0,1]",
+                "--moe-router-score-function", "sigmoid"]
+
+
+@pytest.mark.parametrize("flags, named", [
+    ([f for f in MLA if f != "--qk-layernorm"], "without --qk-layernorm"),
+    (MLA[:-1] + ["1e-5"], "--norm-epsilon 1e-05"),
+    ([f if f != "sigmoid" else "softmax" for f in DS_MOE], "--moe-router-score-function softmax"),
+    (DS_MOE[:-3] + ["[1,0]", "--moe-router-score-function", "sigmoid"], "--moe-layer-freq"),
+    ([f if f != "--moe-shared-expert-intermediate-size" else "--moe-ffn-hidden-size" for f in DS_MOE],
+     "--moe-shared-expert-intermediate-size"),
+    (DS_MOE + ["--moe-router-num-groups", "2", "--moe-router-group-topk", "2"],
+     "--moe-router-group-topk 2"),
+])
+def test_deepseek_v3_export_refuses_what_it_cannot_express(flags, named):
+    from megatron_nitp.convert.hf_mapping import shape_from_args
+    from megatron_nitp.training.arguments import parse_args
+
+    args = parse_args(["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4",
+                       "--vocab-size", "128", "--normalization", "RMSNorm", "--swiglu",
+                       "--position-embedding-type", "rope", "--disable-bias-linear"] + flags)
+    args.padded_vocab_size = 128
+    with pytest.raises(ConversionError, match="no Hugging Face equivalent") as e:
+        shape_from_args(args)
+    assert named in str(e.value) and "\n" not in str(e.value)
+    args = parse_args(["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4",
+                       "--vocab-size", "128", "--normalization", "RMSNorm", "--swiglu",
+                       "--position-embedding-type", "rope", "--disable-bias-linear"] + DS_MOE)
+    args.padded_vocab_size = 128
+    assert shape_from_args(args).architecture == "DeepseekV3ForCausalLM"
+
+
 def test_qk_norms_map_both_ways():
     s = shape(qk_layernorm=True)
     sd = megatron_state(s)

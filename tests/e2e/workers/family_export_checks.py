@@ -26,11 +26,44 @@ QWEN3 = make_checkpoints.DENSE + EXPLICIT + ["--qk-layernorm",
 QWEN3_MOE = QWEN3 + ["--num-experts", "4", "--moe-router-topk", "2", "--moe-ffn-hidden-size", "32",
                      "--moe-layer-freq", "[0,1,1,1]", "--no-moe-router-pre-softmax",
                      "--moe-router-load-balancing-type", "aux_loss"]
+MLA = ["--num-layers", "4", "--hidden-size", "64", "--ffn-hidden-size", "96",
+       "--num-attention-heads", "4", "--rotary-base", "500", "--norm-epsilon", "1e-6",
+       *EXPLICIT, "--untie-embeddings-and-output-weights", "--multi-latent-attention",
+       "--kv-lora-rank", "32", "--qk-head-dim", "16", "--qk-pos-emb-head-dim", "8",
+       "--v-head-dim", "16", "--qk-layernorm"]
+# DeepSeek-V3-like: q-lora, YaRN RoPE, dense first layer, sigmoid routing with expert bias,
+# group-limited top-k, top-k scaling, two shared experts' width, fp32 router.
+DSV3 = MLA + ["--q-lora-rank", "24", "--rotary-scaling-factor", "4", "--mscale", "1.0",
+              "--mscale-all-dim", "1.0", "--num-experts", "8", "--moe-router-topk", "4",
+              "--moe-ffn-hidden-size", "16", "--moe-shared-expert-intermediate-size", "32",
+              "--moe-layer-freq", "[0,1,1,1]", "--moe-router-score-function", "sigmoid",
+              "--moe-router-enable-expert-bias", "--moe-router-num-groups", "4",
+              "--moe-router-group-topk", "2", "--moe-router-topk-scaling-factor", "2.5",
+              "--moe-router-dtype", "fp32", "--moe-router-load-balancing-type", "seq_aux_loss"]
 FAMILIES = {
     # name: (model flags, HF class)
     "qwen3": (QWEN3, "Qwen3ForCausalLM"),
     "qwen3_moe": (QWEN3_MOE, "Qwen3MoeForCausalLM"),
+    "mla_dense": (MLA, "DeepseekV3ForCausalLM"),  # DeepSeek-V2-Lite's attention: no q-lora
+    "dsv3": (DSV3, "DeepseekV3ForCausalLM"),
 }
+IMPORTABLE = ("qwen3", "qwen3_moe")
+
+
+def perturb(chunks, tied):
+    """make_checkpoints.perturb, and the routers' expert bias (a buffer, zero at init) too, so
+    that a lost e_score_correction_bias changes the routing."""
+    import torch
+
+    _perturb(chunks, tied)
+    g = torch.Generator().manual_seed(5)
+    for chunk in chunks:
+        for name, b in chunk.named_buffers():
+            if name.endswith("expert_bias"):
+                b.add_(0.2 * torch.randn(b.shape, generator=g))
+
+
+_perturb, make_checkpoints.perturb = make_checkpoints.perturb, perturb
 
 
 def main(root, names):
@@ -44,9 +77,19 @@ def main(root, names):
         results[name] = convert_checks.compare(ckpt, hf)
         results[name]["summary"] = summary
         results[name]["config"] = json.load(open(f"{hf}/config.json"))
+    back = [n for n in names if n in IMPORTABLE]
     results["roundtrip"] = convert_checks.roundtrip(
-        root, [(f"{root}/hf/{n}", f"{root}/rt/{n}") for n in names],
-        [(n, f"{root}/hf/{n}", f"{root}/rt/{n}", False) for n in names], [])
+        root, [(f"{root}/hf/{n}", f"{root}/rt/{n}") for n in back],
+        [(n, f"{root}/hf/{n}", f"{root}/rt/{n}", False) for n in back], [])
+    if "dsv3" in names:
+        import contextlib
+        import io
+
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            rc, _ = convert_checks.run_cli("convert_checkpoint", [
+                "hf-to-megatron", "--load", f"{root}/hf/dsv3", "--save", f"{root}/rt/dsv3"])
+        results["dsv3_import_error"] = dict(rc=rc, stderr=err.getvalue())
     print("RESULTS " + json.dumps(results))
 
 
