@@ -120,9 +120,14 @@ def _add_model_args(p):
     g.add_argument("--moe-pad-expert-input-to-capacity", action="store_true",
                    help="Pad every expert's input to its capacity (needs a capacity factor).")
     g.add_argument("--moe-aux-loss-coeff", type=float, default=0.0, help="Aux loss weight.")
-    g.add_argument("--moe-token-dispatcher-type", choices=["allgather", "alltoall"],
-                   default="alltoall", help="Token dispatcher.")
+    g.add_argument("--moe-token-dispatcher-type", choices=["allgather", "alltoall", "flex"],
+                   default="alltoall",
+                   help="Token dispatcher (flex: GPU with DeepEP or HybridEP installed).")
+    g.add_argument("--moe-flex-dispatcher-backend", choices=["deepep", "hybridep"],
+                   default="deepep", help="Backend of the flex dispatcher.")
     g.add_argument("--moe-grouped-gemm", action="store_true", help="Grouped GEMM experts (GPU).")
+    g.add_argument("--moe-permute-fusion", action="store_true",
+                   help="Fused token permutation (GPU, Transformer Engine >= 2.1).")
     g.add_argument("--moe-router-dtype", default=None, choices=[None, "fp32", "fp64"],
                    help="Router compute dtype.")
 
@@ -261,6 +266,9 @@ def _add_parallel_args(p):
     g.add_argument("--num-layers-per-virtual-pipeline-stage", type=int, default=None,
                    help="Interleaved (virtual) pipeline chunk size.")
     g.add_argument("--expert-model-parallel-size", type=int, default=1, help="EP.")
+    g.add_argument("--expert-tensor-parallel-size", type=int, default=None,
+                   help="Tensor parallelism inside the experts (megatron-core's expert TP); "
+                        "default: --tensor-model-parallel-size.")
     g.add_argument("--context-parallel-size", type=int, default=1, help="CP (needs TE).")
     g.add_argument("--sequence-parallel", action="store_true", help="SP (needs TP > 1).")
     g.add_argument("--use-distributed-optimizer", action="store_true",

@@ -97,6 +97,7 @@ def args_for_single_process(run_config: dict):
         virtual_layers=args.num_layers_per_virtual_pipeline_stage)
     args.tensor_model_parallel_size = args.pipeline_model_parallel_size = 1
     args.expert_model_parallel_size = args.context_parallel_size = 1
+    args.expert_tensor_parallel_size = None  # = TP 1
     args.num_layers_per_virtual_pipeline_stage = None
     args.sequence_parallel = False
     args.recompute_granularity = args.recompute_method = args.recompute_num_layers = None
