@@ -182,6 +182,7 @@ def pretrain(model_family="gpt", argv=None):
 
 def _dry_run(args, nitp_config):
     from ..models.param_count import count_parameters, padded_vocab_size
+    from ..models.moe_parallel import expert_tensor_parallel_size
 
     if args.vocab_size is None:
         args.vocab_size = 151936
@@ -193,7 +194,9 @@ def _dry_run(args, nitp_config):
           f", NITP head {counts.get('nitp_head', 0) / 1e6:.1f}M (training only)")
     print(f"parallel plan: TP {args.tensor_model_parallel_size} x PP "
           f"{args.pipeline_model_parallel_size} x CP {args.context_parallel_size} x DP {dp}"
-          f" (EP {args.expert_model_parallel_size}, VPP chunk "
+          f" (EP {args.expert_model_parallel_size}"
+          + (f", expert-TP {expert_tensor_parallel_size(args)}" if args.num_experts else "")
+          + ", VPP chunk "
           f"{args.num_layers_per_virtual_pipeline_stage}), microbatches/step "
           f"{args.global_batch_size // (args.micro_batch_size * dp)}")
     print(f"NITP: {nitp_config.to_dict()}")
