@@ -15,7 +15,8 @@ softmax-then-top-k routing without renormalisation (`norm_topk_prob=False`), den
 index (`mlp_only_layers`) and a shared expert; its shared-expert sigmoid gate is written as zeros
 (sigmoid(0) = 0.5) with the shared down_proj doubled, which is exact in floating point; without
 --moe-router-pre-softmax it writes `norm_topk_prob=True`. With --qk-layernorm: `Qwen3ForCausalLM`
-(dense) or `Qwen3MoeForCausalLM` (MoE without a shared expert), both also imported. The NITP
+(dense) or `Qwen3MoeForCausalLM` (MoE without a shared expert); with --multi-latent-attention:
+`DeepseekV3ForCausalLM` (convert/hf_deepseek.py); all also imported. The NITP
 head is training-only: dropped unless --keep-nitp-head (then nitp_head.safetensors/.json).
 
 hf-to-megatron writes iteration 0 as a model-only "release" checkpoint at the chosen layout

@@ -16,10 +16,10 @@ QWEN2_MOE = "Qwen2MoeForCausalLM"
 QWEN3 = "Qwen3ForCausalLM"  # dense with per-head q/k RMSNorm (--qk-layernorm)
 QWEN3_MOE = "Qwen3MoeForCausalLM"  # MoE with q/k RMSNorm, no shared expert
 DEEPSEEK_V3 = "DeepseekV3ForCausalLM"  # multi-latent attention (dense or sigmoid-routed MoE)
-SUPPORTED = (LLAMA, QWEN2_MOE, QWEN3, QWEN3_MOE)  # both directions
-EXPORTED = SUPPORTED + (DEEPSEEK_V3,)  # megatron -> HF
+SUPPORTED = (LLAMA, QWEN2_MOE, QWEN3, QWEN3_MOE, DEEPSEEK_V3)
 MOE_ARCHITECTURES = (QWEN2_MOE, QWEN3_MOE)
-_MODEL_TYPES = {"llama": LLAMA, "qwen2_moe": QWEN2_MOE, "qwen3": QWEN3, "qwen3_moe": QWEN3_MOE}
+_MODEL_TYPES = {"llama": LLAMA, "qwen2_moe": QWEN2_MOE, "qwen3": QWEN3, "qwen3_moe": QWEN3_MOE,
+                "deepseek_v3": DEEPSEEK_V3}
 
 
 def hf_architecture(config: dict) -> str:
@@ -30,8 +30,5 @@ def hf_architecture(config: dict) -> str:
         return arch
     if arch is None and config.get("model_type") in _MODEL_TYPES:
         return _MODEL_TYPES[config["model_type"]]
-    if arch == DEEPSEEK_V3 or config.get("model_type") == "deepseek_v3":
-        raise ConversionError(f"config.json: {DEEPSEEK_V3} is export-only here (megatron-to-hf); "
-                              f"hf-to-megatron supports {', '.join(SUPPORTED)}")
     raise ConversionError(f"config.json: unknown architecture {arch or config.get('model_type')!r} "
                           f"(supported: {', '.join(SUPPORTED)})")

@@ -16,7 +16,9 @@ What maps, read from megatron-core 0.16.1 (MLASelfAttention, the sigmoid router)
   top-k > 1, times --moe-router-topk-scaling-factor (`routed_scaling_factor`).
 - Shared experts: one megatron shared expert of width n x --moe-ffn-hidden-size is transformers'
   n_shared_experts = n (one MLP of that width); dense first layers = first_k_dense_replace.
-What does not map is refused by `deepseek_problems` (one line per flag).
+What does not map is refused by `deepseek_problems` (one line per flag); importing, by
+`deepseek_shape_from_hf_config` (one line per config field). An imported MoE trains with the expert
+bias on (DeepSeek-V3's aux-loss-free balancing; the exported bias is its starting value).
 """
 
 from typing import Dict, List
@@ -132,3 +134,129 @@ def deepseek_moe_to_hf(take, has, m: str, h: str, s, gate_up) -> Dict[str, torch
     out[h + "shared_experts.down_proj.weight"] = take(m + "shared_experts.linear_fc2.weight")
     return out
 
+
+
+# -- HF -> megatron --------------------------------------------------------------------------
+
+def deepseek_shape_from_hf_config(cfg: dict, shape_cls):
+    """ModelShape of a DeepseekV3 config.json, or a one-line ConversionError for what megatron's
+    MLA + sigmoid router cannot reproduce."""
+    def bad(what):
+        raise ConversionError(f"config.json: {what} (megatron-nitp's MLA family cannot express it)")
+
+    heads = cfg["num_attention_heads"]
+    if (cfg.get("num_key_value_heads") or heads) != heads:
+        bad(f"num_key_value_heads {cfg['num_key_value_heads']} != num_attention_heads {heads}")
+    if cfg.get("attention_bias"):
+        bad("attention_bias=true")
+    if not cfg.get("rope_interleave", True):
+        bad("rope_interleave=false")
+    if cfg.get("rms_norm_eps", 1e-6) != HF_LATENT_NORM_EPS:
+        bad(f"rms_norm_eps {cfg['rms_norm_eps']} (its latent norms use {HF_LATENT_NORM_EPS})")
+    if cfg.get("hidden_act", "silu") != "silu":
+        bad(f"hidden_act {cfg['hidden_act']!r}")
+    max_pos = cfg.get("max_position_embeddings", 4096)
+    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    theta = float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0)))
+    factor, mscale, mscale_all = 1.0, 1.0, 0.0
+    if rope_type == "yarn":
+        factor = float(rope["factor"])
+        mscale, mscale_all = float(rope.get("mscale", 1.0)), float(rope.get("mscale_all_dim", 0.0))
+        if (rope.get("beta_fast", 32), rope.get("beta_slow", 1)) != (32, 1):
+            bad("YaRN beta_fast/beta_slow other than 32/1")
+        if rope.get("original_max_position_embeddings", max_pos) != max_pos:
+            bad("YaRN original_max_position_embeddings != max_position_embeddings")
+    elif rope_type not in ("default", None):
+        bad(f"RoPE type {rope_type!r}")
+    layers = cfg["num_hidden_layers"]
+    first_dense = cfg.get("first_k_dense_replace") or 0
+    experts = cfg.get("n_routed_experts") or 0 if first_dense < layers else 0
+    mla = dict(q_lora_rank=cfg.get("q_lora_rank"), kv_lora_rank=cfg["kv_lora_rank"],
+               qk_head_dim=cfg["qk_nope_head_dim"], qk_pos_emb_head_dim=cfg["qk_rope_head_dim"],
+               v_head_dim=cfg["v_head_dim"], rotary_scaling_factor=factor, mscale=mscale,
+               mscale_all_dim=mscale_all, original_max_position_embeddings=max_pos)
+    moe, routing = {}, {}
+    if experts:
+        topk = cfg["num_experts_per_tok"]
+        if bool(cfg.get("norm_topk_prob", True)) != (topk > 1):
+            bad(f"norm_topk_prob={cfg.get('norm_topk_prob')} with {topk} experts per token "
+                "(megatron renormalises sigmoid top-k exactly when k > 1)")
+        groups, group_topk = cfg.get("n_group") or 1, cfg.get("topk_group") or 1
+        if groups > 1 and topk // group_topk != 2:
+            bad(f"groups scored by their top 2 with num_experts_per_tok {topk} / topk_group "
+                f"{group_topk} != 2")
+        if not cfg.get("n_shared_experts"):
+            bad("no shared experts")
+        scaling = float(cfg.get("routed_scaling_factor", 1.0))
+        routing = dict(num_groups=groups if groups > 1 else None,
+                       group_topk=group_topk if groups > 1 else None,
+                       scaling_factor=scaling if scaling != 1.0 else None, expert_bias=True)
+        moe = dict(num_experts=experts, topk=topk, moe_ffn_hidden_size=cfg["moe_intermediate_size"],
+                   moe_layers=[i >= first_dense for i in range(layers)],
+                   shared_expert_size=cfg["n_shared_experts"] * cfg["moe_intermediate_size"])
+    return shape_cls(
+        num_layers=layers, hidden_size=cfg["hidden_size"], num_attention_heads=heads,
+        num_query_groups=heads, head_dim=cfg["qk_nope_head_dim"],
+        ffn_hidden_size=cfg["intermediate_size"], vocab_size=cfg["vocab_size"],
+        tied=bool(cfg.get("tie_word_embeddings", False)), norm_eps=HF_LATENT_NORM_EPS,
+        rope_theta=theta, max_position_embeddings=max_pos, qk_layernorm=True, mla=mla,
+        routing=routing, **moe)
+
+
+def deepseek_arch_flags(s) -> List[str]:
+    """Engine flags of an MLA ModelShape (hf_import)."""
+    m, r = s.mla, s.routing
+    flags = ["--multi-latent-attention", "--kv-lora-rank", m["kv_lora_rank"],
+             "--qk-head-dim", m["qk_head_dim"], "--qk-pos-emb-head-dim", m["qk_pos_emb_head_dim"],
+             "--v-head-dim", m["v_head_dim"], "--qk-layernorm",
+             "--rotary-scaling-factor", m["rotary_scaling_factor"], "--mscale", m["mscale"],
+             "--mscale-all-dim", m["mscale_all_dim"]]
+    if m["q_lora_rank"]:
+        flags += ["--q-lora-rank", m["q_lora_rank"]]
+    if s.num_experts:
+        flags += ["--moe-router-score-function", "sigmoid", "--moe-router-enable-expert-bias",
+                  "--moe-router-dtype", "fp32"]
+        if r.get("num_groups"):
+            flags += ["--moe-router-num-groups", r["num_groups"],
+                      "--moe-router-group-topk", r["group_topk"]]
+        if r.get("scaling_factor"):
+            flags += ["--moe-router-topk-scaling-factor", r["scaling_factor"]]
+    return [str(f) for f in flags]
+
+
+def mla_attention_from_hf(take, m: str, h: str, s) -> Dict[str, torch.Tensor]:
+    a, o = m + "self_attention.", h + "self_attn."
+    sd = {}
+    if s.mla["q_lora_rank"]:
+        sd[a + "linear_q_down_proj.weight"] = take(o + "q_a_proj.weight")
+        sd[a + "q_layernorm.weight"] = take(o + "q_a_layernorm.weight")
+        sd[a + "linear_q_up_proj.weight"] = take(o + "q_b_proj.weight")
+    else:
+        sd[a + "linear_q_proj.weight"] = take(o + "q_proj.weight")
+    sd[a + "linear_kv_down_proj.weight"] = take(o + "kv_a_proj_with_mqa.weight")
+    sd[a + "kv_layernorm.weight"] = take(o + "kv_a_layernorm.weight")
+    sd[a + "linear_kv_up_proj.weight"] = take(o + "kv_b_proj.weight")
+    sd[a + "linear_proj.weight"] = take(o + "o_proj.weight")
+    return sd
+
+
+def deepseek_moe_from_hf(hf, take, m: str, h: str, s) -> Dict[str, torch.Tensor]:
+    sd = {m + "router.weight": take(h + "gate.weight"),
+          m + "router.expert_bias": take(h + "gate.e_score_correction_bias")}
+    fused = h + "experts.gate_up_proj" in hf
+    if fused:
+        gate_up, down = take(h + "experts.gate_up_proj"), take(h + "experts.down_proj")
+    for e in range(s.num_experts):
+        if fused:
+            fc1, fc2 = gate_up[e], down[e]
+        else:
+            fc1 = torch.cat([take(f"{h}experts.{e}.gate_proj.weight"),
+                             take(f"{h}experts.{e}.up_proj.weight")], dim=0)
+            fc2 = take(f"{h}experts.{e}.down_proj.weight")
+        sd[f"{m}experts.local_experts.{e}.linear_fc1.weight"] = fc1.contiguous()
+        sd[f"{m}experts.local_experts.{e}.linear_fc2.weight"] = fc2.contiguous()
+    sd[m + "shared_experts.linear_fc1.weight"] = torch.cat(
+        [take(h + "shared_experts.gate_proj.weight"), take(h + "shared_experts.up_proj.weight")], 0)
+    sd[m + "shared_experts.linear_fc2.weight"] = take(h + "shared_experts.down_proj.weight")
+    return sd

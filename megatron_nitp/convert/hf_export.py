@@ -9,7 +9,8 @@ MoE -> `Qwen2MoeForCausalLM`: routed experts with softmax over all experts then 
 hf_mapping), zero q/k/v biases.
 With --qk-layernorm (Qwen3-like): dense -> `Qwen3ForCausalLM`, MoE without a shared expert ->
 `Qwen3MoeForCausalLM` (per-head q/k RMSNorm; no biases, no filler tensors).
-With --multi-latent-attention (DeepSeek-V2/V3-like) -> `DeepseekV3ForCausalLM` (hf_deepseek).
+With --multi-latent-attention (DeepSeek-V2/V3-like) -> `DeepseekV3ForCausalLM` (hf_deepseek);
+its `num_nextn_predict_layers` is 0 (no MTP layers are written).
 
 The vocabulary is exported padded (megatron's `padded_vocab_size` rows, so logits match
 megatron's); a checkpoint imported from HF with a vocabulary that needed TP padding is trimmed

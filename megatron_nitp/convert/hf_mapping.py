@@ -31,8 +31,9 @@ import torch
 
 from . import (DEEPSEEK_V3, LLAMA, MOE_ARCHITECTURES, QWEN2_MOE, QWEN3,  # noqa: F401
                QWEN3_MOE, SUPPORTED, ConversionError, hf_architecture)
-from .hf_deepseek import (deepseek_moe_to_hf, deepseek_problems, mla_attention_to_hf,
-                          mla_shape_fields)
+from .hf_deepseek import (deepseek_moe_from_hf, deepseek_moe_to_hf, deepseek_problems,
+                          deepseek_shape_from_hf_config, mla_attention_from_hf,
+                          mla_attention_to_hf, mla_shape_fields)
 
 
 @dataclass
@@ -161,6 +162,8 @@ def _rope_theta(cfg: dict) -> float:
 def shape_from_hf_config(cfg: dict) -> ModelShape:
     """ModelShape of a transformers config.json (one of SUPPORTED); one-line errors."""
     arch = hf_architecture(cfg)
+    if arch == DEEPSEEK_V3:
+        return deepseek_shape_from_hf_config(cfg, ModelShape)
     is_moe = arch in MOE_ARCHITECTURES
     qk_norm = arch in (QWEN3, QWEN3_MOE)
     if qk_norm and cfg.get("attention_bias"):
@@ -355,6 +358,18 @@ def hf_to_megatron(hf: Dict[str, torch.Tensor], s: ModelShape,
     for i in range(s.num_layers):
         m, h = f"decoder.layers.{i}.", f"model.layers.{i}."
         sd[m + "input_layernorm.weight"] = take(h + "input_layernorm.weight")
+        if s.mla:  # DeepseekV3 (hf_deepseek)
+            sd.update(mla_attention_from_hf(take, m, h, s))
+            sd[m + "pre_mlp_layernorm.weight"] = take(h + "post_attention_layernorm.weight")
+            if s.num_experts and s.moe_layers[i]:
+                sd.update(deepseek_moe_from_hf(hf, take, m + "mlp.", h + "mlp.", s))
+            else:
+                sd[m + "mlp.linear_fc1.weight"] = torch.cat(
+                    [take(h + "mlp.gate_proj.weight"), take(h + "mlp.up_proj.weight")], dim=0)
+                sd[m + "mlp.linear_fc2.weight"] = take(h + "mlp.down_proj.weight")
+            if progress:
+                progress(1)
+            continue
         q, k, v = (take(f"{h}self_attn.{x}_proj.weight") for x in "qkv")
         for x in "qkv":
             zero_or_absent(f"{h}self_attn.{x}_proj.bias", "attention bias")
@@ -420,6 +435,8 @@ def effective_shared_expert_size(hf: Dict[str, torch.Tensor], s: ModelShape) -> 
     models without one; else the configured width."""
     if not s.num_experts:
         return 0
+    if s.mla:  # DeepseekV3 always has its shared experts (n_shared_experts > 0 checked)
+        return s.shared_expert_size
     for i, is_moe in enumerate(s.moe_layers):
         name = f"model.layers.{i}.mlp.shared_expert.down_proj.weight"
         if is_moe and name in hf and torch.count_nonzero(hf[name]):

@@ -265,3 +265,30 @@ def test_qk_norms_map_both_ways():
                norm_topk_prob=True, mlp_only_layers=[0])
     got = shape_from_hf_config(cfg)
     assert got.qk_layernorm and got.norm_topk_prob and got.moe_layers == [False, True]
+
+
+DSV3_CFG = dict(architectures=["DeepseekV3ForCausalLM"], num_hidden_layers=2, hidden_size=D,
+                num_attention_heads=HEADS, num_key_value_heads=HEADS, intermediate_size=FFN,
+                vocab_size=VOCAB, q_lora_rank=None, kv_lora_rank=8, qk_nope_head_dim=4,
+                qk_rope_head_dim=2, v_head_dim=4, n_routed_experts=4, num_experts_per_tok=2,
+                moe_intermediate_size=8, n_shared_experts=1, first_k_dense_replace=1,
+                n_group=1, topk_group=1, norm_topk_prob=True, routed_scaling_factor=2.5,
+                rms_norm_eps=1e-6, rope_interleave=True,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"norm_topk_prob": False}, "norm_topk_prob"),
+    ({"rms_norm_eps": 1e-5}, "rms_norm_eps"),
+    ({"rope_interleave": False}, "rope_interleave"),
+    ({"num_key_value_heads": 2}, "num_key_value_heads"),
+    ({"n_group": 2, "topk_group": 2}, "top 2"),
+    ({"n_shared_experts": 0}, "no shared experts"),
+])
+def test_deepseek_v3_import_refuses_what_megatron_cannot_express(change, message):
+    with pytest.raises(ConversionError, match=message) as e:
+        shape_from_hf_config(dict(DSV3_CFG, **change))
+    assert "\n" not in str(e.value)
+    s = shape_from_hf_config(DSV3_CFG)
+    assert s.moe_layers == [False, True] and s.shared_expert_size == 8
+    assert s.routing["scaling_factor"] == 2.5 and s.mla["q_lora_rank"] is None
