@@ -13,7 +13,10 @@ Llama for dense because it is exactly megatron-nitp's dense block (RMSNorm, SwiG
 RoPE, GQA, no biases); Qwen2 would need zero q/k/v biases. Qwen2-MoE for MoE because it has
 softmax-then-top-k routing without renormalisation (`norm_topk_prob=False`), dense layers by
 index (`mlp_only_layers`) and a shared expert; its shared-expert sigmoid gate is written as zeros
-(sigmoid(0) = 0.5) with the shared down_proj doubled, which is exact in floating point. The NITP
+(sigmoid(0) = 0.5) with the shared down_proj doubled, which is exact in floating point; without
+--moe-router-pre-softmax it writes `norm_topk_prob=True`. With --qk-layernorm: `Qwen3ForCausalLM`
+(dense) or `Qwen3MoeForCausalLM` (MoE without a shared expert); with --multi-latent-attention:
+`DeepseekV3ForCausalLM` (convert/hf_deepseek.py); all also imported. The NITP
 head is training-only: dropped unless --keep-nitp-head (then nitp_head.safetensors/.json).
 
 hf-to-megatron writes iteration 0 as a model-only "release" checkpoint at the chosen layout

@@ -15,12 +15,17 @@ class ConversionError(UserError):
 
 LLAMA = "LlamaForCausalLM"
 QWEN2_MOE = "Qwen2MoeForCausalLM"
-SUPPORTED = (LLAMA, QWEN2_MOE)
-_MODEL_TYPES = {"llama": LLAMA, "qwen2_moe": QWEN2_MOE}
+QWEN3 = "Qwen3ForCausalLM"  # dense with per-head q/k RMSNorm (--qk-layernorm)
+QWEN3_MOE = "Qwen3MoeForCausalLM"  # MoE with q/k RMSNorm, no shared expert
+DEEPSEEK_V3 = "DeepseekV3ForCausalLM"  # multi-latent attention (dense or sigmoid-routed MoE)
+SUPPORTED = (LLAMA, QWEN2_MOE, QWEN3, QWEN3_MOE, DEEPSEEK_V3)
+MOE_ARCHITECTURES = (QWEN2_MOE, QWEN3_MOE)
+_MODEL_TYPES = {"llama": LLAMA, "qwen2_moe": QWEN2_MOE, "qwen3": QWEN3, "qwen3_moe": QWEN3_MOE,
+                "deepseek_v3": DEEPSEEK_V3}
 
 
 def hf_architecture(config: dict) -> str:
-    """LLAMA or QWEN2_MOE for a transformers config.json dict, else ConversionError.
+    """One of SUPPORTED for a transformers config.json dict, else ConversionError.
     (No torch import: the CLI checks this before loading anything heavy.)"""
     arch = (config.get("architectures") or [None])[0]
     if arch in SUPPORTED:

@@ -3,10 +3,14 @@
 Dense -> `LlamaForCausalLM`: RMSNorm, SwiGLU, RoPE (rotate-half), GQA, no biases anywhere, tied or
 untied head: every megatron tensor has a Llama slot and Llama has nothing extra, so the export is
 exact with no filler tensors. (Qwen2 would need zero q/k/v biases.)
-MoE -> `Qwen2MoeForCausalLM`: routed experts with softmax over all experts then top-k and
-`norm_topk_prob=False` (= megatron's `moe_router_pre_softmax=True`), dense layers listed in
+MoE -> `Qwen2MoeForCausalLM`: routed experts with softmax over all experts then top-k,
+`norm_topk_prob` = not megatron's `moe_router_pre_softmax` (see hf_mapping), dense layers listed in
 `mlp_only_layers`, one shared expert whose sigmoid gate is neutralised exactly (see
 hf_mapping), zero q/k/v biases.
+With --qk-layernorm (Qwen3-like): dense -> `Qwen3ForCausalLM`, MoE without a shared expert ->
+`Qwen3MoeForCausalLM` (per-head q/k RMSNorm; no biases, no filler tensors).
+With --multi-latent-attention (DeepSeek-V2/V3-like) -> `DeepseekV3ForCausalLM` (hf_deepseek);
+its `num_nextn_predict_layers` is 0 (no MTP layers are written).
 
 The vocabulary is exported padded (megatron's `padded_vocab_size` rows, so logits match
 megatron's); a checkpoint imported from HF with a vocabulary that needed TP padding is trimmed
@@ -21,7 +25,8 @@ from typing import Callable, Dict, Optional
 import torch
 
 from . import ConversionError
-from .hf_mapping import (LLAMA, QWEN2_MOE, ModelShape, hf_shared_expert_size, megatron_to_hf,
+from .hf_deepseek import deepseek_config_kwargs
+from .hf_mapping import (DEEPSEEK_V3, LLAMA, QWEN3, QWEN3_MOE, ModelShape, hf_shared_expert_size, megatron_to_hf,
                          nitp_head_to_hf, shape_from_args)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -71,7 +76,8 @@ def write_safetensors(tensors: Dict[str, torch.Tensor], out_dir: str, max_shard_
 
 def hf_config(shape: ModelShape, dtype: torch.dtype, ids: dict, provenance: dict):
     """A transformers config object for the shape (its class writes the version's config.json)."""
-    from transformers import LlamaConfig, Qwen2MoeConfig
+    from transformers import (DeepseekV3Config, LlamaConfig, Qwen2MoeConfig, Qwen3Config,
+                              Qwen3MoeConfig)
 
     common = dict(
         vocab_size=shape.vocab_size, hidden_size=shape.hidden_size,
@@ -82,15 +88,24 @@ def hf_config(shape: ModelShape, dtype: torch.dtype, ids: dict, provenance: dict
         rope_parameters={"rope_type": "default", "rope_theta": float(shape.rope_theta)},
         tie_word_embeddings=shape.tied, attention_dropout=0.0, dtype=str(dtype).split(".")[-1],
         **ids, **{CONFIG_KEY: provenance})
-    if shape.architecture == LLAMA:
+    moe = dict(num_experts=shape.num_experts, num_experts_per_tok=shape.topk,
+               norm_topk_prob=shape.norm_topk_prob, moe_intermediate_size=shape.moe_ffn_hidden_size,
+               decoder_sparse_step=1,
+               mlp_only_layers=[i for i, m in enumerate(shape.moe_layers) if not m],
+               use_sliding_window=False, router_aux_loss_coef=0.0)
+    if shape.architecture == DEEPSEEK_V3:
+        common.pop("head_dim")
+        common.update(deepseek_config_kwargs(shape))  # its own rope, heads and routing fields
+        config = DeepseekV3Config(**common)
+    elif shape.architecture == LLAMA:
         config = LlamaConfig(attention_bias=False, mlp_bias=False, **common)
+    elif shape.architecture == QWEN3:
+        config = Qwen3Config(attention_bias=False, use_sliding_window=False, **common)
+    elif shape.architecture == QWEN3_MOE:
+        config = Qwen3MoeConfig(attention_bias=False, **moe, **common)
     else:
-        config = Qwen2MoeConfig(
-            num_experts=shape.num_experts, num_experts_per_tok=shape.topk, norm_topk_prob=False,
-            moe_intermediate_size=shape.moe_ffn_hidden_size,
-            shared_expert_intermediate_size=hf_shared_expert_size(shape),
-            decoder_sparse_step=1, mlp_only_layers=[i for i, m in enumerate(shape.moe_layers) if not m],
-            qkv_bias=True, use_sliding_window=False, router_aux_loss_coef=0.0, **common)
+        config = Qwen2MoeConfig(shared_expert_intermediate_size=hf_shared_expert_size(shape),
+                                qkv_bias=True, **moe, **common)
     config.architectures = [shape.architecture]
     return config
 

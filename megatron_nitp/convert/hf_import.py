@@ -1,4 +1,4 @@
-"""A transformers directory (Llama / Qwen2-MoE) -> a megatron-nitp model-only checkpoint.
+"""A transformers directory (Llama / Qwen2-MoE / Qwen3 / Qwen3-MoE / DeepseekV3) -> a megatron-nitp model-only checkpoint.
 
 Two steps, so that the layout logic is megatron's own:
 1. one process (TP1/PP1): map the HF tensors (hf_mapping), load them into a TP1 NITPGPTModel
@@ -25,6 +25,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 from . import ConversionError
+from .hf_deepseek import deepseek_arch_flags
 from .hf_export import CONFIG_KEY
 from .hf_mapping import (ModelShape, effective_shared_expert_size, hf_to_megatron,
                          moe_layer_pattern, nitp_head_from_hf, shape_from_hf_config)
@@ -104,20 +105,27 @@ def compact_layer_freq(moe_layers: List[bool]) -> str:
 
 def _arch_flags(s: ModelShape, padded_vocab: int) -> List[str]:
     flags = ["--num-layers", s.num_layers, "--hidden-size", s.hidden_size,
-             "--ffn-hidden-size", s.ffn_hidden_size, "--num-attention-heads", s.num_attention_heads,
-             "--group-query-attention", "--num-query-groups", s.num_query_groups,
-             "--kv-channels", s.head_dim, "--normalization", "RMSNorm", "--swiglu",
+             "--ffn-hidden-size", s.ffn_hidden_size, "--num-attention-heads", s.num_attention_heads]
+    if s.mla:  # the KV latent replaces the KV heads
+        flags += deepseek_arch_flags(s)
+    else:
+        flags += ["--group-query-attention", "--num-query-groups", s.num_query_groups,
+                  "--kv-channels", s.head_dim]
+    flags += ["--normalization", "RMSNorm", "--swiglu",
              "--position-embedding-type", "rope", "--norm-epsilon", s.norm_eps,
              "--max-position-embeddings", s.max_position_embeddings,
              # Llama / Qwen2 have none of Megatron-LM's default biases and no dropout at train
              "--disable-bias-linear", "--attention-dropout", "0", "--hidden-dropout", "0"]
     if not s.tied:
         flags.append("--untie-embeddings-and-output-weights")
+    if s.qk_layernorm and not s.mla:
+        flags.append("--qk-layernorm")
     if s.num_experts:
+        flags.append("--no-moe-router-pre-softmax" if s.norm_topk_prob
+                     else "--moe-router-pre-softmax")
         flags += ["--num-experts", s.num_experts, "--moe-router-topk", s.topk,
                   "--moe-ffn-hidden-size", s.moe_ffn_hidden_size,
-                  "--moe-layer-freq", compact_layer_freq(s.moe_layers),
-                  "--moe-router-pre-softmax"]  # norm_topk_prob=false: softmax, then top-k
+                  "--moe-layer-freq", compact_layer_freq(s.moe_layers)]
         if s.shared_expert_size:
             flags += ["--moe-shared-expert-intermediate-size", s.shared_expert_size]
     return [str(f) for f in flags]

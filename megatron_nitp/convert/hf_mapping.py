@@ -1,4 +1,5 @@
-"""Tensor names and layouts between a TP1/PP1 megatron-core GPT and transformers' Llama/Qwen2-MoE.
+"""Tensor names and layouts between a TP1/PP1 megatron-core GPT and transformers' Llama, Qwen2-MoE,
+Qwen3 and Qwen3-MoE.
 
 Pure torch on full (unsharded) tensors; both directions are exact (reshapes, concatenations and
 multiplications by 2 or 1/2 only), so megatron -> HF -> megatron is bit-identical.
@@ -16,6 +17,11 @@ Layouts that differ between the two (read from megatron-core 0.16.1):
   (sigmoid(0) = 0.5 exactly) and the shared down_proj as 2 x megatron's linear_fc2: scaling by a
   power of two is exact in floating point, so the HF model computes bit-for-bit the same shared
   expert output (barring overflow at the top of the fp range).
+- --qk-layernorm: megatron's per-head `q_layernorm` / `k_layernorm` (RMSNorm over head_dim,
+  applied before RoPE) are Qwen3's `q_norm` / `k_norm`, same place, same shape.
+- Routing: megatron's pre-softmax top-k (softmax over all experts, then top-k) is Qwen's
+  `norm_topk_prob=False`; without pre-softmax (top-k logits, softmax over the k) it is the
+  renormalised top-k of the full softmax, `norm_topk_prob=True` (softmax is shift-invariant).
 """
 
 from dataclasses import dataclass, field
@@ -23,7 +29,11 @@ from typing import Callable, Dict, Iterable, List, Optional
 
 import torch
 
-from . import LLAMA, QWEN2_MOE, SUPPORTED, ConversionError, hf_architecture  # noqa: F401
+from . import (DEEPSEEK_V3, LLAMA, MOE_ARCHITECTURES, QWEN2_MOE, QWEN3,  # noqa: F401
+               QWEN3_MOE, SUPPORTED, ConversionError, hf_architecture)
+from .hf_deepseek import (deepseek_moe_from_hf, deepseek_moe_to_hf, deepseek_problems,
+                          deepseek_shape_from_hf_config, mla_attention_from_hf,
+                          mla_attention_to_hf, mla_shape_fields)
 
 
 @dataclass
@@ -46,10 +56,18 @@ class ModelShape:
     moe_ffn_hidden_size: int = 0
     shared_expert_size: int = 0  # 0: no shared expert
     topk: int = 0
+    qk_layernorm: bool = False  # per-head q/k RMSNorm (Qwen3)
+    norm_topk_prob: bool = False  # renormalised top-k (megatron without pre-softmax)
+    mla: dict = field(default_factory=dict)  # multi-latent attention sizes (hf_deepseek)
+    routing: dict = field(default_factory=dict)  # sigmoid routing: groups, scaling, expert bias
 
     @property
     def architecture(self) -> str:
-        return QWEN2_MOE if self.num_experts else LLAMA
+        if self.mla:
+            return DEEPSEEK_V3
+        if self.num_experts:
+            return QWEN3_MOE if self.qk_layernorm else QWEN2_MOE
+        return QWEN3 if self.qk_layernorm else LLAMA
 
 
 def moe_layer_pattern(moe_layer_freq, num_layers: int) -> List[bool]:
@@ -63,24 +81,27 @@ def moe_layer_pattern(moe_layer_freq, num_layers: int) -> List[bool]:
 
 
 def family_option_problems(args) -> List[str]:
-    """Options (models/options.py) that Llama / Qwen2-MoE as exported here cannot express: the
+    """Options (models/options.py) that Llama / Qwen2-MoE / Qwen3(-MoE) cannot express: the
     export would otherwise write a model that computes something else. getattr: checkpoints
     saved before these flags existed have none of them (= the defaults)."""
     def on(name, default=None):
         return getattr(args, name, default)
 
     problems = [flag for flag, bad in (
-        ("--multi-latent-attention", on("multi_latent_attention")),
-        ("--qk-layernorm", on("qk_layernorm")),
         ("--add-qkv-bias", on("add_qkv_bias")),
         ("--add-bias-linear", on("add_bias_linear")),
         ("--apply-layernorm-1p", on("layernorm_zero_centered_gamma")),
         (f"--rotary-percent {on('rotary_percent')}", on("rotary_percent", 1.0) != 1.0),
     ) if bad]
+    if on("multi_latent_attention"):
+        experts = on("num_experts") or 0
+        return problems + deepseek_problems(
+            args, moe_layer_pattern(args.moe_layer_freq, args.num_layers) if experts else [])
     if args.num_experts:
         problems += [flag for flag, bad in (
-            ("no --moe-router-pre-softmax (Qwen2-MoE export writes norm_topk_prob=false)",
-             not on("moe_router_pre_softmax", True)),
+            ("--qk-layernorm with --moe-shared-expert-intermediate-size (Qwen3-MoE has no "
+             "shared expert, Qwen2-MoE no q/k norm)",
+             on("qk_layernorm") and on("moe_shared_expert_intermediate_size")),
             ("--moe-router-score-function sigmoid", on("moe_router_score_function") == "sigmoid"),
             ("--moe-router-enable-expert-bias", on("moe_router_enable_expert_bias")),
             ("--moe-router-topk-scaling-factor", on("moe_router_topk_scaling_factor")),
@@ -102,6 +123,11 @@ def shape_from_args(args) -> ModelShape:
     if problems:
         raise ConversionError("this model has no Hugging Face equivalent here: " + "; ".join(problems))
     experts = args.num_experts or 0
+    mla = bool(getattr(args, "multi_latent_attention", False))
+    routing = dict(num_groups=getattr(args, "moe_router_num_groups", None),
+                   group_topk=getattr(args, "moe_router_group_topk", None),
+                   scaling_factor=getattr(args, "moe_router_topk_scaling_factor", None),
+                   expert_bias=bool(getattr(args, "moe_router_enable_expert_bias", False)))
     return ModelShape(
         num_layers=args.num_layers, hidden_size=args.hidden_size,
         num_attention_heads=args.num_attention_heads,
@@ -115,6 +141,9 @@ def shape_from_args(args) -> ModelShape:
         moe_ffn_hidden_size=(args.moe_ffn_hidden_size or 0) if experts else 0,
         shared_expert_size=(args.moe_shared_expert_intermediate_size or 0) if experts else 0,
         topk=args.moe_router_topk if experts else 0,
+        qk_layernorm=bool(getattr(args, "qk_layernorm", False)),
+        norm_topk_prob=bool(experts) and not getattr(args, "moe_router_pre_softmax", True),
+        mla=mla_shape_fields(args) if mla else {}, routing=routing if mla and experts else {},
     )
 
 
@@ -129,8 +158,15 @@ def _rope_theta(cfg: dict) -> float:
 
 
 def shape_from_hf_config(cfg: dict) -> ModelShape:
-    """ModelShape of a transformers config.json (Llama or Qwen2-MoE); one-line errors."""
-    is_moe = hf_architecture(cfg) == QWEN2_MOE
+    """ModelShape of a transformers config.json (one of SUPPORTED); one-line errors."""
+    arch = hf_architecture(cfg)
+    if arch == DEEPSEEK_V3:
+        return deepseek_shape_from_hf_config(cfg, ModelShape)
+    is_moe = arch in MOE_ARCHITECTURES
+    qk_norm = arch in (QWEN3, QWEN3_MOE)
+    if qk_norm and cfg.get("attention_bias"):
+        raise ConversionError("config.json: attention_bias=true (megatron-nitp's Qwen3 family "
+                              "has no attention biases)")
     if cfg.get("hidden_act", "silu") != "silu":
         raise ConversionError(f"config.json: hidden_act {cfg['hidden_act']!r} (only silu/SwiGLU)")
     heads = cfg["num_attention_heads"]
@@ -141,6 +177,7 @@ def shape_from_hf_config(cfg: dict) -> ModelShape:
         ffn_hidden_size=cfg["intermediate_size"], vocab_size=cfg["vocab_size"],
         tied=bool(cfg.get("tie_word_embeddings", False)), norm_eps=cfg.get("rms_norm_eps", 1e-6),
         rope_theta=_rope_theta(cfg), max_position_embeddings=cfg.get("max_position_embeddings", 4096),
+        qk_layernorm=qk_norm,
     )
     if not is_moe:
         if cfg.get("pretraining_tp", 1) not in (1, None):
@@ -148,19 +185,17 @@ def shape_from_hf_config(cfg: dict) -> ModelShape:
         return ModelShape(**common)
     if cfg.get("use_sliding_window"):
         raise ConversionError("config.json: sliding-window attention is not supported")
-    if cfg.get("norm_topk_prob"):
-        raise ConversionError("config.json: norm_topk_prob=true (renormalised top-k) differs from "
-                              "megatron-nitp's DeepSeek-V2 routing (softmax over all experts, "
-                              "top-k, no renormalisation)")
     n = common["num_layers"]
     only = set(cfg.get("mlp_only_layers") or [])
     step = cfg.get("decoder_sparse_step", 1) or 1
-    experts = cfg.get("num_experts", 0)
+    # transformers 5 writes Qwen3-MoE's num_experts under its attribute-map name.
+    experts = cfg.get("num_experts") or cfg.get("num_local_experts") or 0
     moe = [i not in only and experts > 0 and (i + 1) % step == 0 for i in range(n)]
     return ModelShape(**common, num_experts=experts, moe_layers=moe,
                       moe_ffn_hidden_size=cfg["moe_intermediate_size"],
                       shared_expert_size=cfg.get("shared_expert_intermediate_size") or 0,
-                      topk=cfg["num_experts_per_tok"])
+                      topk=cfg["num_experts_per_tok"],
+                      norm_topk_prob=bool(cfg.get("norm_topk_prob", False)))
 
 
 # -- tensors ---------------------------------------------------------------------------------
@@ -200,6 +235,9 @@ def megatron_to_hf(sd: Dict[str, torch.Tensor], s: ModelShape,
         used.add(name)
         return sd[name]
 
+    if s.mla:
+        return _deepseek_to_hf(sd, s, take, used, progress)
+
     out["model.embed_tokens.weight"] = take("embedding.word_embeddings.weight")
     qwen = s.architecture == QWEN2_MOE
     for i in range(s.num_layers):
@@ -211,9 +249,41 @@ def megatron_to_hf(sd: Dict[str, torch.Tensor], s: ModelShape,
             if qwen:  # Qwen2-MoE attention has q/k/v biases: zeros are exact
                 out[f"{h}self_attn.{name}_proj.bias"] = torch.zeros(t.shape[0], dtype=t.dtype)
         out[h + "self_attn.o_proj.weight"] = take(m + "self_attention.linear_proj.weight")
+        if s.qk_layernorm:
+            out[h + "self_attn.q_norm.weight"] = take(m + "self_attention.q_layernorm.weight")
+            out[h + "self_attn.k_norm.weight"] = take(m + "self_attention.k_layernorm.weight")
         out[h + "post_attention_layernorm.weight"] = take(m + "pre_mlp_layernorm.weight")
         if s.num_experts and s.moe_layers[i]:
             out.update(_moe_to_hf(take, m + "mlp.", h + "mlp.", s))
+        else:
+            gate, up = _gate_up(take(m + "mlp.linear_fc1.weight"))
+            out[h + "mlp.gate_proj.weight"], out[h + "mlp.up_proj.weight"] = gate, up
+            out[h + "mlp.down_proj.weight"] = take(m + "mlp.linear_fc2.weight")
+        if progress:
+            progress(1)
+    out["model.norm.weight"] = take("decoder.final_layernorm.weight")
+    if not s.tied:
+        out["lm_head.weight"] = take("output_layer.weight")
+    leftover = sorted(k for k in sd if k not in used and not k.endswith("_extra_state")
+                      and not k.startswith("nitp_head.") and k != "output_layer.weight")
+    if leftover:
+        raise ConversionError(f"checkpoint tensors with no HF counterpart: {', '.join(leftover[:5])}"
+                              + (" ..." if len(leftover) > 5 else ""))
+    return out
+
+
+def _deepseek_to_hf(sd, s: ModelShape, take, used, progress):
+    """DeepseekV3 names (hf_deepseek) for an MLA model; the embedding, norms, dense MLPs and head
+    are named as in Llama."""
+    out = {"model.embed_tokens.weight": take("embedding.word_embeddings.weight")}
+    for i in range(s.num_layers):
+        m, h = f"decoder.layers.{i}.", f"model.layers.{i}."
+        out[h + "input_layernorm.weight"] = take(m + "input_layernorm.weight")
+        out.update(mla_attention_to_hf(take, m, h, s))
+        out[h + "post_attention_layernorm.weight"] = take(m + "pre_mlp_layernorm.weight")
+        if s.num_experts and s.moe_layers[i]:
+            out.update(deepseek_moe_to_hf(take, lambda n: n in sd, m + "mlp.", h + "mlp.", s,
+                                          _gate_up))
         else:
             gate, up = _gate_up(take(m + "mlp.linear_fc1.weight"))
             out[h + "mlp.gate_proj.weight"], out[h + "mlp.up_proj.weight"] = gate, up
@@ -238,6 +308,8 @@ def _moe_to_hf(take, m, h, s: ModelShape):
         out[f"{h}experts.{e}.gate_proj.weight"] = gate
         out[f"{h}experts.{e}.up_proj.weight"] = up
         out[f"{h}experts.{e}.down_proj.weight"] = take(f"{m}experts.local_experts.{e}.linear_fc2.weight")
+    if s.architecture == QWEN3_MOE:  # no shared expert (shape_from_args refuses one)
+        return out
     if s.shared_expert_size:
         gate, up = _gate_up(take(m + "shared_experts.linear_fc1.weight"))
         down = take(m + "shared_experts.linear_fc2.weight") * 2  # sigmoid(0) = 0.5 undoes it
@@ -284,12 +356,27 @@ def hf_to_megatron(hf: Dict[str, torch.Tensor], s: ModelShape,
     for i in range(s.num_layers):
         m, h = f"decoder.layers.{i}.", f"model.layers.{i}."
         sd[m + "input_layernorm.weight"] = take(h + "input_layernorm.weight")
+        if s.mla:  # DeepseekV3 (hf_deepseek)
+            sd.update(mla_attention_from_hf(take, m, h, s))
+            sd[m + "pre_mlp_layernorm.weight"] = take(h + "post_attention_layernorm.weight")
+            if s.num_experts and s.moe_layers[i]:
+                sd.update(deepseek_moe_from_hf(hf, take, m + "mlp.", h + "mlp.", s))
+            else:
+                sd[m + "mlp.linear_fc1.weight"] = torch.cat(
+                    [take(h + "mlp.gate_proj.weight"), take(h + "mlp.up_proj.weight")], dim=0)
+                sd[m + "mlp.linear_fc2.weight"] = take(h + "mlp.down_proj.weight")
+            if progress:
+                progress(1)
+            continue
         q, k, v = (take(f"{h}self_attn.{x}_proj.weight") for x in "qkv")
         for x in "qkv":
             zero_or_absent(f"{h}self_attn.{x}_proj.bias", "attention bias")
         zero_or_absent(h + "self_attn.o_proj.bias", "attention bias")
         sd[m + "self_attention.linear_qkv.weight"] = merge_qkv(q, k, v, s)
         sd[m + "self_attention.linear_proj.weight"] = take(h + "self_attn.o_proj.weight")
+        if s.qk_layernorm:
+            sd[m + "self_attention.q_layernorm.weight"] = take(h + "self_attn.q_norm.weight")
+            sd[m + "self_attention.k_layernorm.weight"] = take(h + "self_attn.k_norm.weight")
         sd[m + "pre_mlp_layernorm.weight"] = take(h + "post_attention_layernorm.weight")
         if s.num_experts and s.moe_layers[i]:
             sd.update(_moe_from_hf(hf, take, zero_or_absent, m + "mlp.", h + "mlp.", s))
@@ -327,6 +414,8 @@ def _moe_from_hf(hf, take, zero_or_absent, m, h, s: ModelShape):
             fc2 = take(f"{h}experts.{e}.down_proj.weight")
         sd[f"{m}experts.local_experts.{e}.linear_fc1.weight"] = fc1.contiguous()
         sd[f"{m}experts.local_experts.{e}.linear_fc2.weight"] = fc2.contiguous()
+    if s.architecture == QWEN3_MOE:
+        return sd
     zero_or_absent(h + "shared_expert_gate.weight", "shared_expert_gate (its sigmoid gate has no "
                    "megatron-nitp counterpart; only the zero gate this tool writes converts)")
     gate, up = take(h + "shared_expert.gate_proj.weight"), take(h + "shared_expert.up_proj.weight")
@@ -344,6 +433,8 @@ def effective_shared_expert_size(hf: Dict[str, torch.Tensor], s: ModelShape) -> 
     models without one; else the configured width."""
     if not s.num_experts:
         return 0
+    if s.mla:  # DeepseekV3 always has its shared experts (n_shared_experts > 0 checked)
+        return s.shared_expert_size
     for i, is_moe in enumerate(s.moe_layers):
         name = f"model.layers.{i}.mlp.shared_expert.down_proj.weight"
         if is_moe and name in hf and torch.count_nonzero(hf[name]):

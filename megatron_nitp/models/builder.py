@@ -10,6 +10,7 @@ from ..parallel.precision import transformer_precision_config
 from ..parallel.speed import speed_settings
 from .param_count import padded_vocab_size  # noqa: F401  (re-exported for the engine)
 from .gpt_nitp import NITPGPTModel
+from .moe_parallel import expert_tensor_parallel_size
 from .options import attention_config, mla_config, moe_routing_config
 from .pipeline_layout import pipeline_config, virtual_pipeline_size  # noqa: F401  (re-exported)
 from .specs import get_layer_spec, get_mtp_block_spec, resolve_transformer_impl
@@ -27,7 +28,7 @@ def transformer_config_from_args(args) -> TransformerConfig:
             moe_router_load_balancing_type=args.moe_router_load_balancing_type,
             moe_aux_loss_coeff=args.moe_aux_loss_coeff,
             moe_token_dispatcher_type=args.moe_token_dispatcher_type,
-            moe_grouped_gemm=args.moe_grouped_gemm,
+            moe_flex_dispatcher_backend=getattr(args, "moe_flex_dispatcher_backend", "deepep"),
             moe_router_dtype=args.moe_router_dtype,
             moe_shared_expert_overlap=args.moe_shared_expert_overlap,
             **moe_routing_config(args),
@@ -56,6 +57,7 @@ def transformer_config_from_args(args) -> TransformerConfig:
         mtp_loss_scaling_factor=getattr(args, "mtp_loss_scaling_factor", 0.1),
         context_parallel_size=args.context_parallel_size,
         expert_model_parallel_size=args.expert_model_parallel_size,
+        expert_tensor_parallel_size=expert_tensor_parallel_size(args),
         sequence_parallel=args.sequence_parallel,
         # fp16/bf16, params dtype, softmax precision, recompute, fp8 (parallel/precision.py).
         **transformer_precision_config(args),

@@ -7,6 +7,8 @@ expert bias). `option_errors` states, as one line naming the flag, the cross-fla
 TransformerConfig.__post_init__ would otherwise raise as a bare assertion mid-start-up.
 """
 
+from .moe_parallel import moe_parallel_errors
+
 
 def _get(args, name, default=None):
     value = getattr(args, name, default)
@@ -93,6 +95,7 @@ def option_errors(args, transformer_impl):
         if _get(args, "position_embedding_type", "rope") != "rope":
             yield ("--multi-latent-attention: needs --position-embedding-type rope (MLA applies "
                    "its own YaRN RoPE)")
+    yield from moe_parallel_errors(args, transformer_impl)
     experts = _get(args, "num_experts", 0)
     if not experts:
         flags = moe_routing_flags_set(args)

@@ -32,12 +32,21 @@ def _importable(name):
 
 def _unavailable_fusions(args):
     """Fusions asked for whose kernel this machine lacks, by flag."""
+    moe_kernels = [flag for flag, attr in (("--moe-grouped-gemm", "moe_grouped_gemm"),
+                                           ("--moe-permute-fusion", "moe_permute_fusion"))
+                   if getattr(args, attr, False) and getattr(args, "num_experts", None)]
     if not torch.cuda.is_available():
         unused = "--bias-gelu-fusion" if args.swiglu else "--bias-swiglu-fusion"
         return [flag for flag, attr in FUSIONS.items() if getattr(args, attr) and flag != unused
-                ] + (["--cross-entropy-loss-fusion"] if args.cross_entropy_loss_fusion else [])
+                ] + (["--cross-entropy-loss-fusion"] if args.cross_entropy_loss_fusion else []
+                     ) + moe_kernels
     te = _importable("transformer_engine")
     off = []
+    # MoE kernels: TE's grouped GEMM / fused permutation (the legacy grouped GEMM: its package).
+    if "--moe-grouped-gemm" in moe_kernels and not (te or _importable("grouped_gemm")):
+        off.append("--moe-grouped-gemm")
+    if "--moe-permute-fusion" in moe_kernels and not te:
+        off.append("--moe-permute-fusion")
     # megatron's linear layers raise without the apex extension (or TE's own layers).
     if args.gradient_accumulation_fusion and not (
             te or _importable("fused_weight_gradient_mlp_cuda")):
@@ -70,6 +79,9 @@ def speed_settings(args):
         persist_layer_norm=not args.no_persist_layer_norm,  # apex/TE norms only; else unused
         cross_entropy_loss_fusion=(args.cross_entropy_loss_fusion
                                    and "--cross-entropy-loss-fusion" not in off),
+        moe_grouped_gemm=on("--moe-grouped-gemm", "moe_grouped_gemm"),
+        moe_permute_fusion=bool(getattr(args, "moe_permute_fusion", False))
+        and "--moe-permute-fusion" not in off,
         overlap_grad_reduce=args.overlap_grad_reduce,
         overlap_param_gather=args.overlap_param_gather,
     )

@@ -38,15 +38,18 @@ _MOE_FIELDS = ("moe_router_topk", "moe_ffn_hidden_size", "moe_shared_expert_inte
                "moe_router_bias_update_rate", "moe_router_num_groups", "moe_router_group_topk",
                "moe_z_loss_coeff", "moe_expert_capacity_factor", "moe_token_drop_policy",
                "moe_pad_expert_input_to_capacity", "moe_token_dispatcher_type",
-               "moe_grouped_gemm", "moe_router_dtype")
+               "moe_flex_dispatcher_backend", "moe_grouped_gemm", "moe_permute_fusion",
+               "moe_router_dtype")
 _MOE_NOTES = {
     # --no-moe-router-pre-softmax too (a later --config can switch it off again)
     "moe_router_pre_softmax": dict(action=argparse.BooleanOptionalAction),
     "moe_shared_expert_intermediate_size": dict(note="One shared expert, no gate."),
     "moe_router_enable_expert_bias": dict(note="Needs --moe-router-score-function sigmoid."),
-    "moe_token_dispatcher_type": dict(choices=["allgather", "alltoall"],
-                                      note="(flex needs DeepEP: not supported here.)"),
+    "moe_token_dispatcher_type": dict(choices=["allgather", "alltoall", "flex"],
+                                      note="(flex: CUDA with DeepEP or HybridEP installed.)"),
+    "moe_flex_dispatcher_backend": dict(choices=["deepep", "hybridep"]),
     "moe_grouped_gemm": dict(note="(GPU.)"),
+    "moe_permute_fusion": dict(note="(GPU, Transformer Engine >= 2.1.)"),
 }
 
 
@@ -333,6 +336,9 @@ def _add_parallel_args(p):
                         'decoder layer, m MTP layer; stages split by "|" (megatron-core\'s '
                         "PipelineParallelLayerLayout).")
     g.add_argument("--expert-model-parallel-size", type=int, default=1, help="EP.")
+    g.add_argument("--expert-tensor-parallel-size", type=int, default=None,
+                   help="Tensor parallelism inside the experts (megatron-core's expert TP); "
+                        "default: --tensor-model-parallel-size.")
     g.add_argument("--context-parallel-size", type=int, default=1, help="CP (needs TE).")
     g.add_argument("--sequence-parallel", action="store_true", help="SP (needs TP > 1).")
     g.add_argument("--use-distributed-optimizer", action="store_true",

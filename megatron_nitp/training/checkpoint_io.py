@@ -101,6 +101,7 @@ def args_for_single_process(run_config: dict):
     args.tensor_model_parallel_size = args.pipeline_model_parallel_size = 1
     args.expert_model_parallel_size = args.context_parallel_size = 1
     clear_pipeline_split(args)  # virtual and uneven splits: models/pipeline_layout.py
+    args.expert_tensor_parallel_size = None  # = TP 1
     args.sequence_parallel = False
     args.recompute_granularity = args.recompute_method = args.recompute_num_layers = None
     args.recompute_activations = args.distribute_saved_activations = False

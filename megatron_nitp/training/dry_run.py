@@ -12,6 +12,7 @@ import os
 
 from ..models.memory_estimate import layout_parameters, memory_estimate, report_lines
 from ..models.param_count import count_parameters, padded_vocab_size
+from ..models.moe_parallel import expert_tensor_parallel_size
 from ..models.pipeline_layout import chunk_layer_counts
 from .output_paths import DIRECTORIES, FILES, probe
 from .validation import ConfigError
@@ -118,7 +119,9 @@ def dry_run(args, nitp_config, log=print):
         log(f"note: {assumption}")
     log(f"parallel plan: TP {args.tensor_model_parallel_size} x PP "
         f"{args.pipeline_model_parallel_size} x CP {args.context_parallel_size} x DP {dp}"
-        f" (EP {args.expert_model_parallel_size}, VPP chunk "
+        f" (EP {args.expert_model_parallel_size}"
+        + (f", expert-TP {expert_tensor_parallel_size(args)}" if args.num_experts else "")
+        + ", VPP chunk "
         f"{args.num_layers_per_virtual_pipeline_stage}; layers per chunk "
         f"{chunk_layer_counts(args)}), microbatches/step {num_microbatches}")
     for line in report_lines(memory_estimate(args, num_microbatches),

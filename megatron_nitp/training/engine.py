@@ -199,6 +199,7 @@ class Trainer:
 
         from ..models.builder import (build_model_chunks, transformer_config_from_args,
                                       virtual_pipeline_size)
+        from ..models.moe_parallel import expert_tensor_parallel_size
         from ..parallel.distributed import initialize_distributed
         from ..parallel.precision import ddp_precision_config, initialize_tp_communicators
         from ..parallel.speed import speed_settings
@@ -209,7 +210,8 @@ class Trainer:
         initialize_distributed(a.tensor_model_parallel_size, a.pipeline_model_parallel_size,
                                virtual_pipeline_size(a), a.context_parallel_size,
                                a.expert_model_parallel_size, seed=a.seed,
-                               timeout_minutes=a.distributed_timeout_minutes)
+                               timeout_minutes=a.distributed_timeout_minutes,
+                               expert_tensor_parallel_size=expert_tensor_parallel_size(a))
         self._lock_save_dir()
         initialize_tp_communicators(a)  # --tp-comm-overlap (TE userbuffers), before the model
         self.config = transformer_config_from_args(a)

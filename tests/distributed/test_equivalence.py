@@ -17,11 +17,12 @@ TWO = ["tp2", "tp2_sp", "pp2_k_on_stage0", "pp2_k_on_last_stage", "pp2_vpp2",
        "dp2_distributed_optimizer", "dp2_per_token_loss", "recompute_full", "moe_ep2",
        # model families (models/options.py): Qwen3-like dense, DeepSeek-V3-like routing
        "qwen3_tp2_sp", "qwen3_pp2", "qwen3_dp2_distributed_optimizer", "dsv3_ep2", "dsv3_dp2",
-       "mla_pp2",
+       "mla_pp2", "moe_sig_tp2_sp",
        # MTP next to NITP (models/mtp.py) and uneven pipelines (models/pipeline_layout.py)
        "mtp_tp2_sp", "mtp_pp2", "mtp_dp2_distributed_optimizer", "mtp_pp2_layout",
        "pp2_first1_k3", "pp2_last1_k3", "pp2_last1_k1", "pp2_vstages2_k3", "pp2_layout_vpp"]
-FOUR = ["tp2_pp2_sp", "moe_ep2_pp2"]
+# expert-TP 1 under TP2 with EP2; EP2 x expert-TP 2 at TP1; DeepSeek-V3-like at EP2 x PP2
+FOUR = ["tp2_pp2_sp", "moe_ep2_pp2", "moe_sig_ep2_tp2_etp1", "moe_sig_ep2_etp2", "dsv3_ep2_pp2"]
 
 
 def _run(cmd, timeout):
@@ -60,7 +61,8 @@ def test_layout_matches_single_process(results, layout):
     assert r["nitp"] > 0 and r["lm"] > 0
 
 
-@pytest.mark.parametrize("layout", ["dsv3_ep2", "dsv3_dp2"])
+@pytest.mark.parametrize("layout", ["dsv3_ep2", "dsv3_dp2", "dsv3_ep2_pp2", "moe_sig_tp2_sp",
+                                    "moe_sig_ep2_tp2_etp1", "moe_sig_ep2_etp2"])
 def test_expert_bias_updated_and_equal_to_single_process(results, layout):
     # compare asserted each router's expert_bias equals the single-process one after the step
     # (megatron-core updates it in finalize_model_grads); here: every MoE layer's bias moved.

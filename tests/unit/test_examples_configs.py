@@ -76,6 +76,16 @@ NAMED_SIZE = {
 TOLERANCE = {"moe_3b_a0.5b": (0.07, 0.07), "moe_9b_a1b": (0.05, 0.07)}
 
 
+# NITP on public model-family shapes (not paper models): their own keys, counts pinned below.
+FAMILY_CONFIGS = {"qwen3_like_nitp", "deepseek_v2_lite_nitp"}
+FAMILY_KEYS = {
+    "qk-layernorm", "disable-bias-linear", "norm-epsilon", "rotary-base", "rotary-percent",
+    "attention-dropout", "hidden-dropout", "init-method-std", "multi-latent-attention",
+    "kv-lora-rank", "qk-head-dim", "qk-pos-emb-head-dim", "v-head-dim", "rotary-scaling-factor",
+    "mscale", "mscale-all-dim", "moe-router-score-function",
+}
+
+
 def config_path(name):
     return os.path.join(CONFIGS, name + ".yaml")
 
@@ -86,7 +96,7 @@ def load(name):
 
 def test_every_paper_model_has_a_config_and_nothing_else():
     found = {os.path.basename(p)[:-5] for p in glob.glob(os.path.join(CONFIGS, "*.yaml"))}
-    assert found == set(TABLE_4)
+    assert found == set(TABLE_4) | FAMILY_CONFIGS
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(CONFIGS, "*.yaml"))
@@ -96,7 +106,10 @@ def test_yaml_is_a_flat_mapping_of_known_keys(path):
     with open(path) as fh:
         data = yaml.safe_load(fh)
     assert isinstance(data, dict) and data
-    assert set(data) <= CONTRACT_KEYS | EXTRA_KEYS, set(data) - CONTRACT_KEYS - EXTRA_KEYS
+    allowed = CONTRACT_KEYS | EXTRA_KEYS
+    if os.path.basename(path)[:-5] in FAMILY_CONFIGS:
+        allowed |= FAMILY_KEYS
+    assert set(data) <= allowed, set(data) - allowed
     assert all(not isinstance(v, (dict, list)) or k == "moe-layer-freq" for k, v in data.items())
     with open(path) as fh:
         assert fh.readline().startswith("# "), "first line must say what the file is for"
@@ -217,3 +230,64 @@ def test_the_grid_runs_fig4s_lambda_sweep():
         n for n in aliases if n.startswith("loss_weight_"))
     assert sorted(swept) == [f"loss_weight_{w}" for w in ("0.6", "0.8", "1.0", "1.2", "1.4")]
     assert aliases["loss_weight_1.0"] == run_grid.DEFAULT
+
+
+def _qwen3_8b_total(vocab_rows):
+    """Qwen3-8B by hand: 36 x (q 4096x4096 + k, v 1024x4096 + o 4096x4096 + SwiGLU 3 x 4096 x
+    12288 + 2 norms of 4096 + q/k norms of 128), final norm, untied embedding and output."""
+    layer = (4096 * 4096 + 2 * 1024 * 4096 + 4096 * 4096 + 3 * 4096 * 12288 + 2 * 4096
+             + 2 * 128)
+    return 36 * layer + 4096 + 2 * vocab_rows * 4096
+
+
+def _deepseek_v2_lite():
+    """DeepSeek-V2-Lite by hand: MLA per layer (q 2048 x 16 x 192, kv_a 2048 x 576, kv_b 512 x
+    16 x 256, o 2048 x 2048, kv latent norm 512, 2 norms), layer 0 dense (3 x 2048 x 10944),
+    26 MoE layers (router 64 x 2048, 64 experts and one 2816-wide shared MLP)."""
+    attn = 2048 * 16 * 192 + 2048 * 576 + 512 * 16 * 256 + 2048 * 2048 + 512 + 2 * 2048
+    expert = 3 * 2048 * 1408
+    moe = 64 * 2048 + 3 * 2048 * 2816
+    embeddings = 2 * 102400 * 2048
+    common = 27 * attn + 3 * 2048 * 10944 + 26 * moe + 2048 + embeddings
+    return common + 26 * 64 * expert, common + 26 * 6 * expert
+
+
+def test_family_configs_pin_their_dry_run_counts():
+    q = count_parameters(load("qwen3_like_nitp"))
+    assert q["padded_vocab_size"] == 152064  # 151936 padded to 256 x 594 at TP2
+    assert q["total"] == q["active"] == _qwen3_8b_total(152064) == 8_191_783_936
+    assert _qwen3_8b_total(151936) == pytest.approx(8.2e9, rel=0.005)  # Qwen3-8B's published size
+    d = count_parameters(load("deepseek_v2_lite_nitp"))
+    total, active = _deepseek_v2_lite()
+    assert (d["total"], d["active"]) == (total, active) == (15_706_484_224, 2_661_150_208)
+    # DeepSeek's published 15.7B total / 2.4B activated (without the input embedding table)
+    assert d["total"] == pytest.approx(15.7e9, rel=0.005)
+    assert d["active"] - d["embedding"] == pytest.approx(2.4e9, rel=0.03)
+    assert d["nitp_head"] == 12 * 2048 ** 2 and q["nitp_head"] == 12 * 4096 ** 2
+
+
+def test_family_configs_flops_use_mla_head_sizes():
+    from megatron_nitp.nitp.flops import training_flops_per_token
+
+    f = training_flops_per_token(load("deepseek_v2_lite_nitp"))
+    # App. G's attention-score term with MLA's sizes: q.k over 128 + 64, attention x V over 128
+    assert f["attention_score_flops_per_token"] == 6 * 27 * 4096 * 16 * ((128 + 64) + 128)
+    attn = 2048 * 16 * 192 + 2048 * 576 + 512 * 16 * 256 + 2048 * 2048
+    assert f["attention_proj_flops_per_token"] == 6 * 27 * attn
+    q = training_flops_per_token(load("qwen3_like_nitp"))
+    assert q["attention_score_flops_per_token"] == 12 * 36 * 4096 * 32 * 128
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY_CONFIGS))
+def test_family_configs_spell_out_the_model(name):
+    """Every architecture value explicit: the CLI defaults are moving to Megatron-LM's."""
+    with open(config_path(name)) as fh:
+        data = yaml.safe_load(fh)
+    for key in ("normalization", "swiglu", "position-embedding-type", "disable-bias-linear",
+                "norm-epsilon", "rotary-base", "attention-dropout", "hidden-dropout",
+                "init-method-std", "untie-embeddings-and-output-weights", "qk-layernorm",
+                "nitp-target-layer", "lr", "min-lr", "lr-decay-style", "adam-beta2",
+                "weight-decay", "train-iters", "seq-length", "micro-batch-size"):
+        assert key in data, key
+    a = load(name)
+    assert a.nitp_target_layer == round(0.2 * a.num_layers)  # ~20% depth

@@ -109,3 +109,44 @@ def test_flops_count_mla_head_sizes():
     assert f["attention_proj_flops_per_token"] == 6 * count_parameters(mla)["attention"]
     dense = training_flops_per_token(parse_args(BASE + ["--seq-length", "16"]))
     assert dense["attention_score_flops_per_token"] == 12 * 2 * 16 * 4 * 8  # unchanged
+
+
+def test_expert_tensor_parallel_size_reaches_transformer_config():
+    c = _config(MOE + ["--tensor-model-parallel-size", "2", "--expert-model-parallel-size", "2",
+                       "--expert-tensor-parallel-size", "1", "--moe-ffn-hidden-size", "8"])
+    assert (c.tensor_model_parallel_size, c.expert_tensor_parallel_size) == (2, 1)
+    assert _config(MOE + ["--tensor-model-parallel-size", "2"]).expert_tensor_parallel_size == 2
+
+
+@pytest.mark.parametrize("argv,world,flag", [
+    (BASE + ["--expert-tensor-parallel-size", "1"], 1, "--expert-tensor-parallel-size: given "
+     "without --num-experts"),
+    (MOE + ["--tensor-model-parallel-size", "2", "--expert-tensor-parallel-size", "1"], 2,
+     "--expert-tensor-parallel-size 1: differs from --tensor-model-parallel-size 2"),
+    (MOE + ["--expert-model-parallel-size", "2", "--expert-tensor-parallel-size", "2"], 2,
+     "--expert-tensor-parallel-size 2: expert-TP x --expert-model-parallel-size 2"),
+    (MOE + ["--expert-model-parallel-size", "2", "--expert-tensor-parallel-size", "3",
+            "--moe-ffn-hidden-size", "8"], 6, "--expert-tensor-parallel-size 3: must divide"),
+    (MOE + ["--moe-token-dispatcher-type", "flex"], 1, "--moe-token-dispatcher-type flex: needs "
+     "CUDA with the deepep backend"),
+    (MOE + ["--moe-token-dispatcher-type", "flex", "--moe-flex-dispatcher-backend", "hybridep"],
+     1, "--moe-token-dispatcher-type flex: needs CUDA with the hybridep backend"),
+])
+def test_moe_parallel_flags_refused_in_one_line(argv, world, flag):
+    from megatron_nitp.training.validation import ConfigError, validate_args
+
+    with pytest.raises(ConfigError) as e:
+        validate_args(parse_args(argv + ["--transformer-impl", "local"]), world_size=world)
+    assert str(e.value).startswith(flag) and "\n" not in str(e.value), str(e.value)
+
+
+def test_moe_kernels_switched_off_with_one_notice_on_cpu():
+    from megatron_nitp.parallel.speed import speed_settings
+
+    settings, notice = speed_settings(parse_args(MOE + ["--moe-grouped-gemm",
+                                                        "--moe-permute-fusion"]))
+    assert settings["moe_grouped_gemm"] is False and settings["moe_permute_fusion"] is False
+    assert "--moe-grouped-gemm" in notice and "--moe-permute-fusion" in notice
+    assert "\n" not in notice
+    c = _config(MOE + ["--moe-grouped-gemm", "--moe-permute-fusion"])
+    assert c.moe_grouped_gemm is False and c.moe_permute_fusion is False

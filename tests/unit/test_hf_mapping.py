@@ -133,7 +133,7 @@ def test_import_rejects_what_megatron_nitp_cannot_express(tensor, message):
 
 @pytest.mark.parametrize("config, message", [
     ({"architectures": ["GPT2LMHeadModel"]}, "unknown architecture"),
-    ({"architectures": ["Qwen2MoeForCausalLM"], "norm_topk_prob": True}, "norm_topk_prob"),
+    ({"architectures": ["Qwen3ForCausalLM"], "attention_bias": True}, "attention_bias"),
     ({"architectures": ["LlamaForCausalLM"], "rope_scaling": {"rope_type": "llama3"}}, "RoPE"),
 ])
 def test_unsupported_hf_configs_are_rejected(config, message):
@@ -161,13 +161,13 @@ def test_moe_layer_freq_written_as_megatron_would_parse_it():
 
 
 @pytest.mark.parametrize("flags, named", [
-    (["--qk-layernorm"], "--qk-layernorm"),
+    (["--num-experts", "4", "--qk-layernorm", "--moe-shared-expert-intermediate-size", "8"],
+     "--qk-layernorm with --moe-shared-expert-intermediate-size"),
     (["--multi-latent-attention"], "--multi-latent-attention"),
     (["--add-qkv-bias"], "--add-qkv-bias"),
     (["--add-bias-linear"], "--add-bias-linear"),
     (["--apply-layernorm-1p"], "--apply-layernorm-1p"),
     (["--rotary-percent", "0.5"], "--rotary-percent 0.5"),
-    (["--num-experts", "4", "--no-moe-router-pre-softmax"], "no --moe-router-pre-softmax"),
     (["--num-experts", "4", "--moe-router-score-function", "sigmoid",
       "--moe-router-enable-expert-bias"], "--moe-router-enable-expert-bias"),
     (["--num-experts", "4", "--moe-router-topk-scaling-factor", "2.5"],
@@ -191,3 +191,104 @@ def test_export_refuses_family_options_llama_qwen2_moe_cannot_express(flags, nam
                        "--moe-z-loss-coeff", "0.001"])
     base.padded_vocab_size = 128
     assert shape_from_args(base).num_experts == 4
+
+
+@pytest.mark.parametrize("flags, arch, norm_topk", [
+    ([], "LlamaForCausalLM", False),
+    (["--qk-layernorm"], "Qwen3ForCausalLM", False),
+    (["--num-experts", "4", "--moe-router-pre-softmax"], "Qwen2MoeForCausalLM", False),
+    (["--num-experts", "4", "--no-moe-router-pre-softmax"], "Qwen2MoeForCausalLM", True),
+    (["--num-experts", "4", "--qk-layernorm", "--no-moe-router-pre-softmax"],
+     "Qwen3MoeForCausalLM", True),
+])
+def test_export_architecture_per_family(flags, arch, norm_topk):
+    from megatron_nitp.convert.hf_mapping import shape_from_args
+    from megatron_nitp.training.arguments import parse_args
+
+    args = parse_args(["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4",
+                       "--vocab-size", "128", "--normalization", "RMSNorm", "--swiglu",
+                       "--position-embedding-type", "rope", "--disable-bias-linear"] + flags)
+    args.padded_vocab_size = 128
+    s = shape_from_args(args)
+    assert (s.architecture, s.norm_topk_prob) == (arch, norm_topk)
+
+
+MLA = ["--multi-latent-attention", "--kv-lora-rank", "16", "--qk-head-dim", "8",
+       "--qk-pos-emb-head-dim", "4", "--v-head-dim", "8", "--qk-layernorm", "--norm-epsilon", "1e-6"]
+DS_MOE = MLA + ["--num-experts", "4", "--moe-router-topk", "2", "--moe-ffn-hidden-size", "8",
+                "--moe-shared-expert-intermediate-size", "8", "--moe-layer-freq", "[0,1]",
+                "--moe-router-score-function", "sigmoid"]
+
+
+@pytest.mark.parametrize("flags, named", [
+    ([f for f in MLA if f != "--qk-layernorm"], "without --qk-layernorm"),
+    (MLA[:-1] + ["1e-5"], "--norm-epsilon 1e-05"),
+    ([f if f != "sigmoid" else "softmax" for f in DS_MOE], "--moe-router-score-function softmax"),
+    (DS_MOE[:-3] + ["[1,0]", "--moe-router-score-function", "sigmoid"], "--moe-layer-freq"),
+    ([f if f != "--moe-shared-expert-intermediate-size" else "--moe-ffn-hidden-size" for f in DS_MOE],
+     "--moe-shared-expert-intermediate-size"),
+    (DS_MOE + ["--moe-router-num-groups", "2", "--moe-router-group-topk", "2"],
+     "--moe-router-group-topk 2"),
+])
+def test_deepseek_v3_export_refuses_what_it_cannot_express(flags, named):
+    from megatron_nitp.convert.hf_mapping import shape_from_args
+    from megatron_nitp.training.arguments import parse_args
+
+    args = parse_args(["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4",
+                       "--vocab-size", "128", "--normalization", "RMSNorm", "--swiglu",
+                       "--position-embedding-type", "rope", "--disable-bias-linear"] + flags)
+    args.padded_vocab_size = 128
+    with pytest.raises(ConversionError, match="no Hugging Face equivalent") as e:
+        shape_from_args(args)
+    assert named in str(e.value) and "\n" not in str(e.value)
+    args = parse_args(["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4",
+                       "--vocab-size", "128", "--normalization", "RMSNorm", "--swiglu",
+                       "--position-embedding-type", "rope", "--disable-bias-linear"] + DS_MOE)
+    args.padded_vocab_size = 128
+    assert shape_from_args(args).architecture == "DeepseekV3ForCausalLM"
+
+
+def test_qk_norms_map_both_ways():
+    s = shape(qk_layernorm=True)
+    sd = megatron_state(s)
+    for i in range(s.num_layers):
+        for x in "qk":
+            sd[f"decoder.layers.{i}.self_attention.{x}_layernorm.weight"] = torch.randn(HEAD_DIM)
+    hf = megatron_to_hf(sd, s)
+    assert torch.equal(hf["model.layers.1.self_attn.k_norm.weight"],
+                       sd["decoder.layers.1.self_attention.k_layernorm.weight"])
+    back = hf_to_megatron(hf, s)
+    assert back.keys() == sd.keys() and all(torch.equal(back[k], sd[k]) for k in sd)
+    cfg = dict(architectures=["Qwen3MoeForCausalLM"], num_hidden_layers=2, hidden_size=D,
+               num_attention_heads=HEADS, intermediate_size=FFN, vocab_size=VOCAB,
+               moe_intermediate_size=8, num_local_experts=3, num_experts_per_tok=2,
+               norm_topk_prob=True, mlp_only_layers=[0])
+    got = shape_from_hf_config(cfg)
+    assert got.qk_layernorm and got.norm_topk_prob and got.moe_layers == [False, True]
+
+
+DSV3_CFG = dict(architectures=["DeepseekV3ForCausalLM"], num_hidden_layers=2, hidden_size=D,
+                num_attention_heads=HEADS, num_key_value_heads=HEADS, intermediate_size=FFN,
+                vocab_size=VOCAB, q_lora_rank=None, kv_lora_rank=8, qk_nope_head_dim=4,
+                qk_rope_head_dim=2, v_head_dim=4, n_routed_experts=4, num_experts_per_tok=2,
+                moe_intermediate_size=8, n_shared_experts=1, first_k_dense_replace=1,
+                n_group=1, topk_group=1, norm_topk_prob=True, routed_scaling_factor=2.5,
+                rms_norm_eps=1e-6, rope_interleave=True,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"norm_topk_prob": False}, "norm_topk_prob"),
+    ({"rms_norm_eps": 1e-5}, "rms_norm_eps"),
+    ({"rope_interleave": False}, "rope_interleave"),
+    ({"num_key_value_heads": 2}, "num_key_value_heads"),
+    ({"n_group": 2, "topk_group": 2}, "top 2"),
+    ({"n_shared_experts": 0}, "no shared experts"),
+])
+def test_deepseek_v3_import_refuses_what_megatron_cannot_express(change, message):
+    with pytest.raises(ConversionError, match=message) as e:
+        shape_from_hf_config(dict(DSV3_CFG, **change))
+    assert "\n" not in str(e.value)
+    s = shape_from_hf_config(DSV3_CFG)
+    assert s.moe_layers == [False, True] and s.shared_expert_size == 8
+    assert s.routing["scaling_factor"] == 2.5 and s.mla["q_lora_rank"] is None
