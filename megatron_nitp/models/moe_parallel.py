@@ -35,16 +35,32 @@ def _flex_backend_available(backend: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def moe_parallel_errors(args, transformer_impl):
-    experts = _get(args, "num_experts", 0)
-    etp_given = getattr(args, "expert_tensor_parallel_size", None) is not None
+def moe_parallel_notices(args):
+    """Expert flags on a dense model: no effect, as in Megatron-LM (its dense example scripts
+    give --expert-tensor-parallel-size 1), said once each."""
+    if _get(args, "num_experts", 0):
+        return []
     given = [f for f, v in (
-        ("--expert-tensor-parallel-size", etp_given),
+        ("--expert-tensor-parallel-size", getattr(args, "expert_tensor_parallel_size", None)
+         is not None),
         ("--moe-permute-fusion", _get(args, "moe_permute_fusion", False)),
     ) if v]
+    return [f"notice: {flag}: no effect without --num-experts (a dense model)" for flag in given]
+
+
+def moe_parallel_run_needs(args):
+    """What a --dry-run's job will need at run time (dry_run.py)."""
+    if (_get(args, "num_experts", 0)
+            and _get(args, "moe_token_dispatcher_type", "alltoall") == "flex"):
+        backend = _get(args, "moe_flex_dispatcher_backend", "deepep")
+        return [f"--moe-token-dispatcher-type flex: CUDA with the {backend} backend "
+                "(--moe-flex-dispatcher-backend)"]
+    return []
+
+
+def moe_parallel_errors(args, transformer_impl):
+    experts = _get(args, "num_experts", 0)
     if not experts:
-        if given:
-            yield f"{given[0]}: given without --num-experts"
         return
     etp = expert_tensor_parallel_size(args)
     if etp < 1:
@@ -72,7 +88,8 @@ def moe_parallel_errors(args, transformer_impl):
     if width and width % etp:
         yield (f"--expert-tensor-parallel-size {etp}: must divide the expert width "
                f"(--moe-ffn-hidden-size) {width}")
-    if _get(args, "moe_token_dispatcher_type", "alltoall") == "flex":
+    if (_get(args, "moe_token_dispatcher_type", "alltoall") == "flex"
+            and not getattr(args, "dry_run", False)):  # a dry run: moe_parallel_run_needs
         backend = _get(args, "moe_flex_dispatcher_backend", "deepep")
         if not _cuda() or not _flex_backend_available(backend):
             yield (f"--moe-token-dispatcher-type flex: needs CUDA with the {backend} backend "

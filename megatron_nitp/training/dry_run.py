@@ -12,7 +12,7 @@ import os
 
 from ..models.memory_estimate import layout_parameters, memory_estimate, report_lines
 from ..models.param_count import count_parameters, padded_vocab_size
-from ..models.moe_parallel import expert_tensor_parallel_size
+from ..models.moe_parallel import expert_tensor_parallel_size, moe_parallel_run_needs
 from ..models.pipeline_layout import chunk_layer_counts
 from .output_paths import DIRECTORIES, FILES, probe
 from .validation import ConfigError
@@ -106,7 +106,7 @@ def dry_run_counts(args, needs=None):
 
 
 def dry_run(args, nitp_config, log=print):
-    needs = list(getattr(args, "run_time_needs", ()))
+    needs = list(getattr(args, "run_time_needs", ())) + moe_parallel_run_needs(args)
     counts, assumption = dry_run_counts(args, needs)
     needs += data_needs(args) + output_needs(args)
     dp = args.data_parallel_size

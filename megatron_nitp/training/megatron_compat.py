@@ -59,11 +59,6 @@ def _value(flag, dest, type_, default, verdict, why, choices=None, nargs=None, *
     return CompatFlag(flag, dest, kwargs, verdict, why, **kw)
 
 
-def _etp_verdict(args):
-    etp = args.expert_tensor_parallel_size
-    return HONOURED if etp == args.tensor_model_parallel_size else REJECT
-
-
 def _no_position_embedding_verdict(args):
     # Megatron-LM 0.16.1 raises for it unless RoPE (validate_args): there it disables nothing.
     return NOOP if args.position_embedding_type == "rope" else REJECT
@@ -109,21 +104,10 @@ TABLE = (
                  "and skips a non-finite step (--max-bad-steps)"),
     _store_true("--enable-experimental", "enable_experimental", NOOP,
                 "megatron-nitp uses no experimental megatron-core feature"),
-    _store_true("--moe-permute-fusion", "moe_permute_fusion", NOOP,
-                "the fused token permutation (a Transformer Engine kernel) only changes speed; "
-                "megatron-core's unfused permutation is used"),
     _store_false("--no-position-embedding", "add_position_embedding", NOOP,
                  "deprecated in Megatron-LM: with --position-embedding-type rope there is no "
                  "position table to disable (Megatron-LM refuses it otherwise; use "
                  "--position-embedding-type)", decide=_no_position_embedding_verdict),
-    _value("--expert-tensor-parallel-size", "expert_tensor_parallel_size", int, None, HONOURED,
-           "when equal to --tensor-model-parallel-size (megatron-nitp splits the experts over "
-           "TP, Megatron-LM's default); another size is not supported yet (expert tensor "
-           "parallelism, the model-families work)", decide=_etp_verdict),
-    # -- refused until the issue #15 item that honours them lands ----------------------------
-    _value("--moe-flex-dispatcher-backend", "moe_flex_dispatcher_backend", str, "deepep", REJECT,
-           f"{_PENDING} (the flex token dispatcher, DeepEP/HybridEP on GPU); use "
-           "--moe-token-dispatcher-type alltoall", choices=["deepep", "hybridep"]),
     _store_true("--moe-router-force-load-balancing", "moe_router_force_load_balancing", REJECT,
                 "not supported: Megatron-LM's benchmarking mode routes by random logits, which "
                 "trains a different model"),

@@ -11,6 +11,7 @@ import os
 from ..data.data_args import data_args_errors
 from ..errors import UserError
 from ..nitp.config import NITPConfig, NITPConfigError
+from ..models.moe_parallel import moe_parallel_notices
 from ..models.options import option_errors
 from ..models.mtp import mtp_errors
 from ..models.pipeline_layout import pipeline_errors, uneven, virtual_pipeline_size
@@ -252,6 +253,8 @@ def _validate_impl(args):
     resolved = dict(transformer_impl=impl, max_position_embeddings=args.max_position_embeddings,
                     tokenizer_type=args.tokenizer_type)
     for message in deviation_notices(args, resolved):
+        print(message, flush=True)
+    for message in moe_parallel_notices(args):
         print(message, flush=True)
     for message in option_errors(args, impl):  # models/options.py: family options
         raise ConfigError(message)

@@ -119,8 +119,6 @@ def test_expert_tensor_parallel_size_reaches_transformer_config():
 
 
 @pytest.mark.parametrize("argv,world,flag", [
-    (BASE + ["--expert-tensor-parallel-size", "1"], 1, "--expert-tensor-parallel-size: given "
-     "without --num-experts"),
     (MOE + ["--tensor-model-parallel-size", "2", "--expert-tensor-parallel-size", "1"], 2,
      "--expert-tensor-parallel-size 1: differs from --tensor-model-parallel-size 2"),
     (MOE + ["--expert-model-parallel-size", "2", "--expert-tensor-parallel-size", "2"], 2,
@@ -138,6 +136,27 @@ def test_moe_parallel_flags_refused_in_one_line(argv, world, flag):
     with pytest.raises(ConfigError) as e:
         validate_args(parse_args(argv + ["--transformer-impl", "local"]), world_size=world)
     assert str(e.value).startswith(flag) and "\n" not in str(e.value), str(e.value)
+
+
+def test_expert_flags_on_a_dense_model_are_no_ops_said_once(capsys):
+    # Megatron-LM's dense example scripts (Qwen3 8B) give --expert-tensor-parallel-size 1.
+    from megatron_nitp.training.validation import validate_args
+
+    validate_args(parse_args(BASE + ["--expert-tensor-parallel-size", "1", "--moe-permute-fusion",
+                                     "--transformer-impl", "local"]), world_size=1)
+    out = capsys.readouterr().out
+    for flag in ("--expert-tensor-parallel-size", "--moe-permute-fusion"):
+        assert out.count(f"notice: {flag}: no effect without --num-experts") == 1, out
+
+
+def test_flex_dispatcher_is_a_run_time_need_of_a_dry_run():
+    from megatron_nitp.models.moe_parallel import moe_parallel_errors, moe_parallel_run_needs
+
+    args = parse_args(MOE + ["--moe-token-dispatcher-type", "flex", "--dry-run"])
+    assert not list(moe_parallel_errors(args, "local"))
+    assert moe_parallel_run_needs(args) == [
+        "--moe-token-dispatcher-type flex: CUDA with the deepep backend "
+        "(--moe-flex-dispatcher-backend)"]
 
 
 def test_moe_kernels_switched_off_with_one_notice_on_cpu():

@@ -84,7 +84,7 @@ def run_report(*argv):
 def test_json_report_schema_for_all_examples():
     records = json.loads(run_report("--all-examples", "--paper-g3", "--json"))
     names = [r["name"] for r in records]
-    assert len(records) == 8 and "moe_9b_a1b" in names and names[-1].startswith("paper_app_g3")
+    assert len(records) == 10 and "moe_9b_a1b" in names and "qwen3_like_nitp" in names and names[-1].startswith("paper_app_g3")
     for r in records:
         assert isinstance(r["name"], str)
         for key in ("baseline_flops_per_token", "nitp_flops_per_token"):

@@ -67,11 +67,6 @@ def test_no_op_flags_give_one_notice(entry, monkeypatch, capsys):
 
 
 def test_flags_whose_verdict_depends_on_others(monkeypatch, capsys):
-    _validate(["--expert-tensor-parallel-size", "1"], monkeypatch)  # = TP: what we do
-    assert "expert-tensor" not in capsys.readouterr().out
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(ConfigError, match="^--expert-tensor-parallel-size 2: when equal to "):
-        validate_args(parse_args(BASE + ["--expert-tensor-parallel-size", "2"]))
     _validate(["--no-position-embedding"], monkeypatch)
     assert "notice: --no-position-embedding" in capsys.readouterr().out
     with pytest.raises(ConfigError, match="^--no-position-embedding: .*--position-embedding"):

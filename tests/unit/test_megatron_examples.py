@@ -42,9 +42,6 @@ REFUSED = {
     "qwen3_8b": {},
     "qwen3_30b_a3b": {},
     "deepseek_v3_ddp": {
-        "--moe-token-dispatcher-type": ("flex dispatcher (model families)",
-                                        ["--moe-token-dispatcher-type", "alltoall"]),
-        "--moe-flex-dispatcher-backend": ("flex dispatcher (model families)", []),
         "--moe-router-force-load-balancing": ("benchmarking mode: random routing", []),
     },
 }
@@ -161,8 +158,7 @@ def test_no_op_flags_give_one_notice_each(monkeypatch, capsys):
     assert code == 0, err
     for flag in ("--use-mcore-models", "--use-flash-attn", "--manual-gc", "--manual-gc-interval",
                  "--no-mmap-bin-files", "--no-create-attention-mask-in-dataloader",
-                 "--no-check-for-nan-in-loss-and-grad", "--enable-experimental",
-                 "--moe-permute-fusion"):
+                 "--no-check-for-nan-in-loss-and-grad", "--enable-experimental"):
         assert out.count(f"notice: {flag}: accepted as a no-op") == 1, flag
 
 

@@ -21,6 +21,8 @@ PINNED = {
     'examples/configs/dense_0.5b.yaml': (494119808, 494119808, 9633792),
     'examples/configs/dense_2b.yaml': (2096598784, 2096598784, 38535168),
     'examples/configs/dense_3b.yaml': (3031841280, 3031841280, 78643200),
+    'examples/configs/qwen3_like_nitp.yaml': (8191783936, 8191783936, 201326592),
+    'examples/configs/deepseek_v2_lite_nitp.yaml': (15706484224, 2661150208, 50331648),
     'examples/configs/moe_1.9b_a0.3b.yaml': (1843266048, 289079808, 3145728),
     'examples/configs/moe_3b_a0.5b.yaml': (3198494976, 471148800, 7077888),
     'examples/configs/moe_45b_a5.5b.yaml': (44937219072, 5541694464, 113246208),
