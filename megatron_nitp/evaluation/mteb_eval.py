@@ -38,6 +38,10 @@ def require_mteb():
     except ImportError as e:
         raise ImportError('--mteb: the mteb package is not installed: pip install -e ".[mteb]" '
                           f"(mteb=={MTEB_PAPER_VERSION}, the paper's version)") from e
+    if mteb.__version__ != MTEB_PAPER_VERSION and not getattr(require_mteb, "told", False):
+        require_mteb.told = True
+        print(f"notice: mteb {mteb.__version__}, not the paper's {MTEB_PAPER_VERSION}: task "
+              "versions and scores may differ", flush=True)
     return mteb
 
 
