@@ -305,6 +305,21 @@ def test_table6_groups_and_an_mteb_score_recomputed_from_transformers(guide, tmp
     expected = spearmanr(cos, [r["score"] for r in rows]).correlation
     assert reports["nitp"]["mteb"]["STSBenchmark"] == pytest.approx(expected, abs=1e-6)
 
+    # The exported model (--hf) embeds as the checkpoint (--load) does.
+    out = tmp_path / "hf_mteb.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "tools" / "eval_representations.py"), "--hf", str(hf),
+         "--no-probe", "--mteb", "--mteb-tasks", "STSBenchmark,SprintDuplicateQuestions,"
+         "Banking77Classification", "--mteb-task-module", str(WORKERS / "mteb_local_tasks.py"),
+         "--out", str(out)], capture_output=True, text=True, timeout=600,
+        env=_env(guide["root"], MTEB_LOCAL_DIR=str(guide["root"] / "mteb_data")))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    hf_report = json.loads(out.read_text())
+    for task, score in hf_report["mteb"].items():
+        assert score == pytest.approx(reports["nitp"]["mteb"][task], abs=1e-6), task
+    assert set(hf_report["mteb_groups"]) == {"STS / Similarity", "Retrieval / Dup.",
+                                             "Classification", "Overall (3 tasks)"}
+
 
 def test_the_validation_cross_entropies(guide):
     tables = guide["ck"] / "tables"
