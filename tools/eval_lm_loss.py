@@ -17,7 +17,7 @@ import sys
 PROG = "eval_lm_loss.py"
 
 
-def main(argv=None) -> int:
+def build_parser():
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--load", required=True)
     p.add_argument("--iteration", type=int, default=None)
@@ -26,7 +26,11 @@ def main(argv=None) -> int:
     p.add_argument("--micro-batch-size", type=int, default=8)
     p.add_argument("--max-windows", type=int, default=0, help="0: the whole dataset")
     p.add_argument("--out", default=None)
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
     for prefix in a.data_path:
         if not (os.path.isfile(prefix + ".bin") and os.path.isfile(prefix + ".idx")):
             print(f"{PROG}: error: --data-path {prefix}: no {prefix}.bin/.idx (an indexed dataset "
@@ -50,6 +54,7 @@ def main(argv=None) -> int:
         print(f"{prefix}: cross-entropy {r['cross_entropy']:.4f} nats/token, perplexity "
               f"{r['perplexity']:.2f} ({r['tokens']} tokens, {r['windows']} windows of {seq})")
     if a.out:
+        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
         with open(a.out, "w") as fh:
             json.dump(report, fh, indent=1)
     return 0

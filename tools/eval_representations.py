@@ -1,7 +1,8 @@
 """Probe a trained model's frozen last-layer representations (paper App. D and E).
 
     python tools/eval_representations.py --load runs/compare/nitp/ckpt --out nitp_repr.json
-    python tools/eval_representations.py --hf runs/export/nitp_hf --mteb --out nitp_hf.json
+    python tools/eval_representations.py --hf EXPORT --no-probe --mteb --mteb-tasks paper \
+        --out nitp_mteb.json
 
 Reports, as JSON:
 - `geometry` (--load only): effective rank and pair cosine of the final hidden states on a fixed
@@ -9,7 +10,10 @@ Reports, as JSON:
   on the same data are measured on the same tokens);
 - `probe`: the offline App. E probe on the demo corpus (topic classification, half-document
   retrieval) with mean-pooled, L2-normalised last-layer states;
-- `mteb` (--mteb): MTEB task scores when the `mteb` package is installed (needs network).
+- `mteb` (--mteb, `pip install -e ".[mteb]"`): App. E's MTEB probe: each task's main score,
+  Table 6's groups, the settings (megatron_nitp/evaluation/mteb_eval.py). Offline, mteb reads
+  the tasks' data sets from the Hugging Face datasets cache, or runs local copies defined in
+  --mteb-task-module.
 Logic: megatron_nitp/evaluation/.
 """
 
@@ -38,7 +42,13 @@ def parse_args(argv=None):
     p.add_argument("--mteb", action="store_true", help="also run MTEB tasks (needs `mteb`)")
     p.add_argument("--mteb-tasks", default=None,
                    help="comma-separated MTEB task names, or `paper`: App. E's 25 tasks, "
-                        "reported with Table 6's groups")
+                        "reported with Table 6's groups (default: the --mteb-task-module's "
+                        "tasks, else `paper`)")
+    p.add_argument("--mteb-task-module", default=None,
+                   help="Python file defining mteb tasks (mteb's custom-task API, e.g. local "
+                        "copies read from local files); a task named like an installed one "
+                        "replaces it")
+    p.add_argument("--mteb-batch-size", type=int, default=16, help="texts per forward pass")
     p.add_argument("--out", default=None, help="JSON file to write (default: stdout only)")
     return p.parse_args(argv)
 
@@ -50,6 +60,13 @@ def evaluate(args) -> dict:
                                                           validation_batches)
 
     start = time.time()
+    mteb_tasks = None
+    if args.mteb:  # resolved before the model is loaded: a bad name fails before any work
+        from megatron_nitp.evaluation import mteb_eval
+
+        mteb_tasks = mteb_eval.resolve_tasks(args.mteb_tasks, args.mteb_task_module)
+    elif args.mteb_tasks or args.mteb_task_module:
+        raise ValueError("--mteb-tasks / --mteb-task-module: give --mteb too")
     if args.load:
         encoder = MegatronEncoder(args.load, args.iteration)
         report = {"model": args.load, "iteration": encoder.args.iteration,
@@ -63,13 +80,10 @@ def evaluate(args) -> dict:
         report["geometry"] = representation_geometry(encoder, batches)
     if not args.no_probe:
         report["probe"] = probe.offline_probe(encoder, args.corpus, args.per_topic)
-    if args.mteb:
-        paper = args.mteb_tasks == "paper"
-        tasks = (probe.MTEB_PAPER_TASKS if paper else args.mteb_tasks.split(",")
-                 if args.mteb_tasks else probe.MTEB_DEFAULT_TASKS)
-        report["mteb"] = probe.run_mteb(encoder, tasks)
-        if paper and "skipped" not in report["mteb"]:
-            report["mteb_groups"] = probe.mteb_group_scores(report["mteb"])
+    if mteb_tasks is not None:
+        out = mteb_eval.run(encoder, mteb_tasks, args.mteb_batch_size)
+        report["mteb"], report["mteb_groups"] = out["scores"], out["groups"]
+        report["mteb_types"], report["mteb_settings"] = out["types"], out["settings"]
     report["seconds"] = round(time.time() - start, 1)
     return report
 
@@ -80,7 +94,7 @@ def main(argv=None) -> int:
 
     try:
         report = evaluate(args)
-    except (CheckpointError, ValueError, FileNotFoundError) as e:
+    except (CheckpointError, ValueError, FileNotFoundError, ImportError) as e:
         print(f"eval_representations.py: error: {e}", file=sys.stderr)
         return 2
     text = json.dumps(report, indent=2)

@@ -19,6 +19,7 @@ default; give a task you defined with `--task-map NAME=lm_eval_task[:shots[:metr
 (+ `--include-path`); until then their cells are "—" and the average says how many tasks it has.
 """
 
+import functools
 import json
 import math
 import os
@@ -136,7 +137,6 @@ def evaluate_hf(hf_dir: str, tasks: Sequence[PaperTask], max_length: int, prefix
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import lm_eval
     from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
 
     runnable = [t for t in tasks if t.lm_eval_task]
     scores = {t.name: None for t in tasks}
@@ -145,7 +145,7 @@ def evaluate_hf(hf_dir: str, tasks: Sequence[PaperTask], max_length: int, prefix
     model = HFLM(pretrained=hf_dir, tokenizer=hf_dir, device=device, batch_size=batch_size,
                  dtype="float32" if device == "cpu" else "bfloat16", max_length=max_length,
                  prefix_token_id=prefix_token_id, add_bos_token=False, trust_remote_code=False)
-    manager = TaskManager(include_path=include_path) if include_path else TaskManager()
+    manager = _task_manager(include_path)
     raw = {}
     # One call per shot count (lm-eval's num_fewshot is global to a call).
     for shots in sorted({t.num_fewshot for t in runnable}):
@@ -162,6 +162,15 @@ def evaluate_hf(hf_dir: str, tasks: Sequence[PaperTask], max_length: int, prefix
         raw[str(shots)] = {"results": out["results"], "configs": _jsonable(out.get("configs")),
                            "samples": _jsonable(out.get("samples")) if log_samples else None}
     return {"scores": scores, "lm_eval": raw}
+
+
+@functools.lru_cache(maxsize=None)
+def _task_manager(include_path: Optional[str]):
+    """One TaskManager per task directory: building one indexes every task lm-eval ships (seconds),
+    and a directory of checkpoints is scored one iteration after the other in this process."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=include_path) if include_path else TaskManager()
 
 
 PERCENT_METRICS = {"acc", "acc_norm", "exact_match", "pass@1", "mc1", "mc2", "f1", "em"}

@@ -1,4 +1,5 @@
-"""App. E's probe of frozen sentence representations, offline on the demo corpus (+ MTEB online).
+"""App. E's probe of frozen sentence representations, offline on the demo corpus; Table 6's MTEB
+task list and groups (the MTEB run itself: `mteb_eval.py`).
 
 The offline probe needs no network and no extra package, so it is tested like any other code:
 
@@ -11,8 +12,7 @@ The offline probe needs no network and no extra package, so it is tested like an
   1/pool size), MRR the mean reciprocal rank.
 
 Embeddings are App. E's: final hidden states mean-pooled over valid tokens, L2-normalised
-(`representations.mean_pooled_embeddings`). MTEB (`run_mteb`) is used when the `mteb` package is
-installed (it downloads its data sets).
+(`representations.mean_pooled_embeddings`).
 """
 
 import hashlib
@@ -48,7 +48,6 @@ TOPIC_PREFIXES = (
     ("torch:torch/quantization/", "torch.quantization"),
 )
 
-MTEB_DEFAULT_TASKS = ("Banking77Classification", "STSBenchmark", "SprintDuplicateQuestions")
 # App. E, Table 6: the paper's 25 English MTEB tasks (MTEB v2.12.0) in its three groups; each
 # group's score is the macro average of its tasks' main scores, in percent.
 MTEB_PAPER_GROUPS = {
@@ -209,36 +208,3 @@ def offline_probe(encoder, corpus_path: Optional[str] = None, per_topic: int = 3
             "half_document_retrieval": half_document_retrieval(encoder, docs),
             "num_documents": len(docs)}
 
-
-class _MTEBModel:
-    """mteb's encoder interface: encode(list of str) -> [n, d] array."""
-
-    def __init__(self, encoder, batch_size: int = 16):
-        self.encoder, self.batch_size = encoder, batch_size
-
-    def encode(self, sentences, **kwargs):
-        if not isinstance(sentences, (list, tuple)):  # mteb >= 2 passes a DataLoader of batches
-            sentences = [s for batch in sentences for s in batch["text"]]
-        ids = [self.encoder.tokenize(s) or [0] for s in sentences]
-        return mean_pooled_embeddings(self.encoder, ids, self.batch_size).numpy()
-
-
-def run_mteb(encoder, tasks: Sequence[str] = MTEB_DEFAULT_TASKS,
-             output_folder: Optional[str] = None) -> Dict[str, object]:
-    """Main score of each MTEB task, or {"skipped": reason} when `mteb` is not installed."""
-    try:
-        import mteb
-    except ImportError:
-        return {"skipped": "the mteb package is not installed (pip install mteb; needs network)"}
-    model = _MTEBModel(encoder)
-    task_objs = mteb.get_tasks(tasks=list(tasks), languages=["eng"])
-    scores = {}
-    if hasattr(mteb, "evaluate"):  # mteb >= 2
-        results = mteb.evaluate(model, task_objs)
-        for r in results:
-            scores[r.task_name] = r.get_score()
-    else:
-        results = mteb.MTEB(tasks=task_objs).run(model, output_folder=output_folder)
-        for r in results:
-            scores[r.task_name] = r.get_score()
-    return scores

@@ -103,9 +103,3 @@ def test_geometry_uses_only_valid_tokens_and_the_library_metrics():
     assert geo["pair_cosine"] == pytest.approx(pair_cosine(h, mask.T.bool()))
     assert geo["num_tokens"] == 26
 
-
-def test_mteb_is_optional():
-    try:
-        import mteb  # noqa: F401
-    except ImportError:
-        assert "skipped" in probe.run_mteb(BagOfTokens())

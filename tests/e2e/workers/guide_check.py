@@ -30,6 +30,10 @@ def main():
                 table, _, model = a.paper.partition(":")
                 assert model in PAPER[table], a.paper
             assert all("=" in r for r in a.run), a.run
+    elif name == "eval_lm_loss.py":
+        load(os.path.join(REPO, "tools", name)).build_parser().parse_args(argv)
+    elif name == "eval_representations.py":
+        load(os.path.join(REPO, "tools", name)).parse_args(argv)
     elif name == "plot_run.py":
         a = load(os.path.join(REPO, "tools", name)).parse_args(argv)
         if a.labels:
