@@ -57,16 +57,17 @@ def _e(x):
 
 
 def markdown(records):
-    head = ("| config | total params | active params | NTP FLOPs/token | NITP adds | overhead "
-            "| attn scores (not in NTP) | PP target carry |")
-    rows = [head, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    head = ("| config | total params | active params | NTP FLOPs/token | of which MTP | NITP adds "
+            "| overhead | attn scores (not in NTP) | PP target carry |")
+    rows = [head, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in records:
         b = r.get("pipeline_carry_boundaries")
         carry = ("-" if not b else
                  f"{b} boundaries x {r['pipeline_carry_bytes_per_token_per_boundary']} B/token")
         rows.append(
             f"| {r['name']} | {_e(r.get('total_params'))} | {_e(r.get('active_params'))} "
-            f"| {_e(r['baseline_flops_per_token'])} | {_e(r['nitp_flops_per_token'])} "
+            f"| {_e(r['baseline_flops_per_token'])} | {_e(r.get('mtp_flops_per_token') or None)} "
+            f"| {_e(r['nitp_flops_per_token'])} "
             f"| {r['overhead_pct']:.2f}% | {_e(r.get('attention_score_flops_per_token'))} "
             f"| {carry} |")
     return "\n".join(rows)

@@ -13,6 +13,15 @@ attention score matmuls (12 s d per layer, no causal skipping) are reported sepa
 not in the headline, which is the paper-comparable number. Model FLOPs: activation recompute is
 not counted (it is hardware FLOPs, not model FLOPs).
 
+MTP (--mtp-num-layers, DeepSeek-V3; models/mtp.py) is part of the run without NITP, so each MTP
+layer is in the baseline (as in Megatron-LM's FLOPs count) and reported on its own too:
+  eh_proj (2d -> d, no bias)                      6 x 2 d^2
+  one transformer layer built like the last decoder layer (its attention projections and its
+  dense MLP, or shared + top-k routed experts)    6 x their parameters
+  the shared output layer's logits                6 V d
+enorm/hnorm/final norm are norms (not counted); its embedding is a lookup; its router and
+attention scores join the separately reported terms.
+
 NITP adds the head P (3 mult d^2 parameters -> 72 d^2 at mult 4; 96 d^2 with head recompute,
 whose forward runs twice) and the loss (~6 d operations forward, x3 with backward -> 18 d; every
 loss type is O(d) per token, so the paper's cosine estimate is used for all). The target needs no
@@ -22,6 +31,7 @@ next to the hidden state on every stage boundary (megatron_nitp/parallel/pipelin
 communication volume, reported in bytes, not FLOPs.
 """
 
+from megatron_nitp.models.layer_pattern import moe_layer_pattern
 from megatron_nitp.models.param_count import count_parameters, get_arg, nitp_uses_head
 from megatron_nitp.nitp.config import default_target_layer
 
@@ -63,13 +73,26 @@ def nitp_head_flops(args):
     return (8 if get_arg(args, "nitp_head_recompute", False) else 6) * nitp_head_params(args)
 
 
+def mtp_layer_matmul_params(args, counts):
+    """(matmul parameters a token passes through in one MTP layer, excluding the output layer;
+    its router parameters). The layer is built like the last decoder layer (models/mtp.py)."""
+    d, L = get_arg(args, "hidden_size"), get_arg(args, "num_layers")
+    attention = counts["attention"] // L
+    if counts["num_moe_layers"] and moe_layer_pattern(get_arg(args, "moe_layer_freq", 1), L)[-1]:
+        n = counts["num_moe_layers"]
+        mlp = (counts["shared_experts"] + counts["routed_experts_active"]) // n
+        return 2 * d * d + attention + mlp, counts["router"] // n
+    return 2 * d * d + attention + counts["dense_mlp"] // counts["num_dense_layers"], 0
+
+
 def training_flops_per_token(args) -> dict:
     """Per-token training FLOPs of `args` (a parse_args Namespace or a dict of dest names).
 
-    Returns baseline_flops_per_token (NTP), nitp_flops_per_token (what NITP adds; computed
-    whether or not args.nitp is set, so a config can be compared with its own baseline),
-    overhead_pct, and the parts: attention_proj, mlp, output_layer, router (not in the
-    baseline), attention_score (not in the baseline), nitp_head, nitp_loss, and the pipeline
+    Returns baseline_flops_per_token (the run without NITP: NTP, plus the MTP layers when
+    --mtp-num-layers), nitp_flops_per_token (what NITP adds; computed whether or not args.nitp
+    is set, so a config can be compared with its own baseline), overhead_pct, and the parts:
+    attention_proj, mlp, output_layer, mtp (in the baseline), router (not in the baseline),
+    attention_score (not in the baseline), nitp_head, nitp_loss, and the pipeline
     carry of the target: pipeline_carry_boundaries, pipeline_carry_bytes_per_token_per_boundary
     (forward; the same again backward, since the gradient buffer has the doubled shape too) and
     pipeline_carry_bytes_per_microbatch_per_boundary.
@@ -89,7 +112,10 @@ def training_flops_per_token(args) -> dict:
     attention_proj = 6 * c["attention"]
     mlp = 6 * (c["dense_mlp"] + c["shared_experts"] + c["routed_experts_active"])
     output_layer = 6 * c["padded_vocab_size"] * d
-    baseline = attention_proj + mlp + output_layer
+    n_mtp = get_arg(args, "mtp_num_layers", 0)
+    mtp_matmul, mtp_router = mtp_layer_matmul_params(args, c) if n_mtp else (0, 0)
+    mtp = n_mtp * (6 * mtp_matmul + output_layer)
+    baseline = attention_proj + mlp + output_layer + mtp
 
     head = nitp_head_flops(args)
     loss = 18 * d
@@ -109,8 +135,9 @@ def training_flops_per_token(args) -> dict:
         "attention_proj_flops_per_token": attention_proj,
         "mlp_flops_per_token": mlp,
         "output_layer_flops_per_token": output_layer,
-        "router_flops_per_token": 6 * c["router"],
-        "attention_score_flops_per_token": 6 * L * s * nh * (qk_dim + v_dim),
+        "mtp_flops_per_token": mtp,
+        "router_flops_per_token": 6 * (c["router"] + n_mtp * mtp_router),
+        "attention_score_flops_per_token": 6 * (L + n_mtp) * s * nh * (qk_dim + v_dim),
         "nitp_head_flops_per_token": head,
         "nitp_loss_flops_per_token": loss,
         "pipeline_carry_boundaries": boundaries,

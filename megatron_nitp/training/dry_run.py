@@ -4,8 +4,9 @@ Validation has run (the same checks as a real start, with the layer implementati
 the GPU run's when Transformer Engine is not importable here). The dry run needs no GPU, no
 Transformer Engine and no data or tokenizer files: what a real run will need that is not here
 is listed as "needs ... at run time", not refused. It prints the parameter counts (the same
-megatron-core model a run builds, padded vocabulary included), the parallel plan, and a per-rank
-memory estimate in the manner of Megatron-LM's theoretical memory report plus the NITP head's.
+megatron-core model a run builds, padded vocabulary included), the training FLOPs per token (App.
+G, nitp/flops.py), the parallel plan, and a per-rank memory estimate in the manner of
+Megatron-LM's theoretical memory report plus the NITP head's.
 """
 
 import os
@@ -14,6 +15,7 @@ from ..models.memory_estimate import layout_parameters, memory_estimate, report_
 from ..models.param_count import count_parameters, padded_vocab_size
 from ..models.moe_parallel import expert_tensor_parallel_size, moe_parallel_run_needs
 from ..models.pipeline_layout import chunk_layer_counts
+from ..nitp.flops import training_flops_per_token
 from .output_paths import DIRECTORIES, FILES, probe
 from .validation import ConfigError
 
@@ -105,6 +107,15 @@ def dry_run_counts(args, needs=None):
     return count_parameters(args), assumption
 
 
+def flops_line(args):
+    f = training_flops_per_token(args)
+    mtp = f["mtp_flops_per_token"]
+    return (f"training FLOPs/token (App. G, matmuls): NTP {f['baseline_flops_per_token']:.4g}"
+            + (f" incl. MTP {mtp:.4g}" if mtp else "")
+            + f", NITP adds {f['nitp_flops_per_token']:.4g} ({f['overhead_pct']:.2f}%)"
+            + f"; attention scores {f['attention_score_flops_per_token']:.4g} not included")
+
+
 def dry_run(args, nitp_config, log=print):
     needs = list(getattr(args, "run_time_needs", ())) + moe_parallel_run_needs(args)
     counts, assumption = dry_run_counts(args, needs)
@@ -117,6 +128,7 @@ def dry_run(args, nitp_config, log=print):
         + f"; padded vocabulary {args.padded_vocab_size}")
     if assumption:
         log(f"note: {assumption}")
+    log(flops_line(args))
     log(f"parallel plan: TP {args.tensor_model_parallel_size} x PP "
         f"{args.pipeline_model_parallel_size} x CP {args.context_parallel_size} x DP {dp}"
         f" (EP {args.expert_model_parallel_size}"

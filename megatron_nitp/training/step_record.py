@@ -11,9 +11,9 @@ from ..models.mtp import mtp_loss_names
 
 
 def throughput_tflops(args, nitp_enabled, seconds, world_size):
-    """Model TFLOP/s per device: nitp/flops.py's training FLOPs per token (matmuls incl. the
-    attention scores, plus NITP's head and loss when on; recompute not counted) x the step's
-    tokens / (step time x devices)."""
+    """Model TFLOP/s per device: nitp/flops.py's training FLOPs per token (matmuls incl. the MTP
+    layers and the attention scores, plus NITP's head and loss when on; recompute not counted) x
+    the step's tokens / (step time x devices)."""
     from ..nitp.flops import training_flops_per_token
 
     f = training_flops_per_token(args)

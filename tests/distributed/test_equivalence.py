@@ -20,7 +20,9 @@ TWO = ["tp2", "tp2_sp", "pp2_k_on_stage0", "pp2_k_on_last_stage", "pp2_vpp2",
        "mla_pp2", "moe_sig_tp2_sp",
        # MTP next to NITP (models/mtp.py) and uneven pipelines (models/pipeline_layout.py)
        "mtp_tp2_sp", "mtp_pp2", "mtp_dp2_distributed_optimizer", "mtp_pp2_layout",
-       "pp2_first1_k3", "pp2_last1_k3", "pp2_last1_k1", "pp2_vstages2_k3", "pp2_layout_vpp"]
+       "pp2_first1_k3", "pp2_last1_k3", "pp2_last1_k1", "pp2_vstages2_k3", "pp2_layout_vpp",
+       # DeepSeek-V3-like MoE with MTP: EP2, uneven PP2
+       "dsv3_mtp_ep2", "dsv3_mtp_pp2_first1"]
 # expert-TP 1 under TP2 with EP2; EP2 x expert-TP 2 at TP1; DeepSeek-V3-like at EP2 x PP2
 FOUR = ["tp2_pp2_sp", "moe_ep2_pp2", "moe_sig_ep2_tp2_etp1", "moe_sig_ep2_etp2", "dsv3_ep2_pp2"]
 
@@ -40,14 +42,25 @@ def _torchrun(n, *args):
             f"--nproc_per_node={n}", WORKER, *args]
 
 
+def _selected_layouts(session):
+    """The layouts of this module's selected tests (`pytest -k dsv3_mtp` runs only those)."""
+    params = [getattr(item, "callspec", None) for item in session.items
+              if item.module.__name__ == __name__]
+    return {c.params["layout"] for c in params if c is not None and "layout" in c.params}
+
+
 @pytest.fixture(scope="module")
-def results(tmp_path_factory):
+def results(request, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("equivalence"))
-    _run([sys.executable, WORKER, "reference", "--out", out], 300)
-    _run(_torchrun(2, "parallel", "--out", out, "--layouts", ",".join(TWO)), 600)
-    _run(_torchrun(4, "parallel", "--out", out, "--layouts", ",".join(FOUR)), 600)
+    wanted = _selected_layouts(request.session)
+    two, four = [n for n in TWO if n in wanted], [n for n in FOUR if n in wanted]
+    _run([sys.executable, WORKER, "reference", "--out", out, "--layouts",
+          ",".join(two + four)], 300)
+    for n, names in ((2, two), (4, four)):
+        if names:
+            _run(_torchrun(n, "parallel", "--out", out, "--layouts", ",".join(names)), 600)
     stdout = _run([sys.executable, WORKER, "compare", "--out", out, "--layouts",
-                   ",".join(TWO + FOUR)], 300)
+                   ",".join(two + four)], 300)
     line = [l for l in stdout.splitlines() if l.startswith("EQUIVALENCE_RESULTS ")][-1]
     return json.loads(line.split(" ", 1)[1])
 
@@ -62,17 +75,20 @@ def test_layout_matches_single_process(results, layout):
 
 
 @pytest.mark.parametrize("layout", ["dsv3_ep2", "dsv3_dp2", "dsv3_ep2_pp2", "moe_sig_tp2_sp",
-                                    "moe_sig_ep2_tp2_etp1", "moe_sig_ep2_etp2"])
+                                    "moe_sig_ep2_tp2_etp1", "moe_sig_ep2_etp2", "dsv3_mtp_ep2",
+                                    "dsv3_mtp_pp2_first1"])
 def test_expert_bias_updated_and_equal_to_single_process(results, layout):
     # compare asserted each router's expert_bias equals the single-process one after the step
     # (megatron-core updates it in finalize_model_grads); here: every MoE layer's bias moved.
     biases = results["_expert_bias"][layout]
-    assert len(biases) == 3  # layers 2-4 are MoE
+    mtp = [b for b in biases if b.startswith("mtp.")]
+    assert len(biases) - len(mtp) == 3  # layers 2-4 are MoE
+    assert len(mtp) == (1 if "mtp" in layout else 0)  # the MTP layer is built like layer 4
     assert all(any(v != 0 for v in b) for b in biases.values())
 
 
 @pytest.mark.parametrize("layout", ["mtp_tp2_sp", "mtp_pp2", "mtp_dp2_distributed_optimizer",
-                                    "mtp_pp2_layout"])
+                                    "mtp_pp2_layout", "dsv3_mtp_ep2", "dsv3_mtp_pp2_first1"])
 def test_mtp_loss_reported_and_equal_to_single_process(results, layout):
     # compare asserted "mtp_1 loss" equals the single-process one; the MTP layers' gradients are
     # among the parameters compared. Here: the MTP loss is a real cross-entropy (about ln 128).
@@ -84,6 +100,7 @@ BUILT = {
     "mtp_pp2": [[dict(decoder=[1, 2], mtp=0)], [dict(decoder=[3, 4], mtp=1)]],
     "mtp_pp2_layout": [[dict(decoder=[1], mtp=0)], [dict(decoder=[2, 3, 4], mtp=1)]],
     "pp2_first1_k3": [[dict(decoder=[1], mtp=0)], [dict(decoder=[2, 3, 4], mtp=0)]],
+    "dsv3_mtp_pp2_first1": [[dict(decoder=[1], mtp=0)], [dict(decoder=[2, 3, 4], mtp=1)]],
     "pp2_last1_k3": [[dict(decoder=[1, 2, 3], mtp=0)], [dict(decoder=[4], mtp=0)]],
     "pp2_last1_k1": [[dict(decoder=[1, 2, 3], mtp=0)], [dict(decoder=[4], mtp=0)]],
     "pp2_vstages2_k3": [[dict(decoder=[1], mtp=0), dict(decoder=[3], mtp=0)],

@@ -14,8 +14,11 @@ def test_family_dry_runs_print_counts_and_expert_tp(monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "8")
     assert pretrain("moe", ["--config", DSV2_LITE, "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "parameters: total 15.706B, active 2.661B" in out
-    assert "(EP 8, expert-TP 1, VPP chunk None)" in out
+    assert "parameters: total 15.706B (15,706,484,224), active 2.661B" in out
+    assert "(EP 8, expert-TP 1, VPP chunk None;" in out
+    assert "training FLOPs/token (App. G, matmuls): NTP " in out and "incl. MTP" not in out
+    assert pretrain("moe", ["--config", DSV2_LITE, "--dry-run", "--mtp-num-layers", "1"]) == 0
+    assert " incl. MTP " in capsys.readouterr().out
     monkeypatch.setenv("WORLD_SIZE", "16")
     assert pretrain("gpt", ["--config", QWEN3, "--dry-run"]) == 0
     out = capsys.readouterr().out

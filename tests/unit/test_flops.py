@@ -124,3 +124,70 @@ def test_pipeline_carry_follows_uneven_splits(extra, k, counts, boundaries):
                        "--nitp-target-layer", str(k), *extra])
     assert chunk_layer_counts(args) == counts
     assert training_flops_per_token(args)["pipeline_carry_boundaries"] == boundaries
+
+
+# MTP (--mtp-num-layers): each MTP layer = eh_proj (2d -> d) + one layer built like the last
+# decoder layer + the shared output layer's logits, in the baseline. Expected numbers below are
+# written out from the tiny shapes, not from param_count.
+TINY = ["--num-layers", "4", "--hidden-size", "32", "--ffn-hidden-size", "64",
+        "--num-attention-heads", "4", "--group-query-attention", "--num-query-groups", "2",
+        "--seq-length", "16", "--vocab-size", "128", "--make-vocab-size-divisible-by", "1",
+        "--nitp"]
+TINY_DSV3 = ["--num-layers", "4", "--hidden-size", "32", "--ffn-hidden-size", "64",
+             "--num-attention-heads", "4", "--seq-length", "16", "--vocab-size", "128",
+             "--make-vocab-size-divisible-by", "1", "--untie-embeddings-and-output-weights",
+             "--nitp", "--multi-latent-attention", "--q-lora-rank", "16", "--kv-lora-rank", "16",
+             "--qk-head-dim", "8", "--qk-pos-emb-head-dim", "4", "--v-head-dim", "8",
+             "--num-experts", "4", "--moe-router-topk", "2", "--moe-ffn-hidden-size", "32",
+             "--moe-shared-expert-intermediate-size", "32", "--moe-layer-freq", "[0,1,1,1]"]
+
+
+def test_mtp_layers_in_the_flops_of_a_tiny_dense_model():
+    d, V, s = 32, 128, 16
+    attention = d * d + 2 * (2 * 8) * d + d * d  # q, k+v of 2 groups x head dim 8, o
+    mlp = 2 * 64 * d + d * 64  # SwiGLU fc1, fc2
+    backbone = 6 * 4 * (attention + mlp) + 6 * V * d
+    mtp_layer = 6 * (2 * d * d + attention + mlp) + 6 * V * d
+    assert mtp_layer == 92160
+    plain = training_flops_per_token(parse_args(TINY))
+    assert plain["baseline_flops_per_token"] == backbone and plain["mtp_flops_per_token"] == 0
+    r = training_flops_per_token(parse_args(TINY + ["--mtp-num-layers", "2"]))
+    assert r["mtp_flops_per_token"] == 2 * mtp_layer
+    assert r["baseline_flops_per_token"] == backbone + 2 * mtp_layer
+    assert r["attention_score_flops_per_token"] == 6 * (4 + 2) * s * 4 * (8 + 8)
+    assert r["router_flops_per_token"] == 0
+    # NITP's part does not change; its overhead is relative to the run with MTP.
+    assert r["nitp_flops_per_token"] == plain["nitp_flops_per_token"] == 72 * d * d + 18 * d
+    assert r["overhead_pct"] == pytest.approx(
+        100 * (72 * d * d + 18 * d) / (backbone + 2 * mtp_layer))
+
+
+def test_mtp_layer_of_a_tiny_deepseek_v3_like_moe_is_an_mla_moe_layer():
+    d, V, s = 32, 128, 16
+    mla = (d * 16 + 4 * (8 + 4) * 16  # q down, q up (nope + rope per head)
+           + (16 + 4) * d + 4 * (8 + 8) * 16  # kv down (latent + shared rope key), kv up
+           + d * 4 * 8)  # o
+    expert = 2 * 32 * d + d * 32
+    moe_active = expert + 2 * expert  # shared expert + top-2 of 4 routed
+    dense = 2 * 64 * d + d * 64
+    backbone = 6 * (4 * mla + dense + 3 * moe_active) + 6 * V * d
+    mtp_layer = 6 * (2 * d * d + mla + moe_active) + 6 * V * d  # built like layer 4 (MoE)
+    r = training_flops_per_token(parse_args(TINY_DSV3 + ["--mtp-num-layers", "1"]))
+    assert r["mtp_flops_per_token"] == mtp_layer == 115968
+    assert r["baseline_flops_per_token"] == backbone + mtp_layer
+    assert r["router_flops_per_token"] == 6 * (3 + 1) * 4 * d
+    assert r["attention_score_flops_per_token"] == 6 * (4 + 1) * s * 4 * ((8 + 4) + 8)
+
+
+def test_mtp_in_the_flops_report_and_the_dry_run():
+    from megatron_nitp.training.dry_run import flops_line
+
+    from tests.helpers import SUITE_MODEL_FLAGS  # the tool parses with the project's defaults
+
+    line = run_report(*SUITE_MODEL_FLAGS, *TINY, "--mtp-num-layers", "2").strip().splitlines()[2]
+    assert line.startswith("| command line | ") and "| 4.3e+05 | 1.84e+05 |" in line
+    line = run_report(*SUITE_MODEL_FLAGS, *TINY).strip().splitlines()[2]
+    assert "| 2.46e+05 | - |" in line  # no MTP
+    args = parse_args(TINY + ["--mtp-num-layers", "2"])
+    assert "NTP 4.301e+05 incl. MTP 1.843e+05" in flops_line(args)
+    assert "incl. MTP" not in flops_line(parse_args(TINY))

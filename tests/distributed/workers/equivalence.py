@@ -76,6 +76,10 @@ MODELS = {
                        "--swiglu", "--disable-bias-linear", "--attention-dropout", "0",
                        "--hidden-dropout", "0"]),
 }
+# DeepSeek-V3-like MoE with its MTP layer (built like the last decoder layer: MLA + MoE).
+MODELS["dsv3_mtp"] = dict(MODELS["dsv3"],
+                          extra=MODELS["dsv3"]["extra"] + ["--mtp-num-layers", "1",
+                                                           "--mtp-loss-scaling-factor", "0.3"])
 
 # name: (nproc, layout). k = NITP target layer (global, 1-based).
 LAYOUTS = {
@@ -115,6 +119,10 @@ LAYOUTS = {
     "moe_sig_ep2_tp2_etp1": (4, dict(model="moe_sig", tp=2, sp=True, ep=2, etp=1, k=1)),
     "moe_sig_ep2_etp2": (4, dict(model="moe_sig", ep=2, etp=2, k=1)),  # EP2 x expert-TP2, TP1
     "dsv3_ep2_pp2": (4, dict(model="dsv3", ep=2, pp=2, k=1)),
+    # DeepSeek-V3-like with MTP: at EP2, and at uneven PP2 (stage 0 the dense layer 1 = k, z
+    # carried to stage 1's MoE layers 2-4 and the MTP layer).
+    "dsv3_mtp_ep2": (2, dict(model="dsv3_mtp", ep=2, k=1)),
+    "dsv3_mtp_pp2_first1": (2, dict(model="dsv3_mtp", pp=2, first=1, k=1)),
     "tp2_pp2_sp": (4, dict(model="dense", tp=2, pp=2, sp=True, k=1)),
     "moe_ep2_pp2": (4, dict(model="moe", ep=2, pp=2, k=1)),
 }
@@ -271,15 +279,16 @@ def run_step(s):
     return result.losses
 
 
-def phase_reference(out):
+def phase_reference(out, names=()):
+    """names: only what these layouts need (all layouts when empty)."""
     from megatron.core import dist_checkpointing
     from megatron_nitp.parallel.distributed import destroy_distributed_model_parallel
 
     refs = {}
     needed = {}
-    for _, layout in LAYOUTS.values():
+    for _, layout in (LAYOUTS[n] for n in names) if names else LAYOUTS.values():
         needed.setdefault(reference_key(layout), dict(layout))
-    for model in MODELS:
+    for model in sorted({layout["model"] for layout in needed.values()}):
         s = setup(dict(model=model, k=1))
         path = os.path.join(out, f"weights_{model}")
         os.makedirs(path, exist_ok=True)
@@ -390,7 +399,7 @@ if __name__ == "__main__":
     a = p.parse_args()
     names = [n for n in a.layouts.split(",") if n]
     if a.phase == "reference":
-        phase_reference(a.out)
+        phase_reference(a.out, names)
     elif a.phase == "parallel":
         phase_parallel(a.out, names)
     else:
