@@ -1,6 +1,8 @@
 """Checkpoint conversion between megatron-nitp (megatron-core dist checkpoints) and Hugging Face.
 
-hf_mapping: tensor names and layouts, both directions (pure torch, no process groups).
+hf_mapping: tensor names and layouts, both directions (pure torch, no process groups);
+            hf_deepseek the same for multi-latent attention (DeepseekV3).
+tensor_map: the rules a mapping is written in, once, and the walk that reads them either way.
 hf_export:  a megatron-nitp checkpoint -> a transformers directory (+ optional NITP head files).
 hf_import:  a transformers directory -> a megatron-nitp model-only ("release") checkpoint.
 hf_tokenizer: the run's tokenizer as files `AutoTokenizer` loads.

@@ -21,11 +21,13 @@ What does not map is refused by `deepseek_problems` (one line per flag); importi
 bias on (DeepSeek-V3's aux-loss-free balancing; the exported bias is its starting value).
 """
 
-from typing import Dict, List
+from dataclasses import dataclass
+from typing import List
 
 import torch
 
 from . import ConversionError
+from .tensor_map import Experts, Rename, Tensors, rules_for, swiglu_mlp
 
 # transformers builds the latent norms with RMSNorm's default eps (DeepseekV3RMSNorm(dim)).
 HF_LATENT_NORM_EPS = 1e-6
@@ -103,40 +105,50 @@ def deepseek_config_kwargs(s) -> dict:
         routed_scaling_factor=float(r.get("scaling_factor") or 1.0), num_mtp_layers=0)
 
 
-def mla_attention_to_hf(take, m: str, h: str, s) -> Dict[str, torch.Tensor]:
-    a, o = m + "self_attention.", h + "self_attn."
-    out = {}
-    if s.mla["q_lora_rank"]:
-        out[o + "q_a_proj.weight"] = take(a + "linear_q_down_proj.weight")
-        out[o + "q_a_layernorm.weight"] = take(a + "q_layernorm.weight")
-        out[o + "q_b_proj.weight"] = take(a + "linear_q_up_proj.weight")
-    else:
-        out[o + "q_proj.weight"] = take(a + "linear_q_proj.weight")
-    out[o + "kv_a_proj_with_mqa.weight"] = take(a + "linear_kv_down_proj.weight")
-    out[o + "kv_a_layernorm.weight"] = take(a + "kv_layernorm.weight")
-    out[o + "kv_b_proj.weight"] = take(a + "linear_kv_up_proj.weight")
-    out[o + "o_proj.weight"] = take(a + "linear_proj.weight")
-    return out
+# -- tensors (tensor_map: one table, both directions) -----------------------------------------
+
+_Q_LORA = [("linear_q_down_proj.weight", "q_a_proj.weight"),
+           ("q_layernorm.weight", "q_a_layernorm.weight"),
+           ("linear_q_up_proj.weight", "q_b_proj.weight")]
+_Q_FULL = [("linear_q_proj.weight", "q_proj.weight")]  # without --q-lora-rank
+_KV_AND_OUT = [("linear_kv_down_proj.weight", "kv_a_proj_with_mqa.weight"),
+               ("kv_layernorm.weight", "kv_a_layernorm.weight"),
+               ("linear_kv_up_proj.weight", "kv_b_proj.weight"),
+               ("linear_proj.weight", "o_proj.weight")]
 
 
-def deepseek_moe_to_hf(take, has, m: str, h: str, s, gate_up) -> Dict[str, torch.Tensor]:
-    router = take(m + "router.weight")
-    bias_name = m + "router.expert_bias"
-    out = {h + "gate.weight": router,
-           h + "gate.e_score_correction_bias": (take(bias_name) if has(bias_name)
-                                                else torch.zeros(s.num_experts, dtype=router.dtype))}
-    for e in range(s.num_experts):
-        g, u = gate_up(take(f"{m}experts.local_experts.{e}.linear_fc1.weight"))
-        out[f"{h}experts.{e}.gate_proj.weight"], out[f"{h}experts.{e}.up_proj.weight"] = g, u
-        out[f"{h}experts.{e}.down_proj.weight"] = take(f"{m}experts.local_experts.{e}.linear_fc2.weight")
-    g, u = gate_up(take(m + "shared_experts.linear_fc1.weight"))
-    out[h + "shared_experts.gate_proj.weight"], out[h + "shared_experts.up_proj.weight"] = g, u
-    out[h + "shared_experts.down_proj.weight"] = take(m + "shared_experts.linear_fc2.weight")
-    return out
+def mla_attention(s, a: str, o: str) -> list:
+    """Every MLA tensor copied as is, under `...self_attention.` / `...self_attn.`."""
+    return rules_for((_Q_LORA if s.mla["q_lora_rank"] else _Q_FULL) + _KV_AND_OUT, a, o)
 
 
+@dataclass(frozen=True)
+class ExpertBias:
+    """router.expert_bias = e_score_correction_bias; a run without --moe-router-enable-expert-bias
+    has none and exports zeros (in the router's dtype)."""
+    megatron: str
+    hf: str
+    router: str
+    num_experts: int
 
-# -- HF -> megatron --------------------------------------------------------------------------
+    def to_hf(self, src: Tensors, out: dict) -> None:
+        out[self.hf] = (src.take(self.megatron) if self.megatron in src
+                        else torch.zeros(self.num_experts, dtype=src.take(self.router).dtype))
+
+    def from_hf(self, src: Tensors, out: dict) -> None:
+        out[self.megatron] = src.take(self.hf)
+
+
+def deepseek_moe(s, m: str, h: str) -> list:
+    """A sigmoid-routed MoE layer under `...mlp.`: router (+ bias), experts, shared experts."""
+    return [Rename(m + "router.weight", h + "gate.weight"),
+            ExpertBias(m + "router.expert_bias", h + "gate.e_score_correction_bias",
+                       m + "router.weight", s.num_experts),
+            Experts(m + "experts.", h + "experts.", s.num_experts),
+            *swiglu_mlp(m + "shared_experts.", h + "shared_experts.")]
+
+
+# -- HF config -> megatron ------------------------------------------------------------------
 
 def deepseek_shape_from_hf_config(cfg: dict, shape_cls):
     """ModelShape of a DeepseekV3 config.json, or a one-line ConversionError for what megatron's
@@ -223,40 +235,3 @@ def deepseek_arch_flags(s) -> List[str]:
         if r.get("scaling_factor"):
             flags += ["--moe-router-topk-scaling-factor", r["scaling_factor"]]
     return [str(f) for f in flags]
-
-
-def mla_attention_from_hf(take, m: str, h: str, s) -> Dict[str, torch.Tensor]:
-    a, o = m + "self_attention.", h + "self_attn."
-    sd = {}
-    if s.mla["q_lora_rank"]:
-        sd[a + "linear_q_down_proj.weight"] = take(o + "q_a_proj.weight")
-        sd[a + "q_layernorm.weight"] = take(o + "q_a_layernorm.weight")
-        sd[a + "linear_q_up_proj.weight"] = take(o + "q_b_proj.weight")
-    else:
-        sd[a + "linear_q_proj.weight"] = take(o + "q_proj.weight")
-    sd[a + "linear_kv_down_proj.weight"] = take(o + "kv_a_proj_with_mqa.weight")
-    sd[a + "kv_layernorm.weight"] = take(o + "kv_a_layernorm.weight")
-    sd[a + "linear_kv_up_proj.weight"] = take(o + "kv_b_proj.weight")
-    sd[a + "linear_proj.weight"] = take(o + "o_proj.weight")
-    return sd
-
-
-def deepseek_moe_from_hf(hf, take, m: str, h: str, s) -> Dict[str, torch.Tensor]:
-    sd = {m + "router.weight": take(h + "gate.weight"),
-          m + "router.expert_bias": take(h + "gate.e_score_correction_bias")}
-    fused = h + "experts.gate_up_proj" in hf
-    if fused:
-        gate_up, down = take(h + "experts.gate_up_proj"), take(h + "experts.down_proj")
-    for e in range(s.num_experts):
-        if fused:
-            fc1, fc2 = gate_up[e], down[e]
-        else:
-            fc1 = torch.cat([take(f"{h}experts.{e}.gate_proj.weight"),
-                             take(f"{h}experts.{e}.up_proj.weight")], dim=0)
-            fc2 = take(f"{h}experts.{e}.down_proj.weight")
-        sd[f"{m}experts.local_experts.{e}.linear_fc1.weight"] = fc1.contiguous()
-        sd[f"{m}experts.local_experts.{e}.linear_fc2.weight"] = fc2.contiguous()
-    sd[m + "shared_experts.linear_fc1.weight"] = torch.cat(
-        [take(h + "shared_experts.gate_proj.weight"), take(h + "shared_experts.up_proj.weight")], 0)
-    sd[m + "shared_experts.linear_fc2.weight"] = take(h + "shared_experts.down_proj.weight")
-    return sd

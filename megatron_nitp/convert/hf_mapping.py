@@ -31,9 +31,10 @@ import torch
 
 from . import (DEEPSEEK_V3, LLAMA, MOE_ARCHITECTURES, QWEN2_MOE, QWEN3,  # noqa: F401
                QWEN3_MOE, SUPPORTED, ConversionError, hf_architecture)
-from .hf_deepseek import (deepseek_moe_from_hf, deepseek_moe_to_hf, deepseek_problems,
-                          deepseek_shape_from_hf_config, mla_attention_from_hf,
-                          mla_attention_to_hf, mla_shape_fields)
+from .hf_deepseek import (deepseek_moe, deepseek_problems, deepseek_shape_from_hf_config,
+                          mla_attention, mla_shape_fields)
+from .tensor_map import (FROM_HF, TO_HF, Experts, Rename, Tensors, ZeroOnly, apply, convert,
+                         gate_up, rules_for, swiglu_mlp)
 
 
 @dataclass
@@ -199,6 +200,7 @@ def shape_from_hf_config(cfg: dict) -> ModelShape:
 
 
 # -- tensors ---------------------------------------------------------------------------------
+# Each layer's correspondence is written once, as rules (tensor_map), read in both directions.
 
 def split_qkv(w: torch.Tensor, s: ModelShape):
     per_group = s.num_attention_heads // s.num_query_groups
@@ -218,110 +220,139 @@ def merge_qkv(q, k, v, s: ModelShape) -> torch.Tensor:
     return torch.cat([q, k, v], dim=1).reshape(-1, d).contiguous()
 
 
-def _gate_up(fc1: torch.Tensor):
-    gate, up = fc1.chunk(2, dim=0)
-    return gate.contiguous(), up.contiguous()
+@dataclass
+class QKV:
+    """megatron's per-group linear_qkv = HF q/k/v_proj. Qwen2-MoE's attention has q/k/v biases:
+    exported as zeros (exact); on import any family's must be zero or absent."""
+    qkv: str
+    o: str  # "model.layers.{i}.self_attn."
+    shape: ModelShape
+    zero_biases: bool
+
+    def to_hf(self, src: Tensors, out: dict) -> None:
+        for x, t in zip("qkv", split_qkv(src.take(self.qkv), self.shape)):
+            out[f"{self.o}{x}_proj.weight"] = t
+            if self.zero_biases:
+                out[f"{self.o}{x}_proj.bias"] = torch.zeros(t.shape[0], dtype=t.dtype)
+
+    def from_hf(self, src: Tensors, out: dict) -> None:
+        q, k, v = (src.take(f"{self.o}{x}_proj.weight") for x in "qkv")
+        for x in "qkv":
+            src.zero_or_absent(f"{self.o}{x}_proj.bias", "attention bias")
+        out[self.qkv] = merge_qkv(q, k, v, self.shape)
+
+
+@dataclass(frozen=True)
+class Qwen2SharedExpert:
+    """Qwen2-MoE's shared expert is gated by sigmoid(shared_expert_gate(x)), megatron's is not:
+    the gate is written as zeros and down_proj as 2 x linear_fc2 (exact, see the module
+    docstring). Qwen2-MoE always has one: a model without it gets a width-1 all-zero one."""
+    fc1: str
+    fc2: str
+    gate: str
+    up: str
+    down: str
+    sigmoid_gate: str
+    router: str
+    size: int
+    hidden_size: int
+
+    @classmethod
+    def at(cls, m: str, h: str, size: int = 0, hidden_size: int = 0) -> "Qwen2SharedExpert":
+        """Under `decoder.layers.{i}.mlp.` / `model.layers.{i}.mlp.`."""
+        e = h + "shared_expert."
+        return cls(m + "shared_experts.linear_fc1.weight", m + "shared_experts.linear_fc2.weight",
+                   e + "gate_proj.weight", e + "up_proj.weight", e + "down_proj.weight",
+                   h + "shared_expert_gate.weight", m + "router.weight", size, hidden_size)
+
+    def to_hf(self, src: Tensors, out: dict) -> None:
+        if self.size:
+            gate, up = gate_up(src.take(self.fc1))
+            down = src.take(self.fc2) * 2  # sigmoid(0) = 0.5 undoes it
+        else:  # a width-1 shared expert with zero weights adds 0
+            dtype = src.take(self.router).dtype
+            gate = up = torch.zeros(1, self.hidden_size, dtype=dtype)
+            down = torch.zeros(self.hidden_size, 1, dtype=dtype)
+        out[self.gate], out[self.up], out[self.down] = gate, up, down
+        out[self.sigmoid_gate] = torch.zeros(1, self.hidden_size, dtype=down.dtype)
+
+    def from_hf(self, src: Tensors, out: dict) -> None:
+        src.zero_or_absent(self.sigmoid_gate, "shared_expert_gate (its sigmoid gate has no "
+                           "megatron-nitp counterpart; only the zero gate this tool writes converts)")
+        gate, up, down = src.take(self.gate), src.take(self.up), src.take(self.down)
+        if self.size:
+            out[self.fc1] = torch.cat([gate, up], dim=0)
+            out[self.fc2] = down / 2  # exact: see the module docstring
+        elif torch.count_nonzero(down):
+            module = self.down.rsplit(".", 2)[0]  # model.layers.{i}.mlp.shared_expert
+            raise ConversionError(f"{module}: non-zero weights but no shared expert size")
+
+
+@dataclass
+class OutputLayer:
+    """lm_head; a tied model has none (some tied HF exports still carry the identical head)."""
+    tied: bool
+
+    def to_hf(self, src: Tensors, out: dict) -> None:
+        if not self.tied:
+            out["lm_head.weight"] = src.take("output_layer.weight")
+
+    def from_hf(self, src: Tensors, out: dict) -> None:
+        if not self.tied:
+            out["output_layer.weight"] = src.take("lm_head.weight")
+        elif "lm_head.weight" in src:
+            src.take("lm_head.weight")
+
+
+def _attention(s: ModelShape, a: str, o: str) -> list:
+    rules = [QKV(a + "linear_qkv.weight", o, s, zero_biases=s.architecture == QWEN2_MOE),
+             ZeroOnly(o + "o_proj.bias", "attention bias"),
+             Rename(a + "linear_proj.weight", o + "o_proj.weight")]
+    if s.qk_layernorm:  # Qwen3's q_norm / k_norm
+        rules += rules_for([("q_layernorm.weight", "q_norm.weight"),
+                            ("k_layernorm.weight", "k_norm.weight")], a, o)
+    return rules
+
+
+def _moe(s: ModelShape, m: str, h: str) -> list:
+    rules = [Rename(m + "router.weight", h + "gate.weight"),
+             Experts(m + "experts.", h + "experts.", s.num_experts)]
+    if s.architecture != QWEN3_MOE:  # Qwen3-MoE has no shared expert (shape_from_args refuses one)
+        rules.append(Qwen2SharedExpert.at(m, h, s.shared_expert_size, s.hidden_size))
+    return rules
+
+
+def _layer(s: ModelShape, i: int) -> list:
+    m, h = f"decoder.layers.{i}.", f"model.layers.{i}."
+    a, o = m + "self_attention.", h + "self_attn."
+    rules = [Rename(m + "input_layernorm.weight", h + "input_layernorm.weight")]
+    rules += mla_attention(s, a, o) if s.mla else _attention(s, a, o)
+    rules.append(Rename(m + "pre_mlp_layernorm.weight", h + "post_attention_layernorm.weight"))
+    if s.num_experts and s.moe_layers[i]:
+        rules += deepseek_moe(s, m + "mlp.", h + "mlp.") if s.mla else _moe(s, m + "mlp.", h + "mlp.")
+    else:
+        rules += swiglu_mlp(m + "mlp.", h + "mlp.")
+        if not s.mla:
+            rules += [ZeroOnly(f"{h}mlp.{x}_proj.bias", "MLP bias") for x in ("gate", "up", "down")]
+    return rules
+
+
+def _convert(src: Tensors, direction: str, s: ModelShape, progress) -> Dict[str, torch.Tensor]:
+    return convert(src, direction,
+                   embedding=[Rename("embedding.word_embeddings.weight", "model.embed_tokens.weight")],
+                   layers=(_layer(s, i) for i in range(s.num_layers)),
+                   final=[Rename("decoder.final_layernorm.weight", "model.norm.weight"),
+                          OutputLayer(s.tied)],
+                   progress=progress)
 
 
 def megatron_to_hf(sd: Dict[str, torch.Tensor], s: ModelShape,
                    progress: Optional[Callable[[int], None]] = None) -> Dict[str, torch.Tensor]:
     """HF tensors of a TP1/PP1 megatron state dict (`_extra_state` and NITP keys ignored)."""
-    out = {}
-    used = set()
-
-    def take(name):
-        if name not in sd:
-            raise ConversionError(f"checkpoint has no tensor {name!r}")
-        used.add(name)
-        return sd[name]
-
-    if s.mla:
-        return _deepseek_to_hf(sd, s, take, used, progress)
-
-    out["model.embed_tokens.weight"] = take("embedding.word_embeddings.weight")
-    qwen = s.architecture == QWEN2_MOE
-    for i in range(s.num_layers):
-        m, h = f"decoder.layers.{i}.", f"model.layers.{i}."
-        out[h + "input_layernorm.weight"] = take(m + "input_layernorm.weight")
-        q, k, v = split_qkv(take(m + "self_attention.linear_qkv.weight"), s)
-        for name, t in (("q", q), ("k", k), ("v", v)):
-            out[f"{h}self_attn.{name}_proj.weight"] = t
-            if qwen:  # Qwen2-MoE attention has q/k/v biases: zeros are exact
-                out[f"{h}self_attn.{name}_proj.bias"] = torch.zeros(t.shape[0], dtype=t.dtype)
-        out[h + "self_attn.o_proj.weight"] = take(m + "self_attention.linear_proj.weight")
-        if s.qk_layernorm:
-            out[h + "self_attn.q_norm.weight"] = take(m + "self_attention.q_layernorm.weight")
-            out[h + "self_attn.k_norm.weight"] = take(m + "self_attention.k_layernorm.weight")
-        out[h + "post_attention_layernorm.weight"] = take(m + "pre_mlp_layernorm.weight")
-        if s.num_experts and s.moe_layers[i]:
-            out.update(_moe_to_hf(take, m + "mlp.", h + "mlp.", s))
-        else:
-            gate, up = _gate_up(take(m + "mlp.linear_fc1.weight"))
-            out[h + "mlp.gate_proj.weight"], out[h + "mlp.up_proj.weight"] = gate, up
-            out[h + "mlp.down_proj.weight"] = take(m + "mlp.linear_fc2.weight")
-        if progress:
-            progress(1)
-    out["model.norm.weight"] = take("decoder.final_layernorm.weight")
-    if not s.tied:
-        out["lm_head.weight"] = take("output_layer.weight")
-    leftover = sorted(k for k in sd if k not in used and not k.endswith("_extra_state")
-                      and not k.startswith("nitp_head.") and k != "output_layer.weight")
-    if leftover:
-        raise ConversionError(f"checkpoint tensors with no HF counterpart: {', '.join(leftover[:5])}"
-                              + (" ..." if len(leftover) > 5 else ""))
-    return out
-
-
-def _deepseek_to_hf(sd, s: ModelShape, take, used, progress):
-    """DeepseekV3 names (hf_deepseek) for an MLA model; the embedding, norms, dense MLPs and head
-    are named as in Llama."""
-    out = {"model.embed_tokens.weight": take("embedding.word_embeddings.weight")}
-    for i in range(s.num_layers):
-        m, h = f"decoder.layers.{i}.", f"model.layers.{i}."
-        out[h + "input_layernorm.weight"] = take(m + "input_layernorm.weight")
-        out.update(mla_attention_to_hf(take, m, h, s))
-        out[h + "post_attention_layernorm.weight"] = take(m + "pre_mlp_layernorm.weight")
-        if s.num_experts and s.moe_layers[i]:
-            out.update(deepseek_moe_to_hf(take, lambda n: n in sd, m + "mlp.", h + "mlp.", s,
-                                          _gate_up))
-        else:
-            gate, up = _gate_up(take(m + "mlp.linear_fc1.weight"))
-            out[h + "mlp.gate_proj.weight"], out[h + "mlp.up_proj.weight"] = gate, up
-            out[h + "mlp.down_proj.weight"] = take(m + "mlp.linear_fc2.weight")
-        if progress:
-            progress(1)
-    out["model.norm.weight"] = take("decoder.final_layernorm.weight")
-    if not s.tied:
-        out["lm_head.weight"] = take("output_layer.weight")
-    leftover = sorted(k for k in sd if k not in used and not k.endswith("_extra_state")
-                      and not k.startswith("nitp_head.") and k != "output_layer.weight")
-    if leftover:
-        raise ConversionError(f"checkpoint tensors with no HF counterpart: {', '.join(leftover[:5])}"
-                              + (" ..." if len(leftover) > 5 else ""))
-    return out
-
-
-def _moe_to_hf(take, m, h, s: ModelShape):
-    out = {h + "gate.weight": take(m + "router.weight")}
-    for e in range(s.num_experts):
-        gate, up = _gate_up(take(f"{m}experts.local_experts.{e}.linear_fc1.weight"))
-        out[f"{h}experts.{e}.gate_proj.weight"] = gate
-        out[f"{h}experts.{e}.up_proj.weight"] = up
-        out[f"{h}experts.{e}.down_proj.weight"] = take(f"{m}experts.local_experts.{e}.linear_fc2.weight")
-    if s.architecture == QWEN3_MOE:  # no shared expert (shape_from_args refuses one)
-        return out
-    if s.shared_expert_size:
-        gate, up = _gate_up(take(m + "shared_experts.linear_fc1.weight"))
-        down = take(m + "shared_experts.linear_fc2.weight") * 2  # sigmoid(0) = 0.5 undoes it
-    else:  # Qwen2-MoE always has a shared expert: a width-1 one with zero weights adds 0
-        dtype = take(m + "router.weight").dtype
-        gate = up = torch.zeros(1, s.hidden_size, dtype=dtype)
-        down = torch.zeros(s.hidden_size, 1, dtype=dtype)
-    out[h + "shared_expert.gate_proj.weight"] = gate
-    out[h + "shared_expert.up_proj.weight"] = up
-    out[h + "shared_expert.down_proj.weight"] = down
-    out[h + "shared_expert_gate.weight"] = torch.zeros(1, s.hidden_size, dtype=down.dtype)
-    return out
+    src = Tensors(sd, "checkpoint has no tensor", "checkpoint tensors with no HF counterpart",
+                  ignored=lambda k: (k.endswith("_extra_state") or k.startswith("nitp_head.")
+                                     or k == "output_layer.weight"))
+    return _convert(src, TO_HF, s, progress)
 
 
 def hf_shared_expert_size(s: ModelShape) -> int:
@@ -338,94 +369,9 @@ def hf_to_megatron(hf: Dict[str, torch.Tensor], s: ModelShape,
     in-memory format). Rejects what megatron-nitp's model cannot express: non-zero attention or
     MLP biases, a non-zero shared-expert gate, unexpected tensors.
     """
-    used = set()
-
-    def take(name):
-        if name not in hf:
-            raise ConversionError(f"HF weights have no tensor {name!r}")
-        used.add(name)
-        return hf[name]
-
-    def zero_or_absent(name, what):
-        if name in hf:
-            used.add(name)
-            if torch.count_nonzero(hf[name]):
-                raise ConversionError(f"{name}: non-zero {what} (megatron-nitp models have none)")
-
-    sd = {"embedding.word_embeddings.weight": take("model.embed_tokens.weight")}
-    for i in range(s.num_layers):
-        m, h = f"decoder.layers.{i}.", f"model.layers.{i}."
-        sd[m + "input_layernorm.weight"] = take(h + "input_layernorm.weight")
-        if s.mla:  # DeepseekV3 (hf_deepseek)
-            sd.update(mla_attention_from_hf(take, m, h, s))
-            sd[m + "pre_mlp_layernorm.weight"] = take(h + "post_attention_layernorm.weight")
-            if s.num_experts and s.moe_layers[i]:
-                sd.update(deepseek_moe_from_hf(hf, take, m + "mlp.", h + "mlp.", s))
-            else:
-                sd[m + "mlp.linear_fc1.weight"] = torch.cat(
-                    [take(h + "mlp.gate_proj.weight"), take(h + "mlp.up_proj.weight")], dim=0)
-                sd[m + "mlp.linear_fc2.weight"] = take(h + "mlp.down_proj.weight")
-            if progress:
-                progress(1)
-            continue
-        q, k, v = (take(f"{h}self_attn.{x}_proj.weight") for x in "qkv")
-        for x in "qkv":
-            zero_or_absent(f"{h}self_attn.{x}_proj.bias", "attention bias")
-        zero_or_absent(h + "self_attn.o_proj.bias", "attention bias")
-        sd[m + "self_attention.linear_qkv.weight"] = merge_qkv(q, k, v, s)
-        sd[m + "self_attention.linear_proj.weight"] = take(h + "self_attn.o_proj.weight")
-        if s.qk_layernorm:
-            sd[m + "self_attention.q_layernorm.weight"] = take(h + "self_attn.q_norm.weight")
-            sd[m + "self_attention.k_layernorm.weight"] = take(h + "self_attn.k_norm.weight")
-        sd[m + "pre_mlp_layernorm.weight"] = take(h + "post_attention_layernorm.weight")
-        if s.num_experts and s.moe_layers[i]:
-            sd.update(_moe_from_hf(hf, take, zero_or_absent, m + "mlp.", h + "mlp.", s))
-        else:
-            sd[m + "mlp.linear_fc1.weight"] = torch.cat(
-                [take(h + "mlp.gate_proj.weight"), take(h + "mlp.up_proj.weight")], dim=0)
-            sd[m + "mlp.linear_fc2.weight"] = take(h + "mlp.down_proj.weight")
-            for x in ("gate", "up", "down"):
-                zero_or_absent(f"{h}mlp.{x}_proj.bias", "MLP bias")
-        if progress:
-            progress(1)
-    sd["decoder.final_layernorm.weight"] = take("model.norm.weight")
-    if not s.tied:
-        sd["output_layer.weight"] = take("lm_head.weight")
-    elif "lm_head.weight" in hf:  # some tied exports still carry the (identical) head
-        used.add("lm_head.weight")
-    leftover = sorted(k for k in hf if k not in used and not k.endswith("rotary_emb.inv_freq"))
-    if leftover:
-        raise ConversionError(f"HF tensors megatron-nitp cannot represent: {', '.join(leftover[:5])}"
-                              + (" ..." if len(leftover) > 5 else ""))
-    return sd
-
-
-def _moe_from_hf(hf, take, zero_or_absent, m, h, s: ModelShape):
-    sd = {m + "router.weight": take(h + "gate.weight")}
-    fused = h + "experts.gate_up_proj" in hf
-    if fused:
-        gate_up, down = take(h + "experts.gate_up_proj"), take(h + "experts.down_proj")
-    for e in range(s.num_experts):
-        if fused:
-            fc1, fc2 = gate_up[e], down[e]  # gate_up rows: [gate; up], like megatron's fc1
-        else:
-            fc1 = torch.cat([take(f"{h}experts.{e}.gate_proj.weight"),
-                             take(f"{h}experts.{e}.up_proj.weight")], dim=0)
-            fc2 = take(f"{h}experts.{e}.down_proj.weight")
-        sd[f"{m}experts.local_experts.{e}.linear_fc1.weight"] = fc1.contiguous()
-        sd[f"{m}experts.local_experts.{e}.linear_fc2.weight"] = fc2.contiguous()
-    if s.architecture == QWEN3_MOE:
-        return sd
-    zero_or_absent(h + "shared_expert_gate.weight", "shared_expert_gate (its sigmoid gate has no "
-                   "megatron-nitp counterpart; only the zero gate this tool writes converts)")
-    gate, up = take(h + "shared_expert.gate_proj.weight"), take(h + "shared_expert.up_proj.weight")
-    down = take(h + "shared_expert.down_proj.weight")
-    if s.shared_expert_size:
-        sd[m + "shared_experts.linear_fc1.weight"] = torch.cat([gate, up], dim=0)
-        sd[m + "shared_experts.linear_fc2.weight"] = down / 2  # exact: see the module docstring
-    elif torch.count_nonzero(down):
-        raise ConversionError(f"{h}shared_expert: non-zero weights but no shared expert size")
-    return sd
+    src = Tensors(hf, "HF weights have no tensor", "HF tensors megatron-nitp cannot represent",
+                  ignored=lambda k: k.endswith("rotary_emb.inv_freq"))
+    return _convert(src, FROM_HF, s, progress)
 
 
 def effective_shared_expert_size(hf: Dict[str, torch.Tensor], s: ModelShape) -> int:
@@ -436,7 +382,7 @@ def effective_shared_expert_size(hf: Dict[str, torch.Tensor], s: ModelShape) -> 
     if s.mla:  # DeepseekV3 always has its shared experts (n_shared_experts > 0 checked)
         return s.shared_expert_size
     for i, is_moe in enumerate(s.moe_layers):
-        name = f"model.layers.{i}.mlp.shared_expert.down_proj.weight"
+        name = Qwen2SharedExpert.at("", f"model.layers.{i}.mlp.").down
         if is_moe and name in hf and torch.count_nonzero(hf[name]):
             return s.shared_expert_size
     return 0
@@ -445,18 +391,15 @@ def effective_shared_expert_size(hf: Dict[str, torch.Tensor], s: ModelShape) -> 
 # -- the NITP head ---------------------------------------------------------------------------
 
 NITP_HEAD_PREFIX = "nitp_head.mlp."
+_NITP_HEAD = swiglu_mlp(NITP_HEAD_PREFIX, "")  # SwiGLU: gate_proj, up_proj, down_proj
 
 
 def nitp_head_to_hf(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    gate, up = _gate_up(sd[NITP_HEAD_PREFIX + "linear_fc1.weight"])
-    return {"gate_proj.weight": gate, "up_proj.weight": up,
-            "down_proj.weight": sd[NITP_HEAD_PREFIX + "linear_fc2.weight"].contiguous()}
+    return apply(_NITP_HEAD, Tensors(sd, "checkpoint has no tensor", ""), TO_HF)
 
 
 def nitp_head_from_hf(t: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    return {NITP_HEAD_PREFIX + "linear_fc1.weight": torch.cat([t["gate_proj.weight"],
-                                                              t["up_proj.weight"]], dim=0),
-            NITP_HEAD_PREFIX + "linear_fc2.weight": t["down_proj.weight"]}
+    return apply(_NITP_HEAD, Tensors(t, "NITP head file has no tensor", ""), FROM_HF)
 
 
 def has_nitp_tensors(names: Iterable[str]) -> bool:

@@ -292,3 +292,57 @@ def test_deepseek_v3_import_refuses_what_megatron_cannot_express(change, message
     s = shape_from_hf_config(DSV3_CFG)
     assert s.moe_layers == [False, True] and s.shared_expert_size == 8
     assert s.routing["scaling_factor"] == 2.5 and s.mla["q_lora_rank"] is None
+
+
+def mla_state(s: ModelShape, expert_bias: bool, seed=0):
+    """Random megatron tensors of an MLA model (mapping-level: shapes need only be consistent)."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *shape: torch.randn(*shape, generator=g)  # noqa: E731
+    sd = {"embedding.word_embeddings.weight": r(VOCAB, D), "decoder.final_layernorm.weight": r(D)}
+    q = (["linear_q_down_proj", "q_layernorm", "linear_q_up_proj"] if s.mla["q_lora_rank"]
+         else ["linear_q_proj"])
+    for i in range(s.num_layers):
+        m = f"decoder.layers.{i}."
+        sd.update({m + "input_layernorm.weight": r(D), m + "pre_mlp_layernorm.weight": r(D)})
+        for name in q + ["linear_kv_down_proj", "kv_layernorm", "linear_kv_up_proj", "linear_proj"]:
+            sd[f"{m}self_attention.{name}.weight"] = r(8, D)
+        if s.moe_layers[i]:
+            sd[m + "mlp.router.weight"] = r(s.num_experts, D)
+            if expert_bias:
+                sd[m + "mlp.router.expert_bias"] = r(s.num_experts)
+            for e in range(s.num_experts):
+                sd[f"{m}mlp.experts.local_experts.{e}.linear_fc1.weight"] = r(16, D)
+                sd[f"{m}mlp.experts.local_experts.{e}.linear_fc2.weight"] = r(D, 8)
+            sd[m + "mlp.shared_experts.linear_fc1.weight"] = r(16, D)
+            sd[m + "mlp.shared_experts.linear_fc2.weight"] = r(D, 8)
+        else:
+            sd[m + "mlp.linear_fc1.weight"] = r(2 * FFN, D)
+            sd[m + "mlp.linear_fc2.weight"] = r(D, FFN)
+    return sd
+
+
+@pytest.mark.parametrize("q_lora_rank", [None, 6])
+def test_deepseek_v3_mapping_both_ways_bit_identical(q_lora_rank):
+    """One rule list serves both directions: export then import gives the checkpoint back, also
+    from transformers 5's fused experts; a run without expert bias exports zeros."""
+    mla = dict(q_lora_rank=q_lora_rank, kv_lora_rank=8, qk_head_dim=4, qk_pos_emb_head_dim=2,
+               v_head_dim=4)
+    s = shape(num_query_groups=HEADS, qk_layernorm=True, mla=mla, num_experts=3,
+              moe_layers=[False, True], moe_ffn_hidden_size=8, shared_expert_size=8, topk=2)
+    sd = mla_state(s, expert_bias=True)
+    hf = megatron_to_hf(sd, s)
+    assert ("model.layers.0.self_attn.q_a_proj.weight" in hf) == bool(q_lora_rank)
+    back = hf_to_megatron(hf, s)
+    assert back.keys() == sd.keys() and all(torch.equal(back[k], sd[k]) for k in sd)
+    h = "model.layers.1.mlp.experts."
+    hf[h + "gate_up_proj"] = torch.stack([torch.cat([hf.pop(f"{h}{e}.gate_proj.weight"),
+                                                     hf.pop(f"{h}{e}.up_proj.weight")])
+                                          for e in range(3)])
+    hf[h + "down_proj"] = torch.stack([hf.pop(f"{h}{e}.down_proj.weight") for e in range(3)])
+    back = hf_to_megatron(hf, s)
+    assert all(torch.equal(back[k], sd[k]) for k in sd)
+    no_bias = megatron_to_hf(mla_state(s, expert_bias=False), s)
+    assert not torch.count_nonzero(no_bias["model.layers.1.mlp.gate.e_score_correction_bias"])
+    sd["decoder.layers.0.self_attention.linear_qkv.weight"] = torch.ones(4, D)
+    with pytest.raises(ConversionError, match="no HF counterpart: decoder.layers.0.self_attention"):
+        megatron_to_hf(sd, s)
