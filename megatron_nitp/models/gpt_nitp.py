@@ -51,6 +51,10 @@ class NITPGPTModel(GPTModel):
             # megatron-core 0.16.1 allocates an output weight on a later MTP stage that nothing
             # reads (the tied weight there is its embedding copy), then refuses to checkpoint it.
             self.output_layer.weight = None
+        if self.mtp_process and not self.pre_process:
+            # The MTP stage's embedding is a copy of the first stage's: --decoupled-lr must
+            # update both alike (megatron-core 0.16.1 marks only the first; later versions both).
+            self.embedding.word_embeddings.weight.is_embedding_or_output_parameter = True
         self.nitp_config = cfg
         self.nitp_head = None
         self._capture = capture

@@ -195,10 +195,10 @@ def _add_training_args(p):
     g.add_argument("--lr-warmup-init", type=float, default=0.0,
                    help="Learning rate at the start of the warmup.")
     g.add_argument("--decoupled-lr", type=float, default=None,
-                   help="Separate lr for the input and output layers: not supported (rejected).")
+                   help="Separate learning rate for the input embedding and output layer.")
     g.add_argument("--decoupled-min-lr", type=float, default=None,
-                   help="Separate min lr for the input and output layers: not supported "
-                        "(rejected).")
+                   help="Minimum learning rate for the input embedding and output layer "
+                        "(with --decoupled-lr).")
     g.add_argument("--lr-wsd-decay-iters", type=int, default=None,
                    help="WSD: length of the final decay phase.")
     g.add_argument("--lr-wsd-decay-style", default="exponential",

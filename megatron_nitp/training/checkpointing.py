@@ -27,6 +27,7 @@ from .checkpoint_io import (
 from .debug import FAULTS
 from .log import info
 from .out_of_space import out_of_space
+from .schedule_resume import group_schedule, keep_group_schedule
 
 SHARDING = "fully_reshardable"
 HEAD_PREFIX = "nitp_head."
@@ -290,7 +291,9 @@ def load_checkpoint(ckpt_dir, chunks, optimizer, scheduler, nitp_config, log=inf
         log("notice: the checkpoint has no NITP head (an NTP run); starting a fresh head and a "
             "fresh optimizer state (the learning-rate schedule continues)")
     if load_optimizer:
+        built = group_schedule(optimizer)
         optimizer.load_state_dict(loaded["optimizer"])
+        keep_group_schedule(optimizer, scheduler, built)
     if continues_schedule(saved, finetune, no_load_optim) and "opt_param_scheduler" in loaded:
         # megatron's scheduler state omits the WSD fields: ours come from the current args.
         scheduler.load_state_dict(loaded["opt_param_scheduler"])

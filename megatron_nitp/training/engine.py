@@ -19,6 +19,7 @@ from ..nitp.config import NITPConfig
 from .arguments import parse_args
 from .checkpoint_io import CheckpointError, iteration_dir, latest_iteration, read_run_config
 from .debug import FAULTS
+from .decoupled_lr import check_decoupled_lr_on_resume
 from .log import get_logger, rank, set_logging_level
 from .output_paths import probe_output_paths
 from .profiling import check_profile_args
@@ -95,6 +96,7 @@ def _check_resume_target(args, vocab_size_known, nitp_config=None, log=None):
         if loads_optimizer_state(run_config, nitp_config) and not (args.finetune
                                                                    or args.no_load_optim):
             check_optimizer_layout(saved, args, args.load)
+            check_decoupled_lr_on_resume(saved, args, args.load)
         if continues_schedule(run_config, args.finetune, args.no_load_optim):
             check_schedule_on_resume(args, iteration_dir(args.load, it), log, saved)
 
@@ -413,9 +415,15 @@ class Trainer:
         self.skipped_since_log += not result.ok
         if not self.logger.due(self.iteration, result.ok, result.metrics):
             return
+        from megatron.core.optimizer_param_scheduler import get_canonical_lr_for_logging
+
+        groups = self.optimizer.param_groups
+        # As Megatron-LM: the lr of the main schedule's groups (not the --decoupled-lr one).
         rec = step_record(self.args, self.nitp.enabled, self.iteration, result, seconds,
-                          self.optimizer.param_groups[0]["lr"], self.consumed,
+                          get_canonical_lr_for_logging(groups), self.consumed,
                           time.time() - run_start, self.model)
+        if self.args.decoupled_lr is not None:  # the embedding/output layers' group
+            rec["decoupled_lr"] = next(g["lr"] for g in groups if not g["default_config"])
         if self.loss_scale() is not None:  # fp16 / --loss-scale, as Megatron-LM logs
             rec.update(loss_scale=self.loss_scale(), overflow=result.overflow,
                        skipped_iterations=self.skipped_since_log)

@@ -41,7 +41,8 @@ RANGES = {
     "lr": AT_LEAST_0, "min_lr": AT_LEAST_0, "lr_warmup_iters": AT_LEAST_0,
     "lr_wsd_decay_iters": AT_LEAST_1, "train_samples": AT_LEAST_1,
     "lr_decay_samples": AT_LEAST_1, "lr_warmup_samples": AT_LEAST_0,
-    "lr_warmup_fraction": FRACTION, "lr_warmup_init": AT_LEAST_0, "weight_decay": AT_LEAST_0,
+    "lr_warmup_fraction": FRACTION, "lr_warmup_init": AT_LEAST_0,
+    "decoupled_lr": AT_LEAST_0, "decoupled_min_lr": AT_LEAST_0, "weight_decay": AT_LEAST_0,
     "adam_beta1": FRACTION, "adam_beta2": FRACTION, "adam_eps": POSITIVE,
     "clip_grad": AT_LEAST_0, "max_bad_steps": AT_LEAST_1,
     # parallelism

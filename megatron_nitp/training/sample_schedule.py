@@ -12,8 +12,6 @@ decay length in either mode. Mixing the two modes' flags is refused, as Megatron
 
 UNSUPPORTED = (
     ("rampup_batch_size", "--rampup-batch-size", "the global batch size is constant"),
-    ("decoupled_lr", "--decoupled-lr", "one learning rate for every layer"),
-    ("decoupled_min_lr", "--decoupled-min-lr", "one learning rate for every layer"),
 )
 
 

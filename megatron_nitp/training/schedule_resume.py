@@ -87,7 +87,27 @@ FROM_SAVED_ARGS = {
     "lr_wsd_decay_iters": "--lr-wsd-decay-iters",
     "lr_wsd_decay_style": "--lr-wsd-decay-style",
     "global_batch_size": "--global-batch-size",
+    # The embedding/output layers' group (training/decoupled_lr.py): its max/min lr live in the
+    # optimizer's param group, not in the scheduler's state.
+    "decoupled_lr": "--decoupled-lr",
+    "decoupled_min_lr": "--decoupled-min-lr",
 }
+
+
+def group_schedule(optimizer):
+    """Each param group's peak and final lr, as built from this run's flags."""
+    return [(g.get("max_lr"), g.get("min_lr")) for g in optimizer.param_groups]
+
+
+def keep_group_schedule(optimizer, scheduler, built):
+    """After `optimizer.load_state_dict`: megatron-core 0.16.1 takes each param group's max_lr and
+    min_lr (which its scheduler anneals) from the checkpoint, so --override-opt_param-scheduler
+    would not change them; the flags' values go back unless --use-checkpoint-opt_param-scheduler.
+    Without either flag a difference was refused before the load (check_schedule_on_resume)."""
+    if scheduler.use_checkpoint_opt_param_scheduler:
+        return
+    for group, (max_lr, min_lr) in zip(optimizer.param_groups, built):
+        group["max_lr"], group["min_lr"] = max_lr, min_lr
 
 
 def check_schedule_on_resume(args, iteration_path: str, log=info, saved_args=None):
@@ -103,9 +123,10 @@ def check_schedule_on_resume(args, iteration_path: str, log=info, saved_args=Non
     listed = "; ".join(f"{name} {saved} in the checkpoint, {mine} from {flags[name]}"
                        for name, saved, mine in diffs)
     if args.use_checkpoint_opt_param_scheduler:
-        # megatron-core restores what its scheduler saved; the WSD settings come from here.
+        # megatron-core restores what its scheduler and param groups saved; the WSD settings
+        # come from here, and the decoupled ones are recorded as the groups hold them.
         for name, saved, _ in diffs:
-            if name.startswith("lr_wsd_"):
+            if name.startswith(("lr_wsd_", "decoupled_")):
                 setattr(args, name, saved)
     if args.override_opt_param_scheduler:
         log(f"notice: resume changes the schedule: {listed}; using the flags' values "

@@ -25,6 +25,7 @@ from ..nitp.loss import nitp_loss_func
 from ..nitp.metrics import GEOMETRY_KEYS, reduce_geometry
 from ..parallel.pipeline import TargetCarrier
 from ..parallel.precision import optimizer_precision_config, uses_grad_scaler
+from .decoupled_lr import optimizer_config_overrides
 from .sample_schedule import scheduler_increment
 from .schedule_resume import scheduler_kwargs
 
@@ -110,6 +111,9 @@ def build_optimizer(args, model_chunks, config):
         optimizer="adam",
         lr=args.lr,
         min_lr=args.min_lr,
+        # The embedding and output layers' own max/min lr (training/decoupled_lr.py).
+        decoupled_lr=args.decoupled_lr,
+        decoupled_min_lr=args.decoupled_min_lr,
         weight_decay=args.weight_decay,
         adam_beta1=args.adam_beta1,
         adam_beta2=args.adam_beta2,
@@ -120,7 +124,8 @@ def build_optimizer(args, model_chunks, config):
         **optimizer_precision_config(args),
         log_num_zeros_in_grad=args.log_num_zeros_in_grad,  # optimizer.step() counts them
     )
-    optimizer = get_megatron_optimizer(opt_config, model_chunks)
+    optimizer = get_megatron_optimizer(opt_config, model_chunks,
+                                       config_overrides=optimizer_config_overrides(opt_config))
     if uses_grad_scaler(args):
         # As Megatron-LM's train(): the schedule multiplies each microbatch loss by the scale
         # before backward; the optimizer unscales (and skips the step on an overflow).

@@ -19,6 +19,7 @@ from .checkpoint_flags import checkpoint_flag_errors, checkpoint_flag_notices
 from .flag_ranges import range_errors
 from .megatron_defaults import deviation_notices, required_errors
 from .megatron_compat import check_megatron_compat
+from .decoupled_lr import decoupled_lr_errors, decoupled_lr_notices
 from .sample_schedule import sample_schedule_errors, schedule_lengths
 
 
@@ -171,6 +172,10 @@ def _validate_schedule(args):
     """megatron's OptimizerParamScheduler asserts these; say it in terms of the flags."""
     for message in sample_schedule_errors(args):  # also sets train_iters from train_samples
         raise ConfigError(message)
+    for message in decoupled_lr_errors(args):
+        raise ConfigError(message)
+    for message in decoupled_lr_notices(args):
+        print(message, flush=True)
     if args.train_samples is not None:
         warmup, decay, _, _ = schedule_lengths(args)
         if warmup >= decay:

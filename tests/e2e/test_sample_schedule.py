@@ -43,7 +43,6 @@ def test_warmup_fraction_in_both_modes(tmp_path):
                                                          "iteration-based"),
     (["--lr-decay-samples", "8"], "error: --lr-decay-samples: needs sample-based training"),
     (["--rampup-batch-size", "2", "2", "8"], "error: --rampup-batch-size: not supported"),
-    (["--decoupled-lr", "1e-4"], "error: --decoupled-lr: not supported"),
 ])
 def test_inconsistent_schedule_flags_are_one_line(flags, message):
     res = run_engine(BASE + flags + ["--dry-run"], expect_code=2)

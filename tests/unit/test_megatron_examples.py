@@ -33,10 +33,7 @@ REFUSED = {
         "--merge-file": ("needs --tokenizer-type", []),
         "--rampup-batch-size": ("batch-size ramp-up, issue #15 item 5", []),
     },
-    "llama3_8b_fp8": {
-        "--decoupled-lr": ("issue #15 item 5", []),
-        "--decoupled-min-lr": ("issue #15 item 5", []),
-    },
+    "llama3_8b_fp8": {},
     "mixtral_8x7b": {},
     "deepseek_v2_lite": {},
     "qwen3_8b": {},
