@@ -12,6 +12,7 @@ import sys
 
 import yaml
 
+from .log import info
 from .config_flags import TRANSFORMER_CONFIG, add_config_flags
 
 
@@ -648,9 +649,8 @@ def _fill_defaults(args, argv=()):
     if not args.group_query_attention:  # Megatron-LM: num_query_groups = heads then
         explicit = getattr(args, "explicit_dests", ())
         if "num_query_groups" in explicit and args.num_query_groups != args.num_attention_heads:
-            print(f"notice: --num-query-groups {args.num_query_groups}: not used without "
-                  "--group-query-attention (one KV head per attention head, as Megatron-LM)",
-                  flush=True)
+            info(f"notice: --num-query-groups {args.num_query_groups}: not used without "
+                 "--group-query-attention (one KV head per attention head, as Megatron-LM)")
         args.num_query_groups = args.num_attention_heads
     # Not divisible: left unset, so that validation names the flags (megatron would floor it).
     if (args.kv_channels is None and args.num_attention_heads and args.hidden_size is not None
@@ -663,8 +663,8 @@ def _fill_defaults(args, argv=()):
 
         args.nitp_target_layer = default_target_layer(args.num_layers)
     if args.split is None and (args.data_path or args.demo_data):
-        print(f"notice: --split not given: using '{LEGACY_SPLIT}' (Megatron-LM's legacy default "
-              "with --data-path)", flush=True)
+        info(f"notice: --split not given: using '{LEGACY_SPLIT}' (Megatron-LM's legacy default "
+             "with --data-path)")
         args.split = LEGACY_SPLIT
     if args.lr_decay_iters is None:
         args.lr_decay_iters = args.train_iters

@@ -8,6 +8,7 @@ import importlib.util
 import math
 import os
 
+from .log import info
 from ..data.data_args import data_args_errors
 from ..errors import UserError
 from ..nitp.config import NITPConfig, NITPConfigError
@@ -49,7 +50,7 @@ def validate_args(args, world_size=None):
     for message in data_args_errors(args):
         raise ConfigError(message)
     for message in checkpoint_flag_notices(args):
-        print(message, flush=True)
+        info(message)
     _validate_shape_and_outputs(args)
     if world_size % (tp * pp * cp) != 0:
         raise ConfigError(
@@ -93,8 +94,8 @@ def validate_args(args, world_size=None):
                 f"a number of microbatches ({num_mb}) divisible by "
                 f"--pipeline-model-parallel-size {pp}")
     if args.sequence_parallel and tp == 1:
-        print("warning: --sequence-parallel has no effect with --tensor-model-parallel-size 1; "
-              "disabled", flush=True)
+        info("warning: --sequence-parallel has no effect with --tensor-model-parallel-size 1; "
+             "disabled")
         args.sequence_parallel = False
     sp_multiple = tp * cp * (2 if cp > 1 else 1)
     if args.sequence_parallel and args.seq_length % sp_multiple != 0:
@@ -175,7 +176,7 @@ def _validate_schedule(args):
     for message in decoupled_lr_errors(args):
         raise ConfigError(message)
     for message in decoupled_lr_notices(args):
-        print(message, flush=True)
+        info(message)
     if args.train_samples is not None:
         warmup, decay, _, _ = schedule_lengths(args)
         if warmup >= decay:
@@ -258,9 +259,9 @@ def _validate_impl(args):
     resolved = dict(transformer_impl=impl, max_position_embeddings=args.max_position_embeddings,
                     tokenizer_type=args.tokenizer_type)
     for message in deviation_notices(args, resolved):
-        print(message, flush=True)
+        info(message)
     for message in moe_parallel_notices(args):
-        print(message, flush=True)
+        info(message)
     for message in option_errors(args, impl):  # models/options.py: family options
         raise ConfigError(message)
     if args.context_parallel_size > 1 and impl == "local":
@@ -299,7 +300,7 @@ def _validate_precision(args, impl, cuda):
     for message in precision_errors(args, impl, cuda):
         raise ConfigError(message)
     for line in precision_notices(args) + (precision_run_needs(args) if args.dry_run else []):
-        print(line, flush=True)
+        info(line)
 
 
 def _validate_exits(args):
@@ -311,5 +312,5 @@ def _validate_exits(args):
     for flag, on in (("--exit-signal-handler", args.exit_signal_handler),
                      ("--exit-duration-in-mins", args.exit_duration_in_mins)):
         if on and not args.save:
-            print(f"warning: {flag} without --save: the run will exit 0 without a checkpoint, "
-                  "so a requeue starts over", flush=True)
+            info(f"warning: {flag} without --save: the run will exit 0 without a checkpoint, "
+                 "so a requeue starts over")
