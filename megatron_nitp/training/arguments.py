@@ -158,8 +158,10 @@ def _add_training_args(p):
     g.add_argument("--train-samples", type=int, default=None,
                    help="Train for this many samples instead of --train-iters (schedules then "
                         "count samples: --lr-warmup-samples, --lr-decay-samples).")
-    g.add_argument("--rampup-batch-size", nargs="*", default=None,
-                   help="Batch-size ramp-up: not supported (rejected).")
+    g.add_argument("--rampup-batch-size", nargs=3, type=int, default=None,
+                   metavar=("START", "INCREMENT", "SAMPLES"),
+                   help="Batch-size ramp-up (with --train-samples): start at START, grow by "
+                        "INCREMENT evenly over SAMPLES consumed samples to --global-batch-size.")
     g.add_argument("--seed", type=int, default=1234, help="Random seed.")
     g.add_argument("--bf16", action="store_true", help="bf16 mixed precision.")
     g.add_argument("--calculate-per-token-loss", action="store_true",

@@ -1,4 +1,5 @@
-"""When the run saves (--save): every --save-interval, before an early stop, and at the end;
+"""When the run saves (--save): every --save-interval, before a --rampup-batch-size step grows
+the batch, before an early stop, and at the end;
 never twice for one iteration."""
 
 
@@ -14,6 +15,11 @@ class Checkpointer:
     def maybe_save(self, iteration: int):
         a = self.args
         if a.save and a.save_interval and iteration % a.save_interval == 0:
+            self._write(iteration)
+
+    def save_before_batch_change(self, iteration: int):
+        """--rampup-batch-size: Megatron-LM saves when the number of microbatches changes."""
+        if self.args.save and self.last_saved != iteration:
             self._write(iteration)
 
     def save_before_stop(self, iteration: int):

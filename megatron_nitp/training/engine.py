@@ -227,7 +227,14 @@ class Trainer:
         self.optimizer, self.scheduler = build_optimizer(a, self.model, self.config)
         self.dp_rank = ps.get_data_parallel_rank()
         self.dp_size = ps.get_data_parallel_world_size()
-        self.num_microbatches = a.global_batch_size // (a.micro_batch_size * self.dp_size)
+        # Evaluation keeps the full global batch (as Megatron-LM); training follows megatron-core's
+        # calculator (constant, or --rampup-batch-size from the consumed samples).
+        self.eval_microbatches = a.global_batch_size // (a.micro_batch_size * self.dp_size)
+        from megatron.core import num_microbatches_calculator as nmb
+
+        nmb.destroy_num_microbatches_calculator()  # in-process runs (tests) build one each
+        nmb.init_num_microbatches_calculator(rank(), a.rampup_batch_size, a.global_batch_size,
+                                             a.micro_batch_size, self.dp_size)
         self.iteration, self.consumed = 0, 0
         if a.load:
             from .checkpointing import load_checkpoint
@@ -240,10 +247,26 @@ class Trainer:
             except CheckpointError as e:
                 _fail(str(e), a.debug)
             self.log(f"resumed from {a.load} at iteration {self.iteration}")
+        self._update_microbatches()
         # After the load: the logs rewind to the iteration this run continues from.
         self.logger = RunLogger(a, enabled=rank() == 0,
                                 start_iteration=self.iteration)
         self._build_data()
+
+    def _update_microbatches(self) -> bool:
+        """The step's microbatches from the consumed samples; True when they changed."""
+        from megatron.core.num_microbatches_calculator import (get_num_microbatches,
+                                                               update_num_microbatches)
+
+        before = getattr(self, "num_microbatches", None)
+        update_num_microbatches(self.consumed, consistency_check=True)
+        self.num_microbatches = get_num_microbatches()
+        return before is not None and self.num_microbatches != before
+
+    @property
+    def global_batch(self) -> int:
+        """This step's global batch (--rampup-batch-size: smaller while it ramps)."""
+        return self.num_microbatches * self.args.micro_batch_size * self.dp_size
 
     def _lock_save_dir(self):
         """Rank 0 takes the --save lock; every rank learns the verdict (launched by srun, no
@@ -264,7 +287,12 @@ class Trainer:
         a = self.args
         gbs = a.global_batch_size
         n_evals = (a.train_iters // a.eval_interval + 1) if a.eval_interval and a.eval_iters else 0
-        sizes = (a.train_iters * gbs, max(n_evals * a.eval_iters * gbs, 1), a.eval_iters * gbs)
+        train = a.train_iters * gbs
+        if a.rampup_batch_size is not None:  # the samples the ramp's plan consumes
+            from .batch_rampup import rampup_plan
+
+            train = rampup_plan(a)[1]
+        sizes = (train, max(n_evals * a.eval_iters * gbs, 1), a.eval_iters * gbs)
         # Every rank calls it: megatron-core builds the index cache on rank 0 first, then loads
         # it on the others (its own barrier).
         train, valid, _ = build_datasets(a.data_path, a.split, a.mock_data, a.seq_length,
@@ -319,7 +347,7 @@ class Trainer:
         from ..nitp.metrics import GeometryProbe
 
         a = self.args
-        return GeometryProbe.for_step(self.iteration, a.seed, a.global_batch_size, a.seq_length,
+        return GeometryProbe.for_step(self.iteration, a.seed, self.global_batch, a.seq_length,
                                       a.micro_batch_size, self.dp_rank, self.dp_size,
                                       a.nitp_metrics_num_pairs)
 
@@ -329,7 +357,7 @@ class Trainer:
         if self.valid_ds is None:
             return {}
         return eval_losses(self.args, self.model, self.config, self.nitp,
-                           self._iters(self.valid_ds, 0), self.num_microbatches, self.iteration,
+                           self._iters(self.valid_ds, 0), self.eval_microbatches, self.iteration,
                            self.args.eval_iters, document_eod=self._document_eod())
 
     # -- loop --------------------------------------------------------------------------------
@@ -378,8 +406,12 @@ class Trainer:
         checkpointer = Checkpointer(a, self._save, self.iteration)
         evaluator = Evaluator(a, self._log_eval)
         profiler = StepProfiler(a, rank())
+        ramp = ""
+        if a.rampup_batch_size is not None:
+            start, increment, samples = a.rampup_batch_size
+            ramp = f" (ramp-up from {start} by {increment} over {samples} samples)"
         self.log(f"training {a.model_family} model: {a.train_iters} iterations, "
-                 f"global batch {a.global_batch_size} x seq {a.seq_length}, "
+                 f"global batch {a.global_batch_size}{ramp} x seq {a.seq_length}, "
                  f"{self.num_microbatches} microbatches/step, NITP "
                  f"{'on' if self.nitp.enabled else 'off'}")
         if FAULTS.notice():
@@ -387,11 +419,16 @@ class Trainer:
         run_start = time.time()
         self.skipped_since_log = 0  # Megatron-LM's 'number of skipped iterations'
         while self.iteration < a.train_iters:
+            if self._update_microbatches():
+                # As Megatron-LM's train(): the state before the batch grows is kept.
+                checkpointer.save_before_batch_change(self.iteration)
+                self.log(f"ramping up the global batch to {self.global_batch} at "
+                         f"{self.consumed} consumed samples")
             profiler.step(self.iteration)
             t0 = time.time()
             result = self._train_step()
             self.iteration += 1
-            self.consumed += a.global_batch_size
+            self.consumed += self.global_batch
             self._log_step(result, time.time() - t0, run_start, start_iteration)
             profiler.after_step(self.iteration)
             stop = stop_policy.after_step(self.iteration, result.ok,
@@ -421,7 +458,7 @@ class Trainer:
         # As Megatron-LM: the lr of the main schedule's groups (not the --decoupled-lr one).
         rec = step_record(self.args, self.nitp.enabled, self.iteration, result, seconds,
                           get_canonical_lr_for_logging(groups), self.consumed,
-                          time.time() - run_start, self.model)
+                          time.time() - run_start, self.model, self.global_batch)
         if self.args.decoupled_lr is not None:  # the embedding/output layers' group
             rec["decoupled_lr"] = next(g["lr"] for g in groups if not g["default_config"])
         if self.loss_scale() is not None:  # fp16 / --loss-scale, as Megatron-LM logs

@@ -58,6 +58,7 @@ class RunLogger:
         self.tb_interval = args.tensorboard_log_interval
         self.timers_to_tb = args.log_timers_to_tensorboard
         self.validation_ppl = args.log_validation_ppl_to_tensorboard
+        self.ramp = getattr(args, "rampup_batch_size", None) is not None  # batch varies
         self.start = time.time()
         self.jsonl = None
         self.tb = None
@@ -164,8 +165,11 @@ class RunLogger:
         done = rec["iteration"] - start_iteration
         elapsed = time.time() - self.start
         eta = elapsed / max(done, 1) * (train_iters - rec["iteration"])
-        parts = [f"iter {rec['iteration']:>6d}/{train_iters}",
-                 f"lm loss {rec['lm_loss']:.4f}"]
+        parts = [f"iter {rec['iteration']:>6d}/{train_iters}"]
+        if self.ramp:  # as Megatron-LM's line: the step's batch and the samples so far
+            parts += [f"consumed samples {rec['consumed_samples']}",
+                      f"global batch size {rec['global_batch_size']}"]
+        parts.append(f"lm loss {rec['lm_loss']:.4f}")
         if rec.get("nitp_loss") is not None:
             parts.append(f"nitp loss {rec['nitp_loss']:.4f}")
         parts += [f"{k[:-5]} loss {v:.4f}" for k, v in rec.items()  # MTP, as Megatron-LM's

@@ -6,21 +6,18 @@ then counts *samples*: it advances by the global batch size each iteration and i
 lengths are --lr-warmup-samples / --lr-decay-samples (default train-samples). An
 iteration-based run keeps counting iterations (its checkpoints' scheduler state stays as it
 was); the two give the same learning rate at the same iteration when the sample counts are
-multiples of the global batch. --lr-warmup-fraction sets the warmup to that fraction of the
+multiples of the global batch. With --rampup-batch-size (training/batch_rampup.py) the
+iterations follow the ramp and the scheduler advances by each step's batch.
+--lr-warmup-fraction sets the warmup to that fraction of the
 decay length in either mode. Mixing the two modes' flags is refused, as Megatron-LM asserts.
 """
 
-UNSUPPORTED = (
-    ("rampup_batch_size", "--rampup-batch-size", "the global batch size is constant"),
-)
+from .batch_rampup import rampup_errors
 
 
 def sample_schedule_errors(args):
-    """One message per inconsistent or unsupported schedule flag; with --train-samples, sets
-    args.train_iters (validation calls it once the global batch size is known)."""
-    for dest, flag, what in UNSUPPORTED:
-        if getattr(args, dest) is not None:
-            yield f"{flag}: not supported by megatron-nitp ({what}); drop the flag"
+    """One message per inconsistent schedule flag; with --train-samples, sets args.train_iters
+    (validation calls it once the global and data-parallel batch sizes are known)."""
     if args.train_samples is None:
         if args.lr_decay_samples is not None or args.lr_warmup_samples:
             flag = "--lr-decay-samples" if args.lr_decay_samples is not None else \
@@ -29,6 +26,8 @@ def sample_schedule_errors(args):
                   "use the -iters flags"
         elif args.lr_warmup_fraction is not None and args.lr_warmup_iters:
             yield "--lr-warmup-fraction and --lr-warmup-iters: give one of the two"
+        elif args.rampup_batch_size is not None:
+            yield from rampup_errors(args)
         return
     if args.train_iters is not None:
         yield "--train-iters and --train-samples: give one of the two"
@@ -41,6 +40,8 @@ def sample_schedule_errors(args):
     elif args.lr_decay_style == "WSD":
         yield "--lr-decay-style WSD with --train-samples: not supported (--lr-wsd-decay-samples " \
               "is not implemented); use --train-iters"
+    elif args.rampup_batch_size is not None:
+        yield from rampup_errors(args)  # sets train_iters from the ramp's plan
     elif args.train_samples < args.global_batch_size:
         yield (f"--train-samples {args.train_samples}: less than one global batch "
                f"({args.global_batch_size})")
@@ -64,5 +65,7 @@ def schedule_lengths(args):
     return warmup, decay, wd_incr, increment
 
 
-def scheduler_increment(args) -> int:
-    return schedule_lengths(args)[3]
+def scheduler_increment(args, batch_size: int) -> int:
+    """The scheduler's step: one iteration, or (counting samples) the step's batch, which
+    --rampup-batch-size makes smaller than --global-batch-size while it ramps."""
+    return batch_size if args.train_samples is not None else 1

@@ -259,13 +259,16 @@ def train_step(args, model, optimizer, scheduler, config, nitp_config, data_iter
     losses = pipeline_broadcast(losses, loss_keys(args))
     losses_finite = all(math.isfinite(v) for v in losses.values())
     overflow = False
+    # This step's samples, as Megatron-LM counts them (--rampup-batch-size varies them).
+    batch = (num_microbatches * args.micro_batch_size
+             * parallel_state.get_data_parallel_world_size())
     if uses_grad_scaler(args):
         # fp16 / --loss-scale: overflowing gradients are the grad scaler's business (as in
         # Megatron-LM): optimizer.step unscales, finds the inf, skips the update and backs the
         # scale off. Only a non-finite loss counts as a bad step.
         update_successful, grad_norm, num_zeros = optimizer.step()
         if update_successful:
-            scheduler.step(increment=scheduler_increment(args))
+            scheduler.step(increment=scheduler_increment(args, batch))
         ok = bool(update_successful) and losses_finite
         overflow = not update_successful and losses_finite
     else:
@@ -275,7 +278,7 @@ def train_step(args, model, optimizer, scheduler, config, nitp_config, data_iter
         update_successful, grad_norm, num_zeros = optimizer.step()
         ok = bool(update_successful) and grad_norm is not None and math.isfinite(grad_norm)
         if ok:
-            scheduler.step(increment=scheduler_increment(args))  # iterations, or samples
+            scheduler.step(increment=scheduler_increment(args, batch))  # iterations, or samples
     if geometry is not None:
         metrics = pipeline_broadcast(metrics, METRIC_KEYS)
     return StepResult(losses, grad_norm if grad_norm is not None else float("nan"), ok, metrics,

@@ -10,7 +10,7 @@ import torch
 from ..models.mtp import mtp_loss_names
 
 
-def throughput_tflops(args, nitp_enabled, seconds, world_size):
+def throughput_tflops(args, nitp_enabled, seconds, world_size, global_batch_size=None):
     """Model TFLOP/s per device: nitp/flops.py's training FLOPs per token (matmuls incl. the MTP
     layers and the attention scores, plus NITP's head and loss when on; recompute not counted) x
     the step's tokens / (step time x devices)."""
@@ -19,7 +19,7 @@ def throughput_tflops(args, nitp_enabled, seconds, world_size):
     f = training_flops_per_token(args)
     per_token = (f["baseline_flops_per_token"] + f["attention_score_flops_per_token"]
                  + (f["nitp_flops_per_token"] if nitp_enabled else 0))
-    tokens = args.global_batch_size * args.seq_length
+    tokens = (global_batch_size or args.global_batch_size) * args.seq_length
     return per_token * tokens / (max(seconds, 1e-12) * 1e12 * world_size)
 
 
@@ -35,12 +35,15 @@ def memory_counters():
 
 
 def step_record(args, nitp_enabled, iteration, result, seconds, lr, consumed, elapsed,
-                model_chunks):
-    """Every rank calls it on a due step (the params norm is a collective)."""
+                model_chunks, global_batch_size=None):
+    """Every rank calls it on a due step (the params norm is a collective). global_batch_size:
+    the step's (--rampup-batch-size), default --global-batch-size."""
+    gbs = global_batch_size or args.global_batch_size
     rec = {"iteration": iteration, "lm_loss": result.losses.get("lm loss"),
            "nitp_loss": result.losses.get("nitp loss") if nitp_enabled else None,
            "lr": lr, "grad_norm": result.grad_norm,
-           "tokens_per_sec": args.global_batch_size * args.seq_length / max(seconds, 1e-12),
+           "tokens_per_sec": gbs * args.seq_length / max(seconds, 1e-12),
+           "global_batch_size": gbs,
            "elapsed_s": round(elapsed, 3), "consumed_samples": consumed,
            "skipped": not result.ok, **result.metrics,
            # Megatron-LM's "mtp_1 loss", ... as mtp_1_loss, ...
@@ -49,7 +52,7 @@ def step_record(args, nitp_enabled, iteration, result, seconds, lr, consumed, el
     rec["iteration_time_s"] = seconds
     if args.log_throughput:
         rec["throughput_tflops"] = throughput_tflops(args, nitp_enabled, seconds,
-                                                     torch.distributed.get_world_size())
+                                                     torch.distributed.get_world_size(), gbs)
     if args.log_params_norm:
         from .params_norm import params_l2_norm
 

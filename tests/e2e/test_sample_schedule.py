@@ -42,7 +42,23 @@ def test_warmup_fraction_in_both_modes(tmp_path):
     (["--train-samples", "8", "--lr-warmup-iters", "1"], "error: --lr-warmup-iters: "
                                                          "iteration-based"),
     (["--lr-decay-samples", "8"], "error: --lr-decay-samples: needs sample-based training"),
-    (["--rampup-batch-size", "2", "2", "8"], "error: --rampup-batch-size: not supported"),
+    # --rampup-batch-size (tests/e2e/test_batch_rampup.py runs it): Megatron-LM's asserts and
+    # megatron-core's calculator's, as one line before any work.
+    (["--train-iters", "4", "--rampup-batch-size", "2", "2", "8"],
+     "error: --rampup-batch-size: needs sample-based training (--train-samples)"),
+    (["--train-samples", "40", "--rampup-batch-size", "2", "2"],
+     "error: argument --rampup-batch-size: expected 3 arguments"),
+    (["--train-samples", "40", "--global-batch-size", "8", "--rampup-batch-size", "0", "2", "8"],
+     "error: --rampup-batch-size 0 2 8: --rampup-batch-size <start batch size>"),
+    (["--train-samples", "40", "--rampup-batch-size", "2", "2", "8"],
+     "error: --rampup-batch-size 2 2 8: the start batch size must be smaller than "
+     "--global-batch-size 2"),
+    (["--train-samples", "40", "--global-batch-size", "8", "--rampup-batch-size", "2", "4", "8"],
+     "error: --rampup-batch-size 2 4 8: the increment must divide --global-batch-size 8 - "
+     "start 2 = 6"),
+    (["--train-samples", "40", "--global-batch-size", "8", "--rampup-batch-size", "2", "1", "8"],
+     "error: --rampup-batch-size 2 1 8: the ramp's batch size 3 is not a multiple of "
+     "--micro-batch-size 2 x data-parallel size 1 = 2"),
 ])
 def test_inconsistent_schedule_flags_are_one_line(flags, message):
     res = run_engine(BASE + flags + ["--dry-run"], expect_code=2)

@@ -31,7 +31,10 @@ REFUSED = {
         # is not implemented" there): GPT-2's files need GPT2BPETokenizer named.
         "--vocab-file": ("needs --tokenizer-type", GPT2_VOCAB),
         "--merge-file": ("needs --tokenizer-type", []),
-        "--rampup-batch-size": ("batch-size ramp-up, issue #15 item 5", []),
+        # Honoured with --train-samples (tests/e2e/test_batch_rampup.py); the script gives
+        # --train-iters 500000, and Megatron-LM 0.16.1 itself asserts "expected no batch-size
+        # rampup for iteration-based training" (arguments.py validate_args): refused the same.
+        "--rampup-batch-size": ("iteration-based: Megatron-LM 0.16.1 refuses it too", []),
     },
     "llama3_8b_fp8": {},
     "mixtral_8x7b": {},
