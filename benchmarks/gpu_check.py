@@ -137,7 +137,7 @@ def run(ref, out, dry_run, repeats, sequential):
 
     import torch
 
-    import overhead
+    from harness.side_by_side import run_shape
 
     if not dry_run and not torch.cuda.is_available():
         raise SystemExit("error: no GPU here; use --dry-run for the CPU path")
@@ -162,7 +162,7 @@ def run(ref, out, dry_run, repeats, sequential):
         if not transformer_engine_available():  # grouped GEMM needs TE (or grouped_gemm)
             overrides = dict(overrides, moe_grouped_gemm=False)
         log(f"({'c' if shape.startswith('dense') else 'd'}) {shape}: NTP vs NITP")
-        raw[shape] = overhead.run_shape(shape, config_file, overrides, opts)
+        raw[shape] = run_shape(shape, config_file, overrides, opts)
         shapes.append(shape_record(shape, raw[shape], peak))
         log(f"  {json.dumps(shapes[-1])} ({time.time() - t0:.0f}s)")
     result = dict(device_name=device, cuda_vs_cpu_max_rel=cont["cuda_vs_cpu_max_rel"],

@@ -25,11 +25,14 @@ import time
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
 sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 
-import overhead  # noqa: E402  (benchmarks/overhead.py: shapes, variant args, model, batches)
+# benchmarks/harness: the shapes, variant args, model and batches of overhead.py
+from harness.report import log, write_outputs  # noqa: E402
+from harness.shapes import CONFIGS, SHAPES, shape_table, variant_args  # noqa: E402
+from harness.timing import alternating, timed_step  # noqa: E402
+from harness.variant import Variant, make_batches, sync  # noqa: E402
 
 INTERVALS = (1, 10, 100)
 
@@ -37,38 +40,32 @@ INTERVALS = (1, 10, 100)
 def config_interval(config_file):
     import yaml
 
-    with open(os.path.join(overhead.CONFIGS, config_file)) as fh:
+    with open(os.path.join(CONFIGS, config_file)) as fh:
         return yaml.safe_load(fh).get("nitp-metrics-interval")
 
 
 def run_shape(shape, config_file, overrides, opts):
     from megatron_nitp.nitp.metrics import GeometryProbe
-    from megatron_nitp.training.step import train_step
 
-    args = overhead.variant_args(config_file, overrides, "nitp", opts.device)
-    batches = overhead.make_batches(args, opts.num_microbatches, seed=opts.seed)
-    v = overhead.Variant("nitp", args, opts.device, opts.seed)
+    args = variant_args(config_file, overrides, "nitp", opts.device)
+    batches = make_batches(args, opts.num_microbatches, seed=opts.seed)
+    v = Variant("nitp", args, opts.device, opts.seed)
     gbs = args.micro_batch_size * len(batches)
 
     def step(measure):
         probe = (GeometryProbe.for_step(v.iteration, opts.seed, gbs, args.seq_length,
                                         args.micro_batch_size, 0, 1, opts.num_pairs)
                  if measure else None)
-        overhead.sync(opts.device)
-        t0 = time.perf_counter()
-        result = train_step(v.args, v.model, v.optimizer, v.scheduler, v.config, v.nitp,
-                            iter(batches), len(batches), v.iteration, geometry=probe)
-        overhead.sync(opts.device)
-        v.iteration += 1
+        timed = timed_step(v, batches, geometry=probe)
         if measure:
-            assert result.metrics["effective_rank"] > 0, result
-        return time.perf_counter() - t0
+            assert timed.result.metrics["effective_rank"] > 0, timed.result
+        return timed.wall_s
 
     for _ in range(opts.warmup):
         step(False), step(True)
     times = {False: [], True: []}
     for i in range(opts.repeats):
-        for measure in ((False, True) if i % 2 == 0 else (True, False)):
+        for measure in alternating((False, True), i):
             times[measure].append(step(measure))
     off, on = statistics.median(times[False]), statistics.median(times[True])
     work = measurement_work_s(args, len(batches), opts)
@@ -86,7 +83,7 @@ def run_shape(shape, config_file, overrides, opts):
            "config_interval": interval,
            "overhead_at_interval": {str(k): extra / (k * off)
                                     for k in sorted(set(INTERVALS) | ({interval} - {None}))}}
-    overhead.log(f"[{shape}] off {off:.3f}s on {on:.3f}s (side by side); the measurement alone "
+    log(f"[{shape}] off {off:.3f}s on {on:.3f}s (side by side); the measurement alone "
                  f"{extra:.3f}s per metrics step; "
                  + ", ".join(f"every {k}: {100 * r:+.2f}%"
                              for k, r in rec["overhead_at_interval"].items()))
@@ -107,11 +104,11 @@ def measurement_work_s(args, num_microbatches, opts, repeats=5):
     for it in range(repeats):
         probe = GeometryProbe.for_step(it, opts.seed, b * num_microbatches, s, b, 0, 1,
                                        opts.num_pairs)
-        overhead.sync(opts.device)
+        sync(opts.device)
         t0 = time.perf_counter()
         reports = [probe.next_microbatch().sums(h, valid, pos) for h in hidden]
         reduce_geometry(reports, probe.plan)
-        overhead.sync(opts.device)
+        sync(opts.device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
@@ -136,7 +133,7 @@ def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="runs/metrics_overhead.json")
     p.add_argument("--markdown", default=None)
-    p.add_argument("--shapes", default=None, help=f"subset of {', '.join(overhead.SHAPES)}")
+    p.add_argument("--shapes", default=None, help=f"subset of {', '.join(SHAPES)}")
     p.add_argument("--micro", action="store_true", help="a tiny shape (tests, smoke runs)")
     p.add_argument("--repeats", type=int, default=6)
     p.add_argument("--warmup", type=int, default=1)
@@ -158,13 +155,9 @@ def main(argv=None):
 
     torch.set_num_threads(opts.threads)
     initialize_distributed(seed=opts.seed)
-    if opts.device == "cuda":
-        overhead.use_cuda_batches()
-    table = dict(overhead.MICRO) if opts.micro else dict(overhead.SHAPES)
-    if opts.shapes:
-        table = {k: table[k] for k in opts.shapes.split(",")}
+    table = shape_table(opts.micro, shapes=opts.shapes)
     records = [run_shape(name, cfg, ov, opts) for name, (cfg, ov) in table.items()]
-    overhead.write_outputs(records, markdown(records), opts.out, opts.markdown)
+    write_outputs(records, markdown(records), opts.out, opts.markdown)
 
 
 if __name__ == "__main__":

@@ -199,14 +199,13 @@ class Trainer:
     def _setup(self):
         from megatron.core import parallel_state as ps
 
-        from ..models.builder import (build_model_chunks, transformer_config_from_args,
-                                      virtual_pipeline_size)
+        from ..models.builder import virtual_pipeline_size
         from ..models.moe_parallel import expert_tensor_parallel_size
         from ..parallel.distributed import initialize_distributed
-        from ..parallel.precision import ddp_precision_config, initialize_tp_communicators
+        from ..parallel.precision import initialize_tp_communicators
         from ..parallel.speed import speed_settings
         from .loggers import RunLogger
-        from .step import build_optimizer, wrap_ddp
+        from .model_setup import build_model_and_optimizer
 
         a = self.args
         initialize_distributed(a.tensor_model_parallel_size, a.pipeline_model_parallel_size,
@@ -216,15 +215,12 @@ class Trainer:
                                expert_tensor_parallel_size=expert_tensor_parallel_size(a))
         self._lock_save_dir()
         initialize_tp_communicators(a)  # --tp-comm-overlap (TE userbuffers), before the model
-        self.config = transformer_config_from_args(a)
-        self.chunks = build_model_chunks(a, self.config, self.nitp)
-        self.model = wrap_ddp(self.chunks, self.config, a.use_distributed_optimizer,
-                              a.overlap_grad_reduce, a.overlap_param_gather,
-                              **ddp_precision_config(a))
+        built = build_model_and_optimizer(a, self.nitp)
+        self.config, self.chunks, self.model = built.config, built.chunks, built.model
+        self.optimizer, self.scheduler = built.optimizer, built.scheduler
         notice = speed_settings(a)[1]
         if notice:
             self.log(notice)
-        self.optimizer, self.scheduler = build_optimizer(a, self.model, self.config)
         self.dp_rank = ps.get_data_parallel_rank()
         self.dp_size = ps.get_data_parallel_world_size()
         # Evaluation keeps the full global batch (as Megatron-LM); training follows megatron-core's
