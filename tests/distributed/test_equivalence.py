@@ -54,13 +54,16 @@ def results(request, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("equivalence"))
     wanted = _selected_layouts(request.session)
     two, four = [n for n in TWO if n in wanted], [n for n in FOUR if n in wanted]
+    # Timeouts grow with the layouts run (each phase loops over them in one process group).
+    n_all = len(two) + len(four)
     _run([sys.executable, WORKER, "reference", "--out", out, "--layouts",
-          ",".join(two + four)], 300)
+          ",".join(two + four)], 120 + 20 * n_all)
     for n, names in ((2, two), (4, four)):
         if names:
-            _run(_torchrun(n, "parallel", "--out", out, "--layouts", ",".join(names)), 600)
+            _run(_torchrun(n, "parallel", "--out", out, "--layouts", ",".join(names)),
+                 180 + 60 * len(names))
     stdout = _run([sys.executable, WORKER, "compare", "--out", out, "--layouts",
-                   ",".join(two + four)], 300)
+                   ",".join(two + four)], 120 + 10 * n_all)
     line = [l for l in stdout.splitlines() if l.startswith("EQUIVALENCE_RESULTS ")][-1]
     return json.loads(line.split(" ", 1)[1])
 
