@@ -142,6 +142,11 @@ def destroy_distributed_model_parallel() -> None:
     if dist.is_initialized():
         dist.barrier()  # no rank may still be talking on the old groups
     parallel_state.destroy_model_parallel()
+    # megatron-core sizes its MoE aux-loss tracker by the first model's layer count (MTP layers
+    # included): the next model, of another depth, needs a fresh one.
+    from megatron.core.transformer.moe.moe_utils import get_moe_layer_wise_logging_tracker
+
+    get_moe_layer_wise_logging_tracker().clear()
 
 
 def get_pg_collection() -> ProcessGroupCollection:
