@@ -177,3 +177,21 @@ def suite_parse_args(argv, model_family="gpt"):
     from megatron_nitp.training.arguments import parse_args
 
     return parse_args(suite_flags(argv) + [str(a) for a in argv], model_family)
+
+
+def write_null_corpora(d, offsets: Dict[str, int], docs: int) -> Dict[str, str]:
+    """Indexed corpora of short documents (NullTokenizer ids < 255, + EOD) in directory `d`,
+    one per name, each shifted by its offset so that they differ; name -> prefix."""
+    import json
+
+    from megatron_nitp.data.preprocess import preprocess_jsonl
+
+    out = {}
+    for name, offset in offsets.items():
+        lines = [json.dumps({"text": " ".join(str((offset + 7 * i + j) % 255)
+                                              for j in range(3 + i % 11))}) for i in range(docs)]
+        (d / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
+        preprocess_jsonl(str(d / f"{name}.jsonl"), str(d / name), "NullTokenizer",
+                         vocab_size=255, append_eod=True, progress=False)
+        out[name] = str(d / f"{name}_text_document")
+    return out

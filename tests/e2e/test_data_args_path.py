@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from megatron_nitp.data.preprocess import preprocess_jsonl
+from tests.helpers import write_null_corpora
 from tests.e2e.engine_runner import read_log, run_engine
 
-# Every model/optimizer flag explicit: the project's defaults are moving to Megatron-LM's.
+# Every model/optimizer flag explicit: the project's defaults are Megatron-LM's.
 RUN = ["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "2",
        "--seq-length", "32", "--micro-batch-size", "2", "--vocab-size", "255",
        "--make-vocab-size-divisible-by", "64", "--lr", "1e-3", "--lr-warmup-iters", "1",
@@ -28,15 +28,7 @@ def _losses(path):
 @pytest.fixture(scope="module")
 def corpora(tmp_path_factory):
     d = tmp_path_factory.mktemp("data_args")
-    out = {}
-    for name, offset in (("a", 0), ("b", 100)):
-        lines = [json.dumps({"text": " ".join(str((offset + 7 * i + j) % 255)
-                                              for j in range(3 + i % 11))}) for i in range(200)]
-        (d / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
-        preprocess_jsonl(str(d / f"{name}.jsonl"), str(d / name), "NullTokenizer",
-                         vocab_size=255, append_eod=True, progress=False)
-        out[name] = str(d / f"{name}_text_document")
-    return d, out
+    return d, write_null_corpora(d, {"a": 0, "b": 100}, 200)
 
 
 def test_data_args_path_is_the_data_path_list(corpora, tmp_path):

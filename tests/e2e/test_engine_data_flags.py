@@ -2,11 +2,10 @@
 per-split data paths (megatron-core's blend_per_split), --num-workers, and the document flags
 (--reset-attention-mask, --eod-mask-loss, --reset-position-ids) with NITP."""
 
-import json
 
 import pytest
 
-from megatron_nitp.data.preprocess import preprocess_jsonl
+from tests.helpers import write_null_corpora
 from tests.e2e.engine_runner import TINY_GPT, read_log, run_engine
 
 RUN = [a for a in TINY_GPT if a != "--mock-data"] + ["--nitp", "--train-iters", "2"]
@@ -21,15 +20,7 @@ def _losses(path, split=False):
 def corpora(tmp_path_factory):
     """Two indexed corpora of short documents (NullTokenizer ids < 255, + EOD)."""
     d = tmp_path_factory.mktemp("data_flags")
-    out = {}
-    for name, offset in (("train", 0), ("valid", 100)):
-        lines = [json.dumps({"text": " ".join(str((offset + 7 * i + j) % 255)
-                                              for j in range(3 + i % 11))}) for i in range(300)]
-        (d / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
-        preprocess_jsonl(str(d / f"{name}.jsonl"), str(d / name), "NullTokenizer",
-                         vocab_size=255, append_eod=True, progress=False)
-        out[name] = str(d / f"{name}_text_document")
-    return out
+    return write_null_corpora(d, {"train": 0, "valid": 100}, 300)
 
 
 @pytest.fixture(scope="module")

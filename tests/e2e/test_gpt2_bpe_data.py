@@ -18,7 +18,7 @@ from tools.preprocess_data import main as preprocess_main
 
 WORDS = ("the model predicts a token from its hidden state while the target layer gives an "
          "implicit signal that aligns future representations of text").split()
-# Every model/optimizer flag explicit: the project's defaults are moving to Megatron-LM's.
+# Every model/optimizer flag explicit: the project's defaults are Megatron-LM's.
 TINY = ["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "2",
         "--seq-length", "32", "--micro-batch-size", "2", "--normalization", "RMSNorm",
         "--swiglu", "--position-embedding-type", "rope", "--disable-bias-linear",

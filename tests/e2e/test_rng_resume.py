@@ -12,7 +12,7 @@ from torch.distributed.checkpoint import FileSystemReader
 
 from tests.e2e.engine_runner import checkpoint_at, read_log, run_engine
 
-# Every model/optimizer flag explicit: the project's defaults are moving to Megatron-LM's.
+# Every model/optimizer flag explicit: the project's defaults are Megatron-LM's.
 RUN = ["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "2",
        "--seq-length", "32", "--micro-batch-size", "2", "--mock-data", "--vocab-size", "255",
        "--make-vocab-size-divisible-by", "64", "--lr", "1e-3", "--lr-warmup-iters", "1",

@@ -148,7 +148,7 @@ def make_args(layout, nitp=True):
             "--pipeline-model-parallel-size", str(layout.get("pp", 1)),
             "--expert-model-parallel-size", str(layout.get("ep", 1)),
             *(["--expert-tensor-parallel-size", str(layout["etp"])] if "etp" in layout else []),
-            # every model flag explicit (the project's defaults are moving to Megatron-LM's)
+            # every model flag explicit (the project's defaults are Megatron-LM's)
             "--normalization", "RMSNorm", "--swiglu", "--position-embedding-type", "rope",
             "--disable-bias-linear", "--attention-dropout", "0", "--hidden-dropout", "0",
             "--norm-epsilon", "1e-6", "--init-method-std", "0.02",

@@ -18,7 +18,7 @@ sys.path.insert(0, HERE)
 import convert_checks  # noqa: E402  (sets sys.path to the repo and quiets transformers)
 import make_checkpoints  # noqa: E402
 
-# Every architecture flag explicit (the project's defaults are moving to Megatron-LM's).
+# Every architecture flag explicit (the project's defaults are Megatron-LM's).
 EXPLICIT = ["--normalization", "RMSNorm", "--swiglu", "--position-embedding-type", "rope",
             "--disable-bias-linear", "--attention-dropout", "0", "--hidden-dropout", "0",
             "--train-iters", "1"]
