@@ -274,11 +274,11 @@ def train_step(args, model, optimizer, scheduler, config, nitp_config, data_iter
     else:
         ok = grads_finite(model) and losses_finite
         grad_norm, num_zeros = float("nan"), None
-    if ok and not uses_grad_scaler(args):
-        update_successful, grad_norm, num_zeros = optimizer.step()
-        ok = bool(update_successful) and grad_norm is not None and math.isfinite(grad_norm)
         if ok:
-            scheduler.step(increment=scheduler_increment(args, batch))  # iterations, or samples
+            update_successful, grad_norm, num_zeros = optimizer.step()
+            ok = bool(update_successful) and grad_norm is not None and math.isfinite(grad_norm)
+            if ok:
+                scheduler.step(increment=scheduler_increment(args, batch))  # iterations/samples
     if geometry is not None:
         metrics = pipeline_broadcast(metrics, METRIC_KEYS)
     return StepResult(losses, grad_norm if grad_norm is not None else float("nan"), ok, metrics,
