@@ -41,12 +41,12 @@ def pipeline_config(args) -> dict:
     )
 
 
-def clear_pipeline_split(args):
-    """No virtual or uneven split (a one-stage rebuild of a checkpoint: export, import)."""
-    for dest in ("num_layers_per_virtual_pipeline_stage", "num_virtual_stages_per_pipeline_rank",
-                 "decoder_first_pipeline_num_layers", "decoder_last_pipeline_num_layers",
-                 "pipeline_model_parallel_layout"):
-        setattr(args, dest, None)
+# No virtual or uneven split (a one-stage rebuild of a checkpoint: export, import): RunConfig
+# changes.
+NO_PIPELINE_SPLIT = dict.fromkeys((
+    "num_layers_per_virtual_pipeline_stage", "num_virtual_stages_per_pipeline_rank",
+    "decoder_first_pipeline_num_layers", "decoder_last_pipeline_num_layers",
+    "pipeline_model_parallel_layout"))
 
 
 def uneven(args) -> bool:

@@ -8,6 +8,7 @@ A save is written to `iter_XXXXXXX.tmp` and renamed when complete; only then doe
 move. A crash mid-save leaves the previous checkpoint as the latest.
 """
 
+import dataclasses
 import json
 import os
 
@@ -74,51 +75,54 @@ def json_safe_args(args) -> dict:
 # `apply_swiglu_sharded_factory`).
 
 
-def args_for_single_process(run_config: dict):
-    """The run's args rebuilt for a TP1/PP1/EP1 model in one process.
+def one_process_changes() -> dict:
+    """RunConfig changes that rebuild a trained model in one CPU process at TP1/PP1/EP1, the
+    local spec and the plain code paths (export, import, evaluation, generation)."""
+    from ..models.pipeline_layout import NO_PIPELINE_SPLIT
+
+    return dict(
+        NO_PIPELINE_SPLIT, tensor_model_parallel_size=1, pipeline_model_parallel_size=1,
+        expert_model_parallel_size=1, context_parallel_size=1,
+        expert_tensor_parallel_size=None,  # = TP 1
+        sequence_parallel=False, recompute_granularity=None, recompute_method=None,
+        recompute_num_layers=None, recompute_activations=False,
+        distribute_saved_activations=False, fp8=None, fp8_param_gather=False,
+        tp_comm_overlap=False, use_distributed_optimizer=False, moe_shared_expert_overlap=False,
+        enable_cuda_graph=False, moe_token_dispatcher_type="allgather", moe_grouped_gemm=False,
+        # The local spec everywhere: it reads the same dist-checkpoint keys as Transformer
+        # Engine's (megatron's local layer spec maps its norms onto TE's fused-norm keys), and its
+        # state_dict names (input_layernorm, pre_mlp_layernorm) are what the HF mapping expects.
+        transformer_impl="local")
+
+
+def single_process_config(run_config: dict):
+    """The run's RunConfig rebuilt for a TP1/PP1/EP1 model in one process.
 
     Starts from today's parser defaults so a checkpoint written before a flag existed still
     builds, and keeps the saved `padded_vocab_size`: it was padded for the *training* TP size and
     the weights have that many rows.
     """
     from ..models.builder import padded_vocab_size
-    from ..models.pipeline_layout import clear_pipeline_split
-    from .arguments import parse_args
+    from .run_config import RunConfig
 
-    args = parse_args([])
-    for key, value in run_config["args"].items():
-        setattr(args, key, value)
-    if getattr(args, "padded_vocab_size", None) is None:
-        if args.vocab_size is None:
+    run = RunConfig.from_saved(run_config["args"], run_config.get("nitp"))
+    padded = run.padded_vocab_size
+    if padded is None:
+        if run.vocab_size is None:
             raise CheckpointError("run_config.json: args has neither padded_vocab_size nor "
                                   "vocab_size")
-        args.padded_vocab_size = padded_vocab_size(
-            args.vocab_size, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size)
-    args.saved_layout = dict(
-        tensor=args.tensor_model_parallel_size, pipeline=args.pipeline_model_parallel_size,
-        expert=args.expert_model_parallel_size,
-        virtual_layers=args.num_layers_per_virtual_pipeline_stage)
-    args.tensor_model_parallel_size = args.pipeline_model_parallel_size = 1
-    args.expert_model_parallel_size = args.context_parallel_size = 1
-    clear_pipeline_split(args)  # virtual and uneven splits: models/pipeline_layout.py
-    args.expert_tensor_parallel_size = None  # = TP 1
-    args.sequence_parallel = False
-    args.recompute_granularity = args.recompute_method = args.recompute_num_layers = None
-    args.recompute_activations = args.distribute_saved_activations = False
-    args.fp8, args.fp8_param_gather, args.tp_comm_overlap = None, False, False  # one CPU process
-    args.use_distributed_optimizer = False
-    args.moe_shared_expert_overlap = False
-    args.enable_cuda_graph = False
-    args.moe_token_dispatcher_type = "allgather"  # one rank: the plain path
-    # megatron-core keeps grouped-GEMM and per-expert (SequentialMLP) expert weights under the
-    # same global keys; if a checkpoint disagrees, load_model_single_process says so.
-    args.saved_moe_grouped_gemm = bool(args.moe_grouped_gemm)
-    args.moe_grouped_gemm = False
-    # The local spec everywhere: it reads the same dist-checkpoint keys as Transformer Engine's
-    # (megatron's local layer spec maps its norms onto TE's fused-norm keys), and its
-    # state_dict names (input_layernorm, pre_mlp_layernorm) are what the HF mapping expects.
-    args.transformer_impl = "local"
-    return args
+        padded = padded_vocab_size(run.vocab_size, run.make_vocab_size_divisible_by,
+                                   run.tensor_model_parallel_size)
+    return run.replace(
+        padded_vocab_size=padded,
+        saved_layout=dict(tensor=run.tensor_model_parallel_size,
+                          pipeline=run.pipeline_model_parallel_size,
+                          expert=run.expert_model_parallel_size,
+                          virtual_layers=run.num_layers_per_virtual_pipeline_stage),
+        # megatron-core keeps grouped-GEMM and per-expert (SequentialMLP) expert weights under
+        # the same global keys; if a checkpoint disagrees, load_model_single_process says so.
+        saved_moe_grouped_gemm=bool(run.moe_grouped_gemm),
+        **one_process_changes())
 
 
 # megatron-core 0.16.1 stores a layer's pre-attention/pre-MLP norm under the fused-TE names
@@ -170,10 +174,10 @@ def load_model_single_process(ckpt_dir: str, iteration=None, drop_nitp_head: boo
     path = iteration_dir(ckpt_dir, iteration)
     if not dist_checkpointing.check_is_distributed_checkpoint(path):
         raise CheckpointError(f"{path}: not a megatron dist checkpoint (no metadata.json)")
-    args = args_for_single_process(run_config)
+    args = single_process_config(run_config)
     nitp_config = NITPConfig(**run_config.get("nitp", {}))
     if drop_nitp_head:
-        nitp_config.enabled = False
+        nitp_config = dataclasses.replace(nitp_config, enabled=False)
     initialize_distributed(seed=args.seed)
     config = transformer_config_from_args(args)
     config.perform_initialization = False  # every weight comes from the checkpoint
@@ -189,5 +193,5 @@ def load_model_single_process(ckpt_dir: str, iteration=None, drop_nitp_head: boo
         raise CheckpointError(f"{path}: cannot load the model{hint}: {first[:300]}") from e
     model.load_state_dict(loaded["model0"], strict=True)
     model.eval()
-    args.iteration, args.run_config = iteration, run_config
-    return model, args, nitp_config
+    return (model, args.replace(nitp_config, iteration=iteration, run_config=run_config),
+            nitp_config)

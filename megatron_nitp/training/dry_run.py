@@ -98,13 +98,20 @@ def output_needs(args):
     return needs
 
 
+def with_dry_run_vocab(args, needs=None):
+    """(the RunConfig with the vocabulary a dry run assumes, that assumption)."""
+    from .run_config import RunConfig
+
+    vocab, assumption = resolve_vocab(args, [] if needs is None else needs)
+    run = args if isinstance(args, RunConfig) else RunConfig.freeze(args)
+    return run.replace(vocab_size=vocab, padded_vocab_size=padded_vocab_size(
+        vocab, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size)), assumption
+
+
 def dry_run_counts(args, needs=None):
     """The parameter counts --dry-run prints; returns (counts, assumption about the vocabulary)."""
-    vocab, assumption = resolve_vocab(args, [] if needs is None else needs)
-    args.vocab_size = vocab
-    args.padded_vocab_size = padded_vocab_size(vocab, args.make_vocab_size_divisible_by,
-                                               args.tensor_model_parallel_size)
-    return count_parameters(args), assumption
+    run, assumption = with_dry_run_vocab(args, needs)
+    return count_parameters(run), assumption
 
 
 def flops_line(args):
@@ -118,7 +125,8 @@ def flops_line(args):
 
 def dry_run(args, nitp_config, log=print):
     needs = list(getattr(args, "run_time_needs", ())) + moe_parallel_run_needs(args)
-    counts, assumption = dry_run_counts(args, needs)
+    args, assumption = with_dry_run_vocab(args, needs)
+    counts = count_parameters(args)
     needs += data_needs(args) + output_needs(args)
     dp = args.data_parallel_size
     num_microbatches = args.global_batch_size // (args.micro_batch_size * dp)

@@ -1,13 +1,12 @@
 """The training engine behind pretrain_gpt_nitp.py and pretrain_moe_nitp.py.
 
-arguments -> validation (no process groups yet) -> distributed init -> tokenizer + data ->
-model chunks (DDP) + optimizer + scheduler -> resume -> loop: step.train_step, then each
-component acts when it is due (loggers.RunLogger, evaluator.Evaluator, checkpointer.Checkpointer,
-stop_policy.StopPolicy, profiling.StepProfiler).
+argv -> RunConfig (resolve.py: defaults, validation, data, tokenizer, resume checks; frozen) ->
+distributed init -> model chunks (DDP) + optimizer + scheduler -> resume -> loop:
+step.train_step, then each component acts when it is due (loggers.RunLogger,
+evaluator.Evaluator, checkpointer.Checkpointer, stop_policy.StopPolicy, profiling.StepProfiler).
 """
 
 import contextlib
-import os
 import sys
 import time
 import traceback
@@ -15,27 +14,15 @@ import traceback
 import torch
 
 from ..errors import UserError
-from ..nitp.config import NITPConfig
 from .arguments import parse_args
-from .checkpoint_io import CheckpointError, iteration_dir, latest_iteration, read_run_config
+from .checkpoint_io import CheckpointError
 from .debug import FAULTS
-from .decoupled_lr import check_decoupled_lr_on_resume
 from .log import get_logger, rank, set_logging_level
-from .output_paths import probe_output_paths
-from .profiling import check_profile_args
-from .resume_changes import check_optimizer_layout, report_nitp_changes
+from .resolve import per_split_paths, resolve_run
+from .run_config import RunConfig
 from .save_lock import SaveDirLock
-from .schedule_resume import check_schedule_on_resume
 from .stop_policy import SecondInterrupt
-from .validation import ConfigError, validate_args
-
-ARCH_FIELDS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
-               "num_query_groups", "kv_channels", "num_experts", "moe_ffn_hidden_size",
-               "moe_shared_expert_intermediate_size", "moe_layer_freq", "moe_router_topk",
-               "untie_embeddings_and_output_weights", "normalization", "swiglu",
-               "position_embedding_type", "padded_vocab_size",
-               # biases are on by default (Megatron-LM's): a checkpoint without them says so
-               "add_bias_linear")
+from .validation import ConfigError
 
 
 def _device():
@@ -56,99 +43,6 @@ def _fail(msg, debug=False):
     sys.exit(2)
 
 
-def _check_resume_target(args, vocab_size_known, nitp_config=None, log=None):
-    """--load sanity before heavy work: empty dirs, architecture mismatches, what else the
-    resume changes (schedule, NITP, optimizer layout)."""
-    from .checkpoint_flags import resolve_pretrained_checkpoint
-
-    log = log or get_logger().info
-    resolve_pretrained_checkpoint(args, log)
-    if not args.load:
-        return
-    it = latest_iteration(args.load) if os.path.isdir(args.load) else None
-    if it is None and args.save and os.path.abspath(args.load) == os.path.abspath(args.save):
-        log(f"notice: --load {args.load} holds no checkpoint yet (same as --save): "
-            "starting fresh")
-        args.load = None
-        return
-    if not os.path.isdir(args.load):
-        raise ConfigError(f"--load {args.load}: no such directory")
-    if it is None:
-        raise ConfigError(f"--load {args.load}: no checkpoint in this directory "
-                          "(no latest_checkpointed_iteration.txt); a mistyped path must not "
-                          "train from scratch")
-    run_config = read_run_config(args.load, it)
-    saved = run_config["args"]
-    if vocab_size_known:
-        _adopt_saved_vocab_padding(args, saved)
-    for field in ARCH_FIELDS:
-        if field == "padded_vocab_size" and not vocab_size_known:
-            continue
-        mine, theirs = getattr(args, field, None), saved.get(field)
-        if field in saved and mine != theirs:
-            raise ConfigError(f"--load {args.load}: checkpoint has a different architecture: "
-                              f"{field} = {theirs} in the checkpoint, {mine} here")
-    from .checkpointing import continues_schedule, loads_optimizer_state, verify_checkpoint_files
-
-    verify_checkpoint_files(iteration_dir(args.load, it))
-    if nitp_config is not None:
-        report_nitp_changes(run_config.get("nitp", {}), nitp_config.to_dict(), log)
-        if loads_optimizer_state(run_config, nitp_config) and not (args.finetune
-                                                                   or args.no_load_optim):
-            check_optimizer_layout(saved, args, args.load)
-            check_decoupled_lr_on_resume(saved, args, args.load)
-        if continues_schedule(run_config, args.finetune, args.no_load_optim):
-            check_schedule_on_resume(args, iteration_dir(args.load, it), log, saved)
-
-
-def _per_split_paths(args):
-    return [args.train_data_path, args.valid_data_path, args.test_data_path]
-
-
-def _adopt_saved_vocab_padding(args, saved):
-    """The vocabulary is padded to a multiple of make_vocab_size_divisible_by x TP, so a
-    checkpoint saved at another TP size has another row count (512 at TP2, 384 at TP1 for 301
-    ids). Padding rows are never a target; the checkpoint's count is adopted when the tokenizer
-    fits in it and the new TP size divides it, as dist checkpointing then reshards the rows."""
-    theirs, mine = saved.get("padded_vocab_size"), args.padded_vocab_size
-    if theirs is None or theirs == mine:
-        return
-    tp = args.tensor_model_parallel_size
-    if theirs < args.vocab_size:
-        raise ConfigError(f"--load {args.load}: the checkpoint's vocabulary has {theirs} rows, "
-                          f"the tokenizer {args.vocab_size} ids (--tokenizer-model/--vocab-size "
-                          "must be the checkpoint's tokenizer)")
-    if theirs % tp:
-        raise ConfigError(f"--load {args.load}: the checkpoint's padded vocabulary ({theirs} "
-                          f"rows) does not split over --tensor-model-parallel-size {tp}; use a "
-                          f"TP size dividing {theirs}")
-    get_logger().info(f"notice: --load {args.load}: using the checkpoint's padded vocabulary "
-                      f"of {theirs} rows ({mine} at this TP size)")
-    args.padded_vocab_size = theirs
-
-
-def _setup_tokenizer_and_data_args(args, log):
-    from ..data.tokenizers import build_tokenizer, tokenizer_options
-
-    if args.demo_data:
-        from ..data.demo import prepare_demo_data
-
-        # Rank 0 builds (cached, file-locked); the others find the cache.
-        prefix, tok = prepare_demo_data(log=log if rank() == 0 else (lambda *a: None))
-        args.data_path = [prefix]
-        args.tokenizer_type, args.tokenizer_model = "SentencePieceTokenizer", tok
-    tokenizer = build_tokenizer(args.tokenizer_type, args.tokenizer_model, args.vocab_size,
-                                **tokenizer_options(args))
-    # NullTokenizer: --vocab-size V *defines* the tokenizer (ids 0..V-1 plus EOD = V, so V + 1).
-    if (args.vocab_size is not None and args.tokenizer_type != "NullTokenizer"
-            and args.vocab_size < tokenizer.vocab_size):
-        raise ConfigError(f"--vocab-size {args.vocab_size}: smaller than the tokenizer's "
-                          f"{tokenizer.vocab_size} ids")
-    # A larger --vocab-size sets the table size (as HF Qwen2's 152064 for a 151646-id tokenizer).
-    args.vocab_size = max(args.vocab_size or 0, tokenizer.vocab_size)
-    return tokenizer
-
-
 def pretrain(model_family="gpt", argv=None):
     # --exit-duration-in-mins counts from here, as Megatron-LM's _TRAIN_START_TIME does: a job's
     # time limit also pays for imports, model build and checkpoint load.
@@ -157,42 +51,20 @@ def pretrain(model_family="gpt", argv=None):
     set_logging_level(args.logging_level)
     log = get_logger().info  # rank 0 prints (training/log.py)
     try:
-        if model_family == "moe" and not args.num_experts:
-            raise ConfigError("--num-experts: required by pretrain_moe_nitp.py")
-        nitp_config = validate_args(args)
-        if not args.dry_run:  # a dry run lists what the run will need instead (dry_run.py)
-            probe_output_paths(args)
-        if args.plot and not args.log_jsonl:
-            raise ConfigError("--plot: needs --log-jsonl (the plot is drawn from its records)")
-        if args.dry_run:  # before any megatron-core import: a dry run costs the torch import
-            return _dry_run(args, nitp_config)
-        from ..data.data_args import resolve_data_args
-        check_profile_args(args)
-        from ..data.datasets import validate_data_args
-
-        resolve_data_args(args)  # --data-args-path / --per-split-data-args-path: the lists
-        tokenizer = _setup_tokenizer_and_data_args(args, log)
-        validate_data_args(args.data_path, tokenizer, args.split, args.mock_data,
-                           _per_split_paths(args))
-        from ..models.builder import padded_vocab_size
-
-        args.padded_vocab_size = padded_vocab_size(
-            args.vocab_size, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size)
-        _check_resume_target(args, vocab_size_known=True, nitp_config=nitp_config, log=log)
+        run, tokenizer = resolve_run(args, log)
     except (UserError, ValueError) as e:  # ValueError: megatron-core's own config checks
         _fail(str(e), args.debug)
-    return Trainer(args, nitp_config, tokenizer, log, start_time).run()
+    if run.dry_run:
+        from .dry_run import dry_run
 
-
-def _dry_run(args, nitp_config):
-    from .dry_run import dry_run
-
-    return dry_run(args, nitp_config)
+        return dry_run(run, run.nitp_config)
+    return Trainer(run, tokenizer, log, start_time).run()
 
 
 class Trainer:
-    def __init__(self, args, nitp_config: NITPConfig, tokenizer, log, start_time=None):
-        self.args, self.nitp, self.tokenizer, self.log = args, nitp_config, tokenizer, log
+    def __init__(self, run: RunConfig, tokenizer, log, start_time=None):
+        # `args`: the frozen RunConfig, read as Megatron-LM reads its args.
+        self.args, self.nitp, self.tokenizer, self.log = run, run.nitp_config, tokenizer, log
         self.start_time = start_time or time.time()
 
     # -- setup -------------------------------------------------------------------------------
@@ -293,7 +165,7 @@ class Trainer:
         # it on the others (its own barrier).
         train, valid, _ = build_datasets(a.data_path, a.split, a.mock_data, a.seq_length,
                                          self.tokenizer, a.seed, sizes, a.data_cache_path,
-                                         per_split_paths=_per_split_paths(a),
+                                         per_split_paths=per_split_paths(a),
                                          reset_position_ids=a.reset_position_ids,
                                          reset_attention_mask=a.reset_attention_mask,
                                          eod_mask_loss=a.eod_mask_loss)

@@ -1,4 +1,4 @@
-"""What a resume changes besides the architecture (checked in engine._check_resume_target).
+"""What a resume changes besides the architecture (checked in resolve._check_resume_target).
 
 - NITP settings: legal to change (an ablation that continues a run), never silent: one notice
   naming each field, the checkpoint's value and the new one (NITP on -> off drops the head).

@@ -136,7 +136,7 @@ def test_damaged_checkpoint_is_one_clear_error_before_the_model_is_built(case, t
                                                                          reference):
     from tests.helpers import suite_parse_args as parse_args
     from megatron_nitp.training.checkpoint_io import CheckpointError
-    from megatron_nitp.training.engine import _check_resume_target
+    from megatron_nitp.training.resolve import _check_resume_target
 
     damage, message = DAMAGE[case]
     ckpt = _damaged_copy(reference, tmp_path, damage)
@@ -148,7 +148,7 @@ def test_damaged_checkpoint_is_one_clear_error_before_the_model_is_built(case, t
 
 def test_checkpoint_of_a_different_architecture_names_the_field(tmp_path, reference):
     from tests.helpers import suite_parse_args as parse_args
-    from megatron_nitp.training.engine import _check_resume_target
+    from megatron_nitp.training.resolve import _check_resume_target
     from megatron_nitp.training.validation import ConfigError
 
     args = parse_args(TINY + ["--load", str(reference.ckpt), "--hidden-size", "64"])

@@ -260,7 +260,7 @@ def test_paper_configs_pass_at_their_intended_scale():
             raise AssertionError(f"{name} at world {world}: {e}")
 
 
-# -- --load before any heavy work (engine._check_resume_target; no checkpoint needed) ---------
+# -- --load before any heavy work (resolve._check_resume_target; no checkpoint needed) ---------
 
 def _resume_args(tmp_path, load, save=None):
     argv = BASE + ["--load", str(load)] + (["--save", str(save)] if save else [])
@@ -268,14 +268,14 @@ def _resume_args(tmp_path, load, save=None):
 
 
 def test_load_pointing_at_nothing_is_an_error(tmp_path):
-    from megatron_nitp.training.engine import _check_resume_target
+    from megatron_nitp.training.resolve import _check_resume_target
 
     with pytest.raises(ConfigError, match="no such directory"):
         _check_resume_target(_resume_args(tmp_path, tmp_path / "typo"), False)
 
 
 def test_load_without_checkpoint_is_an_error_unless_it_is_also_the_save_dir(tmp_path, capsys):
-    from megatron_nitp.training.engine import _check_resume_target
+    from megatron_nitp.training.resolve import _check_resume_target
 
     empty = tmp_path / "ckpt"
     empty.mkdir()
