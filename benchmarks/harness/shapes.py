@@ -47,6 +47,7 @@ def variant_args(config_file, overrides, variant, device, pp=1):
     """parse_args of the paper config with the reduced shape and a one-device layout."""
     from megatron_nitp.models.builder import padded_vocab_size
     from megatron_nitp.training.arguments import parse_args
+    from megatron_nitp.training.run_config import RunConfig
 
     # On a GPU the default: Transformer Engine when it imports, else the local spec.
     argv = ["--config", os.path.join(CONFIGS, config_file),
@@ -55,19 +56,12 @@ def variant_args(config_file, overrides, variant, device, pp=1):
         argv += ["--transformer-impl", "local"]
     if variant == "nitp_recompute":
         argv.append("--nitp-head-recompute")
-    args = parse_args(argv)
-    for key, value in overrides.items():
-        setattr(args, key, value)
-    args.max_position_embeddings = args.seq_length
+    args = RunConfig.freeze(parse_args(argv)).replace(**overrides)
     # One device (or PP=2 for the pipeline run): no TP/EP/DP, so no distributed optimizer.
-    args.tensor_model_parallel_size = 1
-    args.pipeline_model_parallel_size = pp
-    args.expert_model_parallel_size = 1
-    args.use_distributed_optimizer = False
-    args.global_batch_size = args.micro_batch_size
-    if device != "cuda":  # CPU: fp32 (bf16 matmuls are emulated and slow), no grouped GEMM
-        args.bf16 = False
-        args.moe_grouped_gemm = False
-    args.padded_vocab_size = padded_vocab_size(args.vocab_size, args.make_vocab_size_divisible_by,
-                                               args.tensor_model_parallel_size)
-    return args
+    # CPU: fp32 (bf16 matmuls are emulated and slow), no grouped GEMM.
+    cpu = {} if device == "cuda" else dict(bf16=False, moe_grouped_gemm=False)
+    return args.replace(
+        max_position_embeddings=args.seq_length, tensor_model_parallel_size=1,
+        pipeline_model_parallel_size=pp, expert_model_parallel_size=1,
+        use_distributed_optimizer=False, global_batch_size=args.micro_batch_size, **cpu,
+        padded_vocab_size=padded_vocab_size(args.vocab_size, args.make_vocab_size_divisible_by, 1))

@@ -1,5 +1,7 @@
 """From arguments to megatron-core configs and NITP model chunks (one per virtual stage)."""
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state
@@ -16,52 +18,43 @@ from .pipeline_layout import pipeline_config, virtual_pipeline_size  # noqa: F40
 from .specs import get_layer_spec, get_mtp_block_spec, resolve_transformer_impl
 
 
+def fields_by_name(config_class, args) -> dict:
+    """Megatron-LM's rule (core_transformer_config_from_args, get_megatron_optimizer_config):
+    every field of the megatron-core config whose name is a flag's dest takes that flag's value,
+    so a TransformerConfig-backed flag reaches megatron-core by construction. A flag left None
+    keeps the field's own default when that is not None (e.g. --recompute-modules); the
+    Megatron-LM flags this project accepts as documented no-ops (training/megatron_compat.py)
+    stay no-ops."""
+    from ..training.run_config import flag_sections
+
+    sections = flag_sections()
+    out = {}
+    for f in dataclasses.fields(config_class):
+        if not f.init or sections.get(f.name) in (None, "compat") or not hasattr(args, f.name):
+            continue
+        value = getattr(args, f.name)
+        if value is None and f.default is not None:
+            continue
+        out[f.name] = value
+    return out
+
+
 def transformer_config_from_args(args) -> TransformerConfig:
-    moe = {}
-    if args.num_experts:
-        moe = dict(
-            num_moe_experts=args.num_experts,
-            moe_router_topk=args.moe_router_topk,
-            moe_ffn_hidden_size=args.moe_ffn_hidden_size,
-            moe_shared_expert_intermediate_size=args.moe_shared_expert_intermediate_size,
-            moe_layer_freq=args.moe_layer_freq,
-            moe_router_load_balancing_type=args.moe_router_load_balancing_type,
-            moe_aux_loss_coeff=args.moe_aux_loss_coeff,
-            moe_token_dispatcher_type=args.moe_token_dispatcher_type,
-            moe_flex_dispatcher_backend=getattr(args, "moe_flex_dispatcher_backend", "deepep"),
-            moe_router_dtype=args.moe_router_dtype,
-            moe_shared_expert_overlap=args.moe_shared_expert_overlap,
-            **moe_routing_config(args),
-        )
     mla = mla_config(args)
-    return (MLATransformerConfig if mla else TransformerConfig)(
-        num_layers=args.num_layers,
-        hidden_size=args.hidden_size,
-        ffn_hidden_size=args.ffn_hidden_size,
-        num_attention_heads=args.num_attention_heads,
-        num_query_groups=args.num_query_groups,
-        kv_channels=args.kv_channels,
-        normalization=args.normalization,
+    config_class = MLATransformerConfig if mla else TransformerConfig
+    kwargs = fields_by_name(config_class, args)
+    # What the flags mean in megatron-core's terms, where name or value differ.
+    kwargs.update(
         layernorm_epsilon=args.norm_epsilon,
         gated_linear_unit=args.swiglu,
         activation_func=F.silu if args.swiglu else F.gelu,
         **attention_config(args),
-        hidden_dropout=args.hidden_dropout,
-        attention_dropout=args.attention_dropout,
-        init_method_std=args.init_method_std,
-        tensor_model_parallel_size=args.tensor_model_parallel_size,
-        pipeline_model_parallel_size=args.pipeline_model_parallel_size,
         virtual_pipeline_model_parallel_size=virtual_pipeline_size(args),
         **pipeline_config(args),
-        mtp_num_layers=getattr(args, "mtp_num_layers", None),
-        mtp_loss_scaling_factor=getattr(args, "mtp_loss_scaling_factor", 0.1),
-        context_parallel_size=args.context_parallel_size,
-        expert_model_parallel_size=args.expert_model_parallel_size,
         expert_tensor_parallel_size=expert_tensor_parallel_size(args),
-        sequence_parallel=args.sequence_parallel,
+        transformer_impl=resolve_transformer_impl(args.transformer_impl),
         # fp16/bf16, params dtype, softmax precision, recompute, fp8 (parallel/precision.py).
         **transformer_precision_config(args),
-        calculate_per_token_loss=args.calculate_per_token_loss,
         # Megatron-LM's flags, less what this machine has no kernel for (parallel/speed.py).
         **{k: v for k, v in speed_settings(args)[0].items() if not k.startswith("overlap_")},
         deallocate_pipeline_outputs=True,
@@ -71,10 +64,11 @@ def transformer_config_from_args(args) -> TransformerConfig:
         # communicators; on GPU it also overlaps p2p with compute (Megatron-LM's VPP default).
         batch_p2p_comm=False,
         overlap_p2p_comm=torch.cuda.is_available() and virtual_pipeline_size(args) is not None,
-        enable_cuda_graph=getattr(args, "enable_cuda_graph", False),
-        **moe,
         **mla,
     )
+    if args.num_experts:
+        kwargs.update(num_moe_experts=args.num_experts, **moe_routing_config(args))
+    return config_class(**kwargs)
 
 
 def build_model_chunks(args, config: TransformerConfig, nitp_config: NITPConfig):

@@ -116,6 +116,11 @@ def _schema(model_family: str = "gpt"):
     return classes, owner, defaults
 
 
+def flag_sections(model_family: str = "gpt") -> dict:
+    """{dest: section} of every flag."""
+    return _schema(model_family)[1]
+
+
 class RunConfig:
     """Read-only flat access (`run.lr`), sections (`run.schedule.lr`), `run.nitp_config`."""
 

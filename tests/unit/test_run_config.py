@@ -1,0 +1,88 @@
+"""The RunConfig (training/run_config.py): built once from argv, typed by the parser's groups,
+read-only after the freeze; megatron-core's TransformerConfig takes every same-named flag."""
+
+import dataclasses
+import os
+
+import pytest
+
+from megatron_nitp.training.arguments import build_parser
+from megatron_nitp.training.run_config import FrozenConfigError, RunConfig, flag_sections
+from megatron_nitp.training.validation import validate_args
+from tests.helpers import suite_parse_args
+
+
+def _run(extra=(), world="1"):
+    os.environ["WORLD_SIZE"] = world
+    try:
+        args = suite_parse_args(list(extra))
+        return RunConfig.freeze(args, validate_args(args))
+    finally:
+        os.environ.pop("WORLD_SIZE", None)
+
+
+def test_every_flag_is_in_exactly_one_section():
+    dests = {a.dest for a in build_parser()._actions if a.dest != "help"}
+    sections = flag_sections()
+    assert set(sections) == dests
+    run = _run()
+    names = [f.name for s in sorted(set(sections.values()))
+             for f in dataclasses.fields(run.section(s))]
+    assert sorted(names) == sorted(dests)  # no flag in two sections
+    assert run.parallel.tensor_model_parallel_size == run.tensor_model_parallel_size == 1
+    assert run.schedule.lr == 3e-4 and run.model.num_layers == 4
+    assert run.nitp_config.target_layer == run.nitp_target_layer == 1  # round(0.2 * 4)
+
+
+def test_frozen_after_resolution():
+    run = _run(["--nitp"])
+    with pytest.raises(FrozenConfigError, match="read-only .*replace"):
+        run.lr = 1.0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        run.schedule.lr = 1.0
+    with pytest.raises(TypeError):
+        vars(run)["lr"] = 1.0  # a read-only view
+    assert run.data_parallel_size == 1  # resolved by validation, then frozen with the flags
+
+
+def test_replace_checks_types_and_rebuilds_nitp():
+    run = _run(["--nitp"])
+    other = run.replace(lr=1e-3, nitp_target_layer=2)
+    assert (other.lr, run.lr) == (1e-3, 3e-4)
+    assert other.nitp_config.target_layer == 2 and run.nitp_config.target_layer == 1
+    with pytest.raises(TypeError, match="num_layers = 'four' is not int"):
+        run.replace(num_layers="four")
+    with pytest.raises(TypeError, match="no flag or resolved value"):
+        run.replace(num_layer=4)  # a typo is not a new field
+
+
+def test_from_saved_fills_new_flags_and_drops_removed_ones():
+    run = _run(["--nitp"])
+    saved = run.to_dict()
+    del saved["log_throughput"]  # a checkpoint from before the flag existed
+    saved["a_flag_removed_since"] = 3
+    again = RunConfig.from_saved(saved, run.nitp_config.to_dict())
+    assert again.log_throughput is False  # today's default
+    assert "a_flag_removed_since" not in vars(again)
+    assert again.nitp_config == run.nitp_config and again.num_layers == run.num_layers
+
+
+def test_transformer_config_takes_every_same_named_flag():
+    """Megatron-LM's core_transformer_config_from_args: a field named like a flag's dest takes
+    its value. The exceptions are the derivations builder.py states (speed kernels this machine
+    lacks, expert TP's default, the resolved layer implementation) and the no-op flags."""
+    from megatron_nitp.models.builder import fields_by_name, transformer_config_from_args
+
+    derived = {"apply_rope_fusion", "bias_dropout_fusion", "gradient_accumulation_fusion",
+               "masked_softmax_fusion", "expert_tensor_parallel_size", "transformer_impl",
+               "recompute_modules"}  # the last: None, filled in by TransformerConfig itself
+    for extra in ([], ["--multi-latent-attention", "--num-experts", "4", "--qk-layernorm",
+                       "--moe-router-topk", "2", "--moe-aux-loss-coeff", "0.01"]):
+        run = _run(extra)
+        config = transformer_config_from_args(run)
+        taken = fields_by_name(type(config), run)
+        assert {"num_layers", "hidden_size", "moe_aux_loss_coeff", "mtp_num_layers"} <= set(taken)
+        assert "attention_backend" not in taken  # a documented no-op stays one
+        wrong = {k: (v, getattr(config, k)) for k, v in taken.items()
+                 if k not in derived and getattr(config, k) != v}
+        assert not wrong
