@@ -37,8 +37,12 @@ def _flex_backend_available(backend: str) -> bool:
 
 def moe_parallel_notices(args):
     """Expert flags on a dense model: no effect, as in Megatron-LM (its dense example scripts
-    give --expert-tensor-parallel-size 1), said once each."""
+    give --expert-tensor-parallel-size 1), said once each; and the benchmarking router."""
     if _get(args, "num_experts", 0):
+        if _get(args, "moe_router_force_load_balancing", False):
+            return ["notice: --moe-router-force-load-balancing: the router picks experts from "
+                    "random logits (Megatron-LM's benchmarking mode): the run measures speed, "
+                    "its model is not one to keep"]
         return []
     given = [f for f, v in (
         ("--expert-tensor-parallel-size", getattr(args, "expert_tensor_parallel_size", None)

@@ -72,6 +72,7 @@ def moe_routing_flags_set(args):
         ("--moe-z-loss-coeff", _get(args, "moe_z_loss_coeff")),
         ("--moe-expert-capacity-factor", _get(args, "moe_expert_capacity_factor")),
         ("--moe-pad-expert-input-to-capacity", _get(args, "moe_pad_expert_input_to_capacity")),
+        ("--moe-router-force-load-balancing", _get(args, "moe_router_force_load_balancing")),
     ) if v]
 
 

@@ -40,7 +40,7 @@ _MOE_FIELDS = ("moe_router_topk", "moe_ffn_hidden_size", "moe_shared_expert_inte
                "moe_z_loss_coeff", "moe_expert_capacity_factor", "moe_token_drop_policy",
                "moe_pad_expert_input_to_capacity", "moe_token_dispatcher_type",
                "moe_flex_dispatcher_backend", "moe_grouped_gemm", "moe_permute_fusion",
-               "moe_router_dtype")
+               "moe_router_dtype", "moe_router_force_load_balancing")
 _MOE_NOTES = {
     # --no-moe-router-pre-softmax too (a later --config can switch it off again)
     "moe_router_pre_softmax": dict(action=argparse.BooleanOptionalAction),
@@ -51,6 +51,8 @@ _MOE_NOTES = {
     "moe_flex_dispatcher_backend": dict(choices=["deepep", "hybridep"]),
     "moe_grouped_gemm": dict(note="(GPU.)"),
     "moe_permute_fusion": dict(note="(GPU, Transformer Engine >= 2.1.)"),
+    "moe_router_force_load_balancing": dict(note="(Megatron-LM's benchmarking mode: the "
+                                                 "model trains on random routes.)"),
 }
 
 

@@ -108,9 +108,6 @@ TABLE = (
                  "deprecated in Megatron-LM: with --position-embedding-type rope there is no "
                  "position table to disable (Megatron-LM refuses it otherwise; use "
                  "--position-embedding-type)", decide=_no_position_embedding_verdict),
-    _store_true("--moe-router-force-load-balancing", "moe_router_force_load_balancing", REJECT,
-                "not supported: Megatron-LM's benchmarking mode routes by random logits, which "
-                "trains a different model"),
     # -- refused: Megatron-FSDP (another data-parallel implementation) -----------------------
     _store_true("--use-megatron-fsdp", "use_megatron_fsdp", REJECT, _FSDP),
     _value("--data-parallel-sharding-strategy", "data_parallel_sharding_strategy", str,

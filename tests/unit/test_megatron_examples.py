@@ -41,9 +41,7 @@ REFUSED = {
     "deepseek_v2_lite": {},
     "qwen3_8b": {},
     "qwen3_30b_a3b": {},
-    "deepseek_v3_ddp": {
-        "--moe-router-force-load-balancing": ("benchmarking mode: random routing", []),
-    },
+    "deepseek_v3_ddp": {},
 }
 # The script's default (USE_MEGATRON_FSDP=1): Megatron-FSDP on top of the above.
 REFUSED["deepseek_v3"] = {

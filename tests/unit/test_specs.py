@@ -89,3 +89,20 @@ def test_mtp_layers_built_like_the_last_layer_and_counted(mp, moe):
     args = parse_args(["--num-layers", "4", "--hidden-size", "32", "--num-attention-heads", "4",
                        "--vocab-size", "64", "--transformer-impl", "local"] + argv)
     assert count_parameters(args)["mtp"] == built
+
+
+def test_force_load_balancing_routes_by_random_logits(mp):
+    """--moe-router-force-load-balancing (Megatron-LM's benchmarking router) reaches
+    megatron-core: the same tokens take other routes on each call; without it, the same."""
+    torch.manual_seed(0)
+    x = torch.randn(16, 2, 32)  # [s, b, h]
+
+    def routes(model):
+        router = model.decoder.layers[0].mlp.router
+        return [router(x)[1] for _ in range(2)]  # routing maps [tokens, experts]
+
+    flags = ["--num-experts", "4", "--moe-router-topk", "1", "--moe-ffn-hidden-size", "16"]
+    first, second = routes(build(flags))
+    assert torch.equal(first, second)
+    first, second = routes(build(flags + ["--moe-router-force-load-balancing"]))
+    assert not torch.equal(first, second)
