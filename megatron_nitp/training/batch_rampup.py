@@ -27,12 +27,13 @@ def _calculator(args):
         start, increment, samples)
 
 
-def rampup_plan(args):
-    """(iterations, samples consumed) of a --train-samples run with the ramp, by Megatron-LM's
-    update_train_iters rule: ramp-phase steps while the consumed samples are within both the
-    ramp and --train-samples, then whole global batches (a partial last one is dropped)."""
+def rampup_plan(args, consumed=0):
+    """(iterations, samples consumed at the end) of a --train-samples run with the ramp from
+    `consumed` samples on (0: the whole run), by Megatron-LM's update_train_iters rule: ramp-phase
+    steps while the consumed samples are within both the ramp and --train-samples, then whole
+    global batches (a partial last one is dropped)."""
     calc = _calculator(args)
-    iterations = consumed = 0
+    iterations = 0
     ramp = args.rampup_batch_size[2]
     while consumed <= ramp and consumed <= args.train_samples:
         calc.update(consumed, consistency_check=False)
@@ -40,6 +41,12 @@ def rampup_plan(args):
         iterations += 1
     constant = max(args.train_samples - consumed, 0) // args.global_batch_size
     return iterations + constant, consumed + constant * args.global_batch_size
+
+
+def ramp_ahead(ramp, consumed):
+    """The part of a ramp a run resumed at `consumed` samples still follows: None once it is
+    over (megatron-core's calculator gives the full global batch past its samples)."""
+    return None if ramp is None or consumed > ramp[2] else list(ramp)
 
 
 def rampup_errors(args):

@@ -25,6 +25,7 @@ from .output_paths import probe_output_paths
 from .profiling import check_profile_args
 from .resume_changes import check_optimizer_layout, report_nitp_changes
 from .save_lock import SaveDirLock
+from .sample_schedule import continue_sample_plan, planned_samples
 from .schedule_resume import check_schedule_on_resume
 from .stop_policy import SecondInterrupt
 from .validation import ConfigError, validate_args
@@ -98,7 +99,9 @@ def _check_resume_target(args, vocab_size_known, nitp_config=None, log=None):
             check_optimizer_layout(saved, args, args.load)
             check_decoupled_lr_on_resume(saved, args, args.load)
         if continues_schedule(run_config, args.finetune, args.no_load_optim):
-            check_schedule_on_resume(args, iteration_dir(args.load, it), log, saved)
+            check_schedule_on_resume(args, iteration_dir(args.load, it), log, saved,
+                                     run_config.get("consumed_samples", 0))
+    continue_sample_plan(args, run_config, log)
 
 
 def _per_split_paths(args):
@@ -283,11 +286,7 @@ class Trainer:
         a = self.args
         gbs = a.global_batch_size
         n_evals = (a.train_iters // a.eval_interval + 1) if a.eval_interval and a.eval_iters else 0
-        train = a.train_iters * gbs
-        if a.rampup_batch_size is not None:  # the samples the ramp's plan consumes
-            from .batch_rampup import rampup_plan
-
-            train = rampup_plan(a)[1]
+        train = planned_samples(a, self.iteration, self.consumed)  # to the run's last step
         sizes = (train, max(n_evals * a.eval_iters * gbs, 1), a.eval_iters * gbs)
         # Every rank calls it: megatron-core builds the index cache on rank 0 first, then loads
         # it on the others (its own barrier).
