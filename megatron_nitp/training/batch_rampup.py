@@ -9,7 +9,10 @@ follows update_train_iters; before each step the calculator is updated from the 
 the step runs its microbatches, and consumed samples and the sample-counting scheduler advance
 by that step's batch; evaluation keeps the full global batch; a checkpoint is saved (with
 --save) before the batch grows. The batch depends only on the consumed samples, which every
-checkpoint holds, so a resumed run continues the ramp exactly.
+checkpoint holds, so a resumed run continues the ramp exactly. A ramp changed on resume is a
+schedule change (training/schedule_resume.py); with --override-opt_param-scheduler or
+--use-checkpoint-opt_param-scheduler the new ramp runs from the consumed samples
+(sample_schedule.continue_sample_plan).
 """
 
 FLAG = "--rampup-batch-size"

@@ -135,12 +135,12 @@ def test_a_new_ramp_with_override_runs_from_the_consumed_samples(straight, tmp_p
 
 def test_a_new_global_batch_keeps_the_checkpoints_lr_and_ends_at_train_samples(straight,
                                                                                 tmp_path):
+    # (Without a flag it is refused, as the ramp above and the batch size in
+    # test_reliability_resume_safety.py.)
     run = _with(_with(RUN, "--rampup-batch-size"), "--global-batch-size", "4")
-    out, _ = _resume(straight, tmp_path, run, expect_code=2)
-    assert "the batch sizes differ from the checkpoint's (global_batch_size 8 in the " \
-           "checkpoint, 4 from --global-batch-size; rampup_batch_size 2 2 12 in the " \
-           "checkpoint, none from --rampup-batch-size)" in out
-    out, recs = _resume(straight, tmp_path / "keep", run, KEEP)
+    out, recs = _resume(straight, tmp_path, run, KEEP)
+    assert "global_batch_size 8 in the checkpoint, 4 from --global-batch-size; " \
+           "rampup_batch_size 2 2 12 in the checkpoint, none from --rampup-batch-size; using" in out
     assert "using the checkpoint's learning-rate schedule (--use-checkpoint-opt_param-" \
            "scheduler); the batch sizes are this run's, as in Megatron-LM" in out
     # 8 iterations of 4 from 8 consumed samples reach --train-samples 40 (Megatron-LM's plan
