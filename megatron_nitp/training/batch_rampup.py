@@ -9,7 +9,10 @@ follows update_train_iters; before each step the calculator is updated from the 
 the step runs its microbatches, and consumed samples and the sample-counting scheduler advance
 by that step's batch; evaluation keeps the full global batch; a checkpoint is saved (with
 --save) before the batch grows. The batch depends only on the consumed samples, which every
-checkpoint holds, so a resumed run continues the ramp exactly.
+checkpoint holds, so a resumed run continues the ramp exactly. A ramp changed on resume is a
+schedule change (training/schedule_resume.py); with --override-opt_param-scheduler or
+--use-checkpoint-opt_param-scheduler the new ramp runs from the consumed samples
+(sample_schedule.continue_sample_plan).
 """
 
 FLAG = "--rampup-batch-size"
@@ -27,12 +30,13 @@ def _calculator(args):
         start, increment, samples)
 
 
-def rampup_plan(args):
-    """(iterations, samples consumed) of a --train-samples run with the ramp, by Megatron-LM's
-    update_train_iters rule: ramp-phase steps while the consumed samples are within both the
-    ramp and --train-samples, then whole global batches (a partial last one is dropped)."""
+def rampup_plan(args, consumed=0):
+    """(iterations, samples consumed at the end) of a --train-samples run with the ramp from
+    `consumed` samples on (0: the whole run), by Megatron-LM's update_train_iters rule: ramp-phase
+    steps while the consumed samples are within both the ramp and --train-samples, then whole
+    global batches (a partial last one is dropped)."""
     calc = _calculator(args)
-    iterations = consumed = 0
+    iterations = 0
     ramp = args.rampup_batch_size[2]
     while consumed <= ramp and consumed <= args.train_samples:
         calc.update(consumed, consistency_check=False)
@@ -40,6 +44,12 @@ def rampup_plan(args):
         iterations += 1
     constant = max(args.train_samples - consumed, 0) // args.global_batch_size
     return iterations + constant, consumed + constant * args.global_batch_size
+
+
+def ramp_ahead(ramp, consumed):
+    """The part of a ramp a run resumed at `consumed` samples still follows: None once it is
+    over (megatron-core's calculator gives the full global batch past its samples)."""
+    return None if ramp is None or consumed > ramp[2] else list(ramp)
 
 
 def rampup_errors(args):

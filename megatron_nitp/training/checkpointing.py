@@ -304,7 +304,7 @@ def load_checkpoint(ckpt_dir, chunks, optimizer, scheduler, nitp_config, log=inf
     elif model_only:
         log("notice: model-only checkpoint (e.g. converted from HF); fresh optimizer")
         return 0, 0
-    elif not fresh_head:
+    elif not load_optimizer and not fresh_head:
         why = "--no-load-optim" if no_load_optim else "the checkpoint was saved with --no-save-optim"
         log(f"notice: {why}: model, iteration and consumed samples loaded; fresh optimizer and "
             "scheduler")

@@ -20,6 +20,7 @@ from .debug import FAULTS
 from .log import get_logger, rank, set_logging_level
 from .resolve import per_split_paths, resolve_run
 from .run_config import RunConfig
+from .sample_schedule import planned_samples
 from .save_lock import SaveDirLock
 from .stop_policy import SecondInterrupt
 from .validation import ConfigError
@@ -155,11 +156,7 @@ class Trainer:
         a = self.args
         gbs = a.global_batch_size
         n_evals = (a.train_iters // a.eval_interval + 1) if a.eval_interval and a.eval_iters else 0
-        train = a.train_iters * gbs
-        if a.rampup_batch_size is not None:  # the samples the ramp's plan consumes
-            from .batch_rampup import rampup_plan
-
-            train = rampup_plan(a)[1]
+        train = planned_samples(a, self.iteration, self.consumed)  # to the run's last step
         sizes = (train, max(n_evals * a.eval_iters * gbs, 1), a.eval_iters * gbs)
         # Every rank calls it: megatron-core builds the index cache on rank 0 first, then loads
         # it on the others (its own barrier).

@@ -14,6 +14,7 @@ from .output_paths import probe_output_paths
 from .profiling import check_profile_args
 from .resume_changes import check_optimizer_layout, report_nitp_changes
 from .run_config import RunConfig
+from .sample_schedule import continue_sample_plan
 from .schedule_resume import check_schedule_on_resume
 from .validation import ConfigError, validate_args
 
@@ -96,7 +97,9 @@ def _check_resume_target(args, vocab_size_known, nitp_config=None, log=None):
             check_optimizer_layout(saved, args, args.load)
             check_decoupled_lr_on_resume(saved, args, args.load)
         if continues_schedule(run_config, args.finetune, args.no_load_optim):
-            check_schedule_on_resume(args, iteration_dir(args.load, it), log, saved)
+            check_schedule_on_resume(args, iteration_dir(args.load, it), log, saved,
+                                     run_config.get("consumed_samples", 0))
+    continue_sample_plan(args, run_config, log)
 
 
 def per_split_paths(args):

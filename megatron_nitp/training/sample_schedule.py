@@ -10,9 +10,12 @@ multiples of the global batch. With --rampup-batch-size (training/batch_rampup.p
 iterations follow the ramp and the scheduler advances by each step's batch.
 --lr-warmup-fraction sets the warmup to that fraction of the
 decay length in either mode. Mixing the two modes' flags is refused, as Megatron-LM asserts.
+A resumed --train-samples run plans its remaining iterations from the checkpoint's consumed
+samples: Megatron-LM keeps the iteration count planned from sample 0, so a batch size or ramp
+changed on resume (schedule_resume.py) would stop it short of, or past, --train-samples.
 """
 
-from .batch_rampup import rampup_errors
+from .batch_rampup import rampup_errors, rampup_plan
 
 
 def sample_schedule_errors(args):
@@ -69,3 +72,39 @@ def scheduler_increment(args, batch_size: int) -> int:
     """The scheduler's step: one iteration, or (counting samples) the step's batch, which
     --rampup-batch-size makes smaller than --global-batch-size while it ramps."""
     return batch_size if args.train_samples is not None else 1
+
+
+def sample_plan(args, iteration=0, consumed=0):
+    """(train_iters, samples consumed at the end) of a run continuing from `iteration` and
+    `consumed` samples with this run's batch sizes (0, 0: Megatron-LM's update_train_iters)."""
+    gbs = args.global_batch_size
+    if args.train_samples is None:
+        return args.train_iters, consumed + max(args.train_iters - iteration, 0) * gbs
+    if args.rampup_batch_size is not None:
+        steps, end = rampup_plan(args, consumed)
+    else:
+        steps = max(args.train_samples - consumed, 0) // gbs
+        end = consumed + steps * gbs
+    return iteration + steps, end
+
+
+def planned_samples(args, iteration=0, consumed=0) -> int:
+    """The training split's size: the samples the run consumes by its end, never fewer than a
+    straight run's (the dataset's sample order depends on its size)."""
+    return max(sample_plan(args)[1], sample_plan(args, iteration, consumed)[1])
+
+
+def continue_sample_plan(args, run_config: dict, log):
+    """On resume: a --train-samples run's iterations are those done plus what its batch sizes
+    need from the checkpoint's consumed samples to --train-samples (not with --finetune or
+    from a model-only checkpoint: those start at sample 0)."""
+    if args.train_samples is None or args.finetune or run_config.get("model_only", False):
+        return
+    iteration, consumed = run_config.get("iteration", 0), run_config.get("consumed_samples", 0)
+    planned = sample_plan(args, iteration, consumed)[0]
+    if planned != args.train_iters:
+        log(f"notice: --train-samples {args.train_samples}: {planned - iteration} more "
+            f"iterations from the checkpoint's {consumed} consumed samples (iteration "
+            f"{iteration}), {planned} in all; planned from sample 0 with this run's batch "
+            f"sizes it would be {args.train_iters}")
+        args.train_iters = planned

@@ -4,7 +4,8 @@ parameter (the NITP head included) trains exactly as in a run without the flags.
 saved weights: the first step's lr is the warmup's start (0), so after iteration 1 both runs hold
 the initial weights and the same Adam moments; iteration 2 then moves each weight by its group's
 lr x the same AdamW step, so the embedding and output layer move decoupled-lr / lr (5) times as
-far as without the flags, and every other weight identically."""
+far as without the flags, and every other weight identically. At PP2 (tied embeddings: both
+copies) and with the distributed optimizer at DP2, the losses and weights equal one process's."""
 
 import shutil
 
@@ -98,3 +99,55 @@ def test_resume_keeps_the_groups_and_override_changes_the_decoupled_lr(runs, tmp
     assert resumed[0]["lr"] == runs["decoupled"][0][1]["lr"]  # the main schedule is unchanged
     assert resumed[0]["lm_loss"] == runs["decoupled"][0][1]["lm_loss"]  # same weights loaded
     assert [r["decoupled_lr"] for r in resumed] == pytest.approx([(2e-3 + 1e-4) / 2, 1e-4])
+
+
+# -- other layouts: the same weights take the decoupled lr as at one process -----------------
+# Tied embeddings (the default): at PP2 the last stage holds a copy of the word embeddings as its
+# output weight, which megatron-core keeps equal to the first stage's by all-reducing their
+# gradients; both copies must take --decoupled-lr. From one seed checkpoint (--finetune: the
+# layouts start from the same weights), gbs 4 so that DP2 splits it.
+SEEDED = TINY_GPT + ["--nitp", "--global-batch-size", "4", "--train-iters", "3",
+                     "--lr-warmup-init", "0", "--save-interval", "2"] + DECOUPLED
+LAYOUTS = {"pp2_tied": ["--pipeline-model-parallel-size", "2"],
+           "dp2_distributed_optimizer": ["--use-distributed-optimizer"]}
+
+
+def _seeded_run(d, name, seed, extra=(), nproc=1):
+    run_engine(SEEDED + [*extra, "--load", seed, "--finetune", "--save", d / name,
+                         "--log-jsonl", d / f"{name}.jsonl"], nproc=nproc)
+    return ({r["iteration"]: (r["lm_loss"], r["nitp_loss"], r["decoupled_lr"])
+             for r in read_log(d / f"{name}.jsonl")[0]},
+            _weights(d / name / "iter_0000002", d))
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    d = tmp_path_factory.mktemp("decoupled_layouts")
+    run_engine(SEEDED + ["--train-iters", "0", "--save", d / "seed"])
+    seed = _weights(d / "seed" / "iter_0000000", d)
+    losses, weights = _seeded_run(d, "one", d / "seed")
+    # The reference is decoupled: step 2 (the first with lr > 0) moves each weight by at most
+    # about its group's lr (Adam), 5e-3 for the tied embedding and 1e-3 for every other one.
+    for name, w in weights.items():
+        move = (w - seed[name]).abs().max().item()
+        peak = 5e-3 if name == "embedding.word_embeddings.weight" else 1e-3
+        assert 0.9 * peak < move < 1.1 * peak, (name, move)
+    return d, losses, weights
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_a_layout_gives_the_decoupled_lr_to_the_same_weights(layout, one_process):
+    d, ref_losses, ref_weights = one_process
+    losses, weights = _seeded_run(d, layout, d / "seed", LAYOUTS[layout], nproc=2)
+    # Iteration 3's loss follows step 2's update of both tied copies (at PP2 a last-stage copy
+    # at --lr instead gives lm loss 5.5267 for 5.5058).
+    assert sorted(losses) == sorted(ref_losses) == [1, 2, 3]
+    for it, (lm, nitp, lr) in ref_losses.items():
+        assert losses[it][0] == pytest.approx(lm, rel=1e-6), (layout, it)
+        assert losses[it][1] == pytest.approx(nitp, rel=1e-6), (layout, it)
+        assert losses[it][2] == lr
+    # Every weight after step 2 as at one process (moves of 1e-3 and 5e-3; the groups' lrs
+    # differ by 4e-3), the embedding's first-stage copy included.
+    assert set(weights) == set(ref_weights)
+    for name, w in weights.items():
+        assert torch.allclose(w, ref_weights[name], rtol=0, atol=1e-7), (layout, name)
