@@ -10,6 +10,8 @@ its spec on the chunk that holds it; everything between them carries z next to h
 TargetCarrier (parallel/pipeline.py).
 """
 
+import contextlib
+import dataclasses
 from typing import Optional
 
 import torch
@@ -24,6 +26,25 @@ from ..nitp.objective import nitp_token_losses, tp_rows
 from ..nitp.shift import local_global_positions
 from ..nitp.target import ImplicitTargetCapture, with_target_capture
 from ..parallel.pipeline import AFTER, OWNER, TargetCarrier, layer_index_on_chunk
+
+
+@dataclasses.dataclass(frozen=True)
+class ForwardInputs:
+    """What one forward hands `_postprocess` beyond megatron's own arguments.
+
+    geometry: a `nitp.metrics.MicrobatchGeometry` on a metrics step (App. D's sums are taken);
+    nitp_loss_mask: the NITP validity's base mask when it is not the LM loss mask (document
+    boundaries, nitp/documents.py).
+
+    It travels on the model for the duration of one forward because megatron-core 0.16.1's
+    GPTModel.forward calls `_postprocess` with a fixed keyword list: its only pass-through,
+    `extra_block_kwargs`, is also splatted into TransformerBlock.forward and the MTP block's
+    forward, whose fixed signatures reject unknown keys (TypeError)."""
+    geometry: Optional[object] = None
+    nitp_loss_mask: Optional[torch.Tensor] = None
+
+
+NO_INPUTS = ForwardInputs()
 
 
 class NITPGPTModel(GPTModel):
@@ -59,8 +80,7 @@ class NITPGPTModel(GPTModel):
         self.nitp_head = None
         self._capture = capture
         self._carrier = carrier
-        self._geometry = None  # set for the duration of one forward (a metrics step)
-        self._nitp_loss_mask = None  # likewise (document boundaries)
+        self._inputs = NO_INPUTS  # set by `_forward_scope` for one forward
         if self.post_process and cfg.enabled and cfg.uses_head:
             spec = nitp_head_spec or get_nitp_head_spec(use_transformer_engine)
             self.nitp_head = NITPHead(config, spec, cfg.head_ffn_multiplier, cfg.head_recompute)
@@ -78,19 +98,29 @@ class NITPGPTModel(GPTModel):
         super().set_input_tensor(self._carrier.receive(input_tensor))
 
     def forward(self, *args, geometry=None, nitp_loss_mask=None, **kwargs):
-        """nitp_loss_mask: the NITP validity's base mask when it is not the LM loss mask
-        (document boundaries, nitp/documents.py)."""
-        self._capture.arm()
-        self._geometry, self._nitp_loss_mask = geometry, nitp_loss_mask
-        try:
+        """GPTModel.forward; geometry and nitp_loss_mask: see `ForwardInputs`."""
+        with self._forward_scope(ForwardInputs(geometry, nitp_loss_mask)):
             return super().forward(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def _forward_scope(self, inputs: ForwardInputs):
+        """One forward's state: its inputs, the armed capture of layer k, the carried z.
+        All of it is cleared on the way out (also on error), so nothing leaks into the next
+        forward nor into a recompute in backward."""
+        self._capture.arm()
+        self._inputs = inputs
+        try:
+            yield
         finally:
             self._capture.disarm()
-            self._capture.take()
             self._carrier.reset()
-            self._geometry = self._nitp_loss_mask = None
+            self._inputs = NO_INPUTS
 
-    def _geometry_sums(self, hidden_states, loss_mask, seq_length):
+    def forward_inputs(self) -> ForwardInputs:
+        """This forward's `ForwardInputs` (NO_INPUTS outside a forward)."""
+        return self._inputs
+
+    def _geometry_sums(self, geometry, hidden_states, loss_mask, seq_length):
         """App. D's sums of this microbatch's final hidden states (this rank's SP/CP rows)."""
         sp = self.config.sequence_parallel
         tp, cp = self.tp_group, self.cp_group
@@ -98,7 +128,7 @@ class NITPGPTModel(GPTModel):
             seq_length, tp.rank() if sp else 0, tp.size() if sp else 1,
             cp.rank() if cp.size() > 1 else 0, cp.size(), sp)
         valid = tp_rows(loss_mask.T.bool(), tp, sp)
-        return self._geometry.sums(hidden_states, valid, positions)
+        return geometry.sums(hidden_states, valid, positions)
 
     def _implicit_target(self, decoder_input):
         role = self._carrier.role
@@ -135,14 +165,16 @@ class NITPGPTModel(GPTModel):
         # With MTP, megatron applies the MTP block to `hidden_states` in there; the NITP head
         # below reads the same main-model h_t (after the final norm), as the paper's.
         lm = super()._postprocess(hidden_states, **megatron)
+        inputs = self.forward_inputs()
         geometry = None
-        if self._geometry is not None and labels is not None:
+        if inputs.geometry is not None and labels is not None:
             mask = loss_mask if loss_mask is not None else torch.ones_like(labels, dtype=torch.bool)
-            geometry = self._geometry_sums(hidden_states, mask, labels.size(1) * self.cp_group.size())
+            geometry = self._geometry_sums(inputs.geometry, hidden_states, mask,
+                                           labels.size(1) * self.cp_group.size())
         if not cfg.enabled or labels is None:
             return lm if geometry is None else (lm, None, None, geometry)
         assert cfg.loss_type == "generic_cosine" or target is not None, "implicit target missing"
-        nitp_mask = self._nitp_loss_mask
+        nitp_mask = inputs.nitp_loss_mask
         per_tok, valid = nitp_token_losses(
             hidden_states, target, loss_mask if nitp_mask is None else nitp_mask,
             self.nitp_head, cfg,

@@ -23,7 +23,7 @@ class ImplicitTargetCapture:
         self._armed, self.value = True, None
 
     def disarm(self):
-        self._armed = False
+        self._armed, self.value = False, None
 
     def take(self):
         value, self.value = self.value, None

@@ -19,12 +19,11 @@ class ModelAndOptimizer:
 def build_model_and_optimizer(args, nitp_config: NITPConfig) -> ModelAndOptimizer:
     """After initialize_distributed (and, with --tp-comm-overlap, the TP communicators)."""
     from ..models.builder import build_model_chunks, transformer_config_from_args
-    from ..parallel.precision import ddp_precision_config
+    from .core_configs import ddp_config_from_args
     from .step import build_optimizer, wrap_ddp
 
     config = transformer_config_from_args(args)
     chunks = build_model_chunks(args, config, nitp_config)
-    model = wrap_ddp(chunks, config, args.use_distributed_optimizer, args.overlap_grad_reduce,
-                     args.overlap_param_gather, **ddp_precision_config(args))
+    model = wrap_ddp(chunks, config, ddp_config_from_args(args))
     optimizer, scheduler = build_optimizer(args, model, config)
     return ModelAndOptimizer(config, chunks, model, optimizer, scheduler)

@@ -12,8 +12,8 @@ from typing import Dict, Optional
 import torch
 from megatron.core import parallel_state
 from megatron.core.distributed import DistributedDataParallel as DDP
-from megatron.core.distributed import DistributedDataParallelConfig, finalize_model_grads
-from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.distributed import finalize_model_grads
+from megatron.core.optimizer import get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.transformer.module import Float16Module
@@ -24,7 +24,8 @@ from ..nitp.documents import within_document_mask
 from ..nitp.loss import nitp_loss_func
 from ..nitp.metrics import GEOMETRY_KEYS, reduce_geometry
 from ..parallel.pipeline import TargetCarrier
-from ..parallel.precision import optimizer_precision_config, uses_grad_scaler
+from ..parallel.precision import uses_grad_scaler
+from .core_configs import optimizer_config_from_args
 from .decoupled_lr import optimizer_config_overrides
 from .sample_schedule import scheduler_increment
 from .schedule_resume import scheduler_kwargs
@@ -67,9 +68,9 @@ def make_forward_step(nitp_weight: float, calculate_per_token_loss: bool, device
     return forward_step
 
 
-def wrap_ddp(chunks, config, use_distributed_optimizer: bool, overlap_grad_reduce=False,
-             overlap_param_gather=False, grad_reduce_in_fp32=True):
+def wrap_ddp(chunks, config, ddp_config):
     """Float16Module (bf16/fp16 runs) then megatron DDP, in Megatron-LM's get_model order.
+    ddp_config: training/core_configs.ddp_config_from_args.
 
     Float16Module casts every parameter to the model dtype in place (the torch norms of the local
     spec are built fp32 otherwise) and returns the last stage's outputs in fp32. megatron's
@@ -78,14 +79,6 @@ def wrap_ddp(chunks, config, use_distributed_optimizer: bool, overlap_grad_reduc
     sharded param"). `chunks` stay the inner models (same parameter objects)."""
     if config.bf16 or config.fp16:
         chunks = [Float16Module(config, chunk) for chunk in chunks]
-    ddp_config = DistributedDataParallelConfig(
-        # Megatron-LM: --accumulate-allreduce-grads-in-fp32 (implied by --bf16); see
-        # parallel/precision.py. fp32 parameters have fp32 gradient buffers either way.
-        grad_reduce_in_fp32=grad_reduce_in_fp32,
-        overlap_grad_reduce=overlap_grad_reduce,
-        overlap_param_gather=overlap_param_gather,
-        use_distributed_optimizer=use_distributed_optimizer,
-    )
     wrapped = [DDP(config, ddp_config, chunk, disable_bucketing=(i > 0))
                for i, chunk in enumerate(chunks)]
     for w in wrapped:
@@ -97,33 +90,18 @@ def wrap_ddp(chunks, config, use_distributed_optimizer: bool, overlap_grad_reduc
     # As Megatron-LM (align_grad_reduce / align_param_gather, its defaults): the schedule starts
     # each chunk's reduction or gather itself, so all PP stages launch them in the same order.
     one = len(wrapped) == 1
-    if overlap_grad_reduce:
+    if ddp_config.overlap_grad_reduce:
         config.grad_sync_func = [w.start_grad_sync for w in wrapped]
         config.grad_sync_func = config.grad_sync_func[0] if one else config.grad_sync_func
-    if overlap_param_gather:
+    if ddp_config.overlap_param_gather:
         config.param_sync_func = [w.start_param_sync for w in wrapped]
         config.param_sync_func = config.param_sync_func[0] if one else config.param_sync_func
     return wrapped
 
 
 def build_optimizer(args, model_chunks, config):
-    opt_config = OptimizerConfig(
-        optimizer="adam",
-        lr=args.lr,
-        min_lr=args.min_lr,
-        # The embedding and output layers' own max/min lr (training/decoupled_lr.py).
-        decoupled_lr=args.decoupled_lr,
-        decoupled_min_lr=args.decoupled_min_lr,
-        weight_decay=args.weight_decay,
-        adam_beta1=args.adam_beta1,
-        adam_beta2=args.adam_beta2,
-        adam_eps=args.adam_eps,
-        clip_grad=args.clip_grad,
-        use_distributed_optimizer=args.use_distributed_optimizer,
-        # fp16/bf16, params dtype, loss scaling: megatron-core picks the grad scaler.
-        **optimizer_precision_config(args),
-        log_num_zeros_in_grad=args.log_num_zeros_in_grad,  # optimizer.step() counts them
-    )
+    # By field name as Megatron-LM, then the precision derivation (training/core_configs.py).
+    opt_config = optimizer_config_from_args(args)
     optimizer = get_megatron_optimizer(opt_config, model_chunks,
                                        config_overrides=optimizer_config_overrides(opt_config))
     if uses_grad_scaler(args):

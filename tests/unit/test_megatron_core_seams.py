@@ -3,6 +3,8 @@ moves one of them fails the test named after it, instead of NITP silently traini
 
 - NITPGPTModel overrides `GPTModel._postprocess` with its parameters by name, and reads
   `hidden_states`, `labels`, `loss_mask` and `decoder_input` (models/gpt_nitp.py);
+- NITP's per-forward inputs (geometry, the NITP base mask) cannot ride on GPTModel.forward's
+  `extra_block_kwargs`: the blocks it is also splatted into take no unknown keys (ForwardInputs);
 - the pipeline carries [h; z] by doubling `seq_length` given to the schedule, which sizes its
   p2p buffers from it (parallel/pipeline.py, TargetCarrier);
 - the implicit target is captured by layer k itself, built from its own ModuleSpec: that needs
@@ -33,6 +35,17 @@ def test_gpt_model_postprocess_takes_the_arguments_nitp_reads():
     forward = inspect.getsource(GPTModel.forward)
     for name in ("hidden_states", "labels", "loss_mask", "decoder_input"):
         assert f"{name}={name}" in forward, f"GPTModel.forward no longer passes {name}="
+
+
+def test_extra_block_kwargs_reach_blocks_that_reject_unknown_keys():
+    from megatron.core.transformer.multi_token_prediction import MultiTokenPredictionBlock
+    from megatron.core.transformer.transformer_block import TransformerBlock
+
+    # If this fails, megatron-core grew a pass-through: ForwardInputs could travel in
+    # extra_block_kwargs instead of on the model (models/gpt_nitp.py).
+    for forward in (TransformerBlock.forward, MultiTokenPredictionBlock.forward):
+        kinds = [p.kind for p in inspect.signature(forward).parameters.values()]
+        assert inspect.Parameter.VAR_KEYWORD not in kinds, forward.__qualname__
 
 
 def test_pipeline_schedules_size_p2p_buffers_from_seq_length():

@@ -70,6 +70,25 @@ def test_target_layer_is_layer_k_and_captures_once_per_forward(mp):
     assert nitp.shape == (2, 8) and valid[:, -1].sum() == 0
 
 
+def test_forward_scope_is_cleared_after_every_forward(mp):
+    from megatron_nitp.models.gpt_nitp import NO_INPUTS
+
+    model = build(["--nitp", "--nitp-target-layer", "2"])
+    tokens = torch.randint(0, 64, (2, 8))
+    pos = torch.arange(8).repeat(2, 1)
+    seen = []
+    original = model._postprocess
+    model._postprocess = lambda *a, **k: (seen.append(model.forward_inputs()), original(*a, **k))[1]
+    base = torch.ones(2, 8)
+    model(tokens, pos, None, labels=tokens, loss_mask=torch.ones(2, 8), nitp_loss_mask=base)
+    assert seen[0].nitp_loss_mask is base and model.forward_inputs() is NO_INPUTS
+    with pytest.raises(Exception):  # labels of the wrong length fail inside _postprocess
+        model(tokens, pos, None, labels=tokens[:, :3], loss_mask=torch.ones(2, 8),
+              nitp_loss_mask=base)
+    assert seen[1].nitp_loss_mask is base and model.forward_inputs() is NO_INPUTS
+    assert not model._capture._armed and model._capture.value is None
+
+
 @pytest.mark.parametrize("moe", [False, True])
 def test_mtp_layers_built_like_the_last_layer_and_counted(mp, moe):
     from megatron.core.transformer.moe.moe_layer import MoELayer

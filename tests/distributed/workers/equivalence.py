@@ -200,24 +200,21 @@ def microbatches():
 
 
 def setup(layout):
-    from megatron_nitp.models.builder import (build_model_chunks, transformer_config_from_args,
-                                              virtual_pipeline_size)
+    """The engine's builder (training/model_setup.py), so the suite proves what trains."""
+    from megatron_nitp.models.builder import virtual_pipeline_size
     from megatron_nitp.models.moe_parallel import expert_tensor_parallel_size
     from megatron_nitp.nitp.config import NITPConfig
     from megatron_nitp.parallel.distributed import initialize_distributed
-    from megatron_nitp.training.step import build_optimizer, wrap_ddp
+    from megatron_nitp.training.model_setup import build_model_and_optimizer
 
     args = make_args(layout)
     initialize_distributed(args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
                            virtual_pipeline_size(args), 1, args.expert_model_parallel_size,
                            seed=1234, expert_tensor_parallel_size=expert_tensor_parallel_size(args))
-    config = transformer_config_from_args(args)
     nitp_config = NITPConfig.from_args(args)
-    chunks = build_model_chunks(args, config, nitp_config)
-    model = wrap_ddp(chunks, config, args.use_distributed_optimizer)
-    optimizer, scheduler = build_optimizer(args, model, config)
-    return SimpleNamespace(args=args, config=config, nitp=nitp_config, chunks=chunks,
-                           model=model, optimizer=optimizer, scheduler=scheduler)
+    built = build_model_and_optimizer(args, nitp_config)
+    return SimpleNamespace(args=args, config=built.config, nitp=nitp_config, chunks=built.chunks,
+                           model=built.model, optimizer=built.optimizer, scheduler=built.scheduler)
 
 
 def sharded_sd(chunks):

@@ -258,6 +258,8 @@ def reference_train(weights, config, batches, steps: int, optim=Optim(), tied=Tr
     return TrainResult(losses, norms, grads, params, named)
 
 
+# Raw megatron-core DDP on purpose (not training/step.py's): test_cpu_compat.py proves megatron-core
+# itself on CPU/gloo, independent of the package's step and builders.
 def wrap_ddp(chunks, config, use_distributed_optimizer: bool = False) -> List[DDP]:
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True,
