@@ -293,13 +293,14 @@ def save_tp1_checkpoint(plan: ImportPlan, out_dir: str, seed: int) -> None:
     from megatron.core import dist_checkpointing
 
     from ..models.builder import build_model_chunks, transformer_config_from_args
-    from ..models.pipeline_layout import clear_pipeline_split
+    from ..models.pipeline_layout import NO_PIPELINE_SPLIT
     from ..parallel.distributed import destroy_distributed_model_parallel, initialize_distributed
 
     args1 = copy.copy(plan.args)
     args1.tensor_model_parallel_size = args1.pipeline_model_parallel_size = 1
     args1.expert_model_parallel_size = 1
-    clear_pipeline_split(args1)  # virtual and uneven splits: models/pipeline_layout.py
+    for k, v in NO_PIPELINE_SPLIT.items():  # virtual and uneven splits: models/pipeline_layout.py
+        setattr(args1, k, v)
     args1.sequence_parallel = False
     args1.transformer_impl = "local"  # the state_dict names hf_mapping produces
     args1.moe_token_dispatcher_type = "allgather"
