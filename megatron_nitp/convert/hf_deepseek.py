@@ -35,7 +35,7 @@ HF_LATENT_NORM_EPS = 1e-6
 
 def mla_shape_fields(args) -> dict:
     """ModelShape.mla of an MLA run."""
-    return dict(q_lora_rank=getattr(args, "q_lora_rank", None), kv_lora_rank=args.kv_lora_rank,
+    return dict(q_lora_rank=args.q_lora_rank, kv_lora_rank=args.kv_lora_rank,
                 qk_head_dim=args.qk_head_dim, qk_pos_emb_head_dim=args.qk_pos_emb_head_dim,
                 v_head_dim=args.v_head_dim, rotary_scaling_factor=args.rotary_scaling_factor,
                 mscale=args.mscale, mscale_all_dim=args.mscale_all_dim,
@@ -44,7 +44,7 @@ def mla_shape_fields(args) -> dict:
 
 def deepseek_problems(args, moe_layers: List[bool]) -> List[str]:
     """What DeepseekV3ForCausalLM cannot express for an MLA run (flag-named, one line each)."""
-    def on(name, default=None):
+    def on(name, default=None):  # unset (None) or not a flag here (moe_shared_expert_gate)
         value = getattr(args, name, default)
         return default if value is None else value
 

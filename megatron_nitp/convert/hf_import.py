@@ -9,8 +9,10 @@ With T*P*E = 1 step 1 writes the result directly.
 
 The result is iteration 0 in the engine's format with `"release": true, "model_only": true` in
 run_config.json: the engine loads the weights and starts a fresh optimizer, scheduler and
-iteration counter. Architecture flags come from config.json; NITP flags, --seq-length, tokenizer
-flags etc. may be passed and are stored in the run config. If the HF directory carries
+iteration counter. The run configuration is built typed: config.json's architecture, the
+tokenizer and the layout are the parser's defaults, under which the user's flags (NITP,
+--seq-length, ...) are parsed as the engine parses them; a flag that contradicts config.json is
+refused; then it is frozen (training/run_config.py). If the HF directory carries
 `nitp_head.safetensors` (tools/convert_checkpoint.py megatron-to-hf --keep-nitp-head) and NITP is
 on, the head is restored; with no `--nitp`/`--no-nitp` flag, `nitp_head.json` turns NITP on.
 """
@@ -149,23 +151,31 @@ def _arch_values(s: ModelShape) -> dict:
     return values
 
 
+_LAYOUT = ("tensor_model_parallel_size", "pipeline_model_parallel_size",
+           "expert_model_parallel_size")
+
+
 def _refuse_flags_against_the_model(args, fixed: dict, s: ModelShape) -> None:
-    """A given flag that disagrees with what config.json (or the HF directory) fixes would build
-    a model that computes something else: one line naming it."""
+    """A given flag (or --config key) that disagrees with what config.json, the HF directory or
+    the tool's layout flags fix would build another model: one line naming it."""
     for dest in sorted(set(fixed) & args.explicit_dests):
         given, want = getattr(args, dest), fixed[dest]
         if dest == "moe_layer_freq":
             try:
-                same = [bool(m) for m in moe_layer_pattern(given, s.num_layers)] == s.moe_layers
+                same = moe_layer_pattern(given, s.num_layers) == s.moe_layers
             except ConversionError:
                 same = False
             want = compact_layer_freq(s.moe_layers)
         else:
             same = given == want
-        if not same:
-            raise ConversionError(f"--{dest.replace('_', '-')} {given}: the Hugging Face model "
-                                  f"has {want} (the architecture and tokenizer come from its "
-                                  "directory; drop the flag)")
+        flag = f"--{dest.replace('_', '-')}"
+        if same:
+            continue
+        if dest in _LAYOUT:
+            raise ConversionError(f"{flag} {given} in the extra flags: the layout is "
+                                  f"hf-to-megatron's own {flag} ({want})")
+        raise ConversionError(f"{flag} {given}: the Hugging Face model has {want} (the "
+                              "architecture and tokenizer come from its directory; drop the flag)")
 
 
 def _check_layout(s: ModelShape, tp: int, pp: int, ep: int, vpp_layers: Optional[int]):
@@ -264,8 +274,7 @@ def plan_import(hf_dir: str, save_dir: str, tp: int, pp: int, ep: int,
     provenance = cfg.get(CONFIG_KEY) or {}
     hf_vocab = shape.vocab_size
     tok_entry, tok_values = _tokenizer_entry(hf_dir, save_dir, provenance, hf_vocab, notes)
-    fixed = dict(_arch_values(shape), **tok_values, tensor_model_parallel_size=tp,
-                 pipeline_model_parallel_size=pp, expert_model_parallel_size=ep)
+    fixed = dict(_arch_values(shape), **tok_values, **dict(zip(_LAYOUT, (tp, pp, ep))))
     args = _parse(extra_argv, fixed)
     if "nitp" not in args.explicit_dests:  # neither --nitp nor --no-nitp: the exported head's
         head_values = _nitp_head_values(hf_dir, notes)
