@@ -173,18 +173,16 @@ def main(argv=None) -> int:
 
         reshard(a.staging, a.out)
         return 0
-    from megatron_nitp.convert import ConversionError
+    from megatron_nitp.errors import UserError
 
     try:
         if a.command == "megatron-to-hf":
             return megatron_to_hf(a)
         return hf_to_megatron(a, extra)
     except Exception as e:
-        from megatron_nitp.training.checkpoint_io import CheckpointError
-
         if a.debug:
             raise
-        if isinstance(e, (ConversionError, CheckpointError)):
+        if isinstance(e, UserError):  # ConversionError, CheckpointError: one line for the user
             return _fail(str(e))
         first = (str(e).strip().splitlines() or [""])[0][:300]
         return _fail(f"{type(e).__name__}: {first} (--debug shows the traceback)")

@@ -35,7 +35,7 @@ HF_LATENT_NORM_EPS = 1e-6
 
 def mla_shape_fields(args) -> dict:
     """ModelShape.mla of an MLA run."""
-    return dict(q_lora_rank=getattr(args, "q_lora_rank", None), kv_lora_rank=args.kv_lora_rank,
+    return dict(q_lora_rank=args.q_lora_rank, kv_lora_rank=args.kv_lora_rank,
                 qk_head_dim=args.qk_head_dim, qk_pos_emb_head_dim=args.qk_pos_emb_head_dim,
                 v_head_dim=args.v_head_dim, rotary_scaling_factor=args.rotary_scaling_factor,
                 mscale=args.mscale, mscale_all_dim=args.mscale_all_dim,
@@ -44,7 +44,7 @@ def mla_shape_fields(args) -> dict:
 
 def deepseek_problems(args, moe_layers: List[bool]) -> List[str]:
     """What DeepseekV3ForCausalLM cannot express for an MLA run (flag-named, one line each)."""
-    def on(name, default=None):
+    def on(name, default=None):  # unset (None) or not a flag here (moe_shared_expert_gate)
         value = getattr(args, name, default)
         return default if value is None else value
 
@@ -216,22 +216,21 @@ def deepseek_shape_from_hf_config(cfg: dict, shape_cls):
         routing=routing, **moe)
 
 
-def deepseek_arch_flags(s) -> List[str]:
-    """Engine flags of an MLA ModelShape (hf_import)."""
+def deepseek_arch_values(s) -> dict:
+    """The run configuration (flag dests, typed) of an MLA ModelShape (hf_import)."""
     m, r = s.mla, s.routing
-    flags = ["--multi-latent-attention", "--kv-lora-rank", m["kv_lora_rank"],
-             "--qk-head-dim", m["qk_head_dim"], "--qk-pos-emb-head-dim", m["qk_pos_emb_head_dim"],
-             "--v-head-dim", m["v_head_dim"], "--qk-layernorm",
-             "--rotary-scaling-factor", m["rotary_scaling_factor"], "--mscale", m["mscale"],
-             "--mscale-all-dim", m["mscale_all_dim"]]
-    if m["q_lora_rank"]:
-        flags += ["--q-lora-rank", m["q_lora_rank"]]
+    values = dict(multi_latent_attention=True, kv_lora_rank=m["kv_lora_rank"],
+                  qk_head_dim=m["qk_head_dim"], qk_pos_emb_head_dim=m["qk_pos_emb_head_dim"],
+                  v_head_dim=m["v_head_dim"], qk_layernorm=True,
+                  rotary_scaling_factor=float(m["rotary_scaling_factor"]),
+                  mscale=float(m["mscale"]), mscale_all_dim=float(m["mscale_all_dim"]),
+                  q_lora_rank=m["q_lora_rank"] or None)
     if s.num_experts:
-        flags += ["--moe-router-score-function", "sigmoid", "--moe-router-enable-expert-bias",
-                  "--moe-router-dtype", "fp32"]
+        values.update(moe_router_score_function="sigmoid", moe_router_enable_expert_bias=True,
+                      moe_router_dtype="fp32")
         if r.get("num_groups"):
-            flags += ["--moe-router-num-groups", r["num_groups"],
-                      "--moe-router-group-topk", r["group_topk"]]
+            values.update(moe_router_num_groups=r["num_groups"],
+                          moe_router_group_topk=r["group_topk"])
         if r.get("scaling_factor"):
-            flags += ["--moe-router-topk-scaling-factor", r["scaling_factor"]]
-    return [str(f) for f in flags]
+            values["moe_router_topk_scaling_factor"] = float(r["scaling_factor"])
+    return values

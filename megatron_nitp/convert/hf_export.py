@@ -132,16 +132,16 @@ def export_to_hf(ckpt_dir: str, out_dir: str, iteration: Optional[int] = None,
     from ..parallel.distributed import destroy_distributed_model_parallel
     from ..training.checkpoint_io import load_model_single_process
 
-    model, args, nitp = load_model_single_process(ckpt_dir, iteration,
-                                                  drop_nitp_head=not keep_nitp_head)
+    model, run, _ = load_model_single_process(ckpt_dir, iteration,
+                                              drop_nitp_head=not keep_nitp_head)
     try:
-        return _export(model, args, nitp, ckpt_dir, out_dir, keep_nitp_head, dtype,
+        return _export(model, run, ckpt_dir, out_dir, keep_nitp_head, dtype,
                        max_shard_size, progress_bar, keep_mtp_layers)
     finally:
         destroy_distributed_model_parallel()  # the caller may load another checkpoint next
 
 
-def _export(model, args, nitp, ckpt_dir, out_dir, keep_nitp_head, dtype, max_shard_size,
+def _export(model, run, ckpt_dir, out_dir, keep_nitp_head, dtype, max_shard_size,
             progress_bar, keep_mtp_layers=False):
     from tqdm import tqdm
 
@@ -149,7 +149,9 @@ def _export(model, args, nitp, ckpt_dir, out_dir, keep_nitp_head, dtype, max_sha
     from .hf_mapping import has_nitp_tensors
     from .hf_tokenizer import build_run_tokenizer, export_tokenizer, special_ids
 
-    shape = shape_from_args(args)
+    nitp = run.nitp_config  # the head's settings (disabled when the head was not loaded)
+
+    shape = shape_from_args(run)
     sd = {k: v.detach().cpu() for k, v in model.state_dict().items()
           if isinstance(v, torch.Tensor)}
     head = {k: v for k, v in sd.items() if k.startswith("nitp_head.")}
@@ -160,7 +162,7 @@ def _export(model, args, nitp, ckpt_dir, out_dir, keep_nitp_head, dtype, max_sha
     if keep_nitp_head and not head:
         raise ConversionError(f"--keep-nitp-head: checkpoint {ckpt_dir} has no NITP head "
                               "(NITP off, generic_cosine, or no projector)")
-    run_config = args.run_config
+    run_config = run.run_config
     target_dtype = DTYPES[dtype] if dtype else sd["embedding.word_embeddings.weight"].dtype
     with tqdm(total=shape.num_layers, desc="mapping layers", unit="layer",
               disable=not progress_bar) as bar:
@@ -170,9 +172,9 @@ def _export(model, args, nitp, ckpt_dir, out_dir, keep_nitp_head, dtype, max_sha
 
     os.makedirs(out_dir, exist_ok=True)
     warnings = []
-    if getattr(args, "moe_expert_capacity_factor", None) is not None:
+    if run.moe_expert_capacity_factor is not None:
         # Token dropping is a training-time limit; transformers' Qwen2-MoE routes every token.
-        warnings.append(f"--moe-expert-capacity-factor {args.moe_expert_capacity_factor}: "
+        warnings.append(f"--moe-expert-capacity-factor {run.moe_expert_capacity_factor}: "
                         "trained with token dropping, exported as the dropless model")
     try:
         tokenizer = build_run_tokenizer(run_config, base_dir=ckpt_dir)
@@ -184,11 +186,11 @@ def _export(model, args, nitp, ckpt_dir, out_dir, keep_nitp_head, dtype, max_sha
         tokenizer, ids, tok_files = None, {}, []
         warnings.append(f"tokenizer not exported ({str(e).splitlines()[0][:200]})")
     provenance = {
-        "source": os.path.abspath(ckpt_dir), "iteration": args.iteration,
-        "padded_vocab_size": args.padded_vocab_size,
-        "make_vocab_size_divisible_by": args.make_vocab_size_divisible_by,
+        "source": os.path.abspath(ckpt_dir), "iteration": run.iteration,
+        "padded_vocab_size": run.padded_vocab_size,
+        "make_vocab_size_divisible_by": run.make_vocab_size_divisible_by,
         "tokenizer": {"type": tokenizer.tokenizer_type if tokenizer else None,
-                      "vocab_size": tokenizer.vocab_size if tokenizer else args.vocab_size},
+                      "vocab_size": tokenizer.vocab_size if tokenizer else run.vocab_size},
         "nitp": nitp.to_dict() if keep_nitp_head else None,
     }
     config = hf_config(shape, target_dtype, ids, provenance)
@@ -225,17 +227,17 @@ def _export(model, args, nitp, ckpt_dir, out_dir, keep_nitp_head, dtype, max_sha
                                    max_bytes, basename="mtp_layers")
     dropped = []
     if mtp and not keep_mtp_layers:
-        dropped.append(f"{args.mtp_num_layers} MTP layer(s) (training only; --keep-mtp-layers "
+        dropped.append(f"{run.mtp_num_layers} MTP layer(s) (training only; --keep-mtp-layers "
                        "writes them)")
     if not keep_nitp_head and _had_head(run_config, nitp):
         dropped.append("NITP head (training only; --keep-nitp-head writes it)")
     summary = dict(
-        architecture=shape.architecture, out_dir=out_dir, iteration=args.iteration,
+        architecture=shape.architecture, out_dir=out_dir, iteration=run.iteration,
         parameters=sum(t.numel() for t in tensors.values()), tensors=len(tensors),
         dtype=str(target_dtype).split(".")[-1], files=files + [os.path.basename(p) for p in tok_files],
         vocab_size=shape.vocab_size, nitp_head_parameters=head_params if keep_nitp_head else 0,
         dropped=dropped, warnings=warnings,
-        saved_layout=args.saved_layout)
+        saved_layout=run.saved_layout)
     return summary
 
 

@@ -9,8 +9,10 @@ With T*P*E = 1 step 1 writes the result directly.
 
 The result is iteration 0 in the engine's format with `"release": true, "model_only": true` in
 run_config.json: the engine loads the weights and starts a fresh optimizer, scheduler and
-iteration counter. Architecture flags come from config.json; NITP flags, --seq-length, tokenizer
-flags etc. may be passed and are stored in the run config. If the HF directory carries
+iteration counter. The run configuration is built typed: config.json's architecture, the
+tokenizer and the layout are the parser's defaults, under which the user's flags (NITP,
+--seq-length, ...) are parsed as the engine parses them; a flag that contradicts config.json is
+refused; then it is frozen (training/run_config.py). If the HF directory carries
 `nitp_head.safetensors` (tools/convert_checkpoint.py megatron-to-hf --keep-nitp-head) and NITP is
 on, the head is restored; with no `--nitp`/`--no-nitp` flag, `nitp_head.json` turns NITP on.
 """
@@ -20,12 +22,16 @@ import json
 import os
 import shutil
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Union
 
 import torch
 
+from ..nitp.config import NITPConfigError
+from ..training.checkpoint_io import (RUN_CONFIG, TRACKER, align_norm_keys, iteration_dir,
+                                      json_safe_args, one_process_changes)
+from ..training.run_config import RunConfig
 from . import ConversionError
-from .hf_deepseek import deepseek_arch_flags
+from .hf_deepseek import deepseek_arch_values
 from .hf_export import CONFIG_KEY
 from .hf_mapping import (ModelShape, effective_shared_expert_size, hf_to_megatron,
                          moe_layer_pattern, nitp_head_from_hf, shape_from_hf_config)
@@ -78,8 +84,7 @@ def read_hf_tensors(hf_dir: str, basename: str = "model") -> Dict[str, torch.Ten
 
 @dataclass
 class ImportPlan:
-    args: object  # megatron-nitp args at the chosen layout
-    nitp: object  # NITPConfig
+    run: RunConfig  # the run configuration at the chosen layout (saved with the checkpoint)
     state_dict: Dict[str, torch.Tensor]  # TP1 megatron tensors (vocab padded)
     shape: ModelShape
     tokenizer: dict  # run_config "tokenizer" entry
@@ -87,48 +92,90 @@ class ImportPlan:
     notes: List[str]
 
     @property
+    def nitp(self):
+        return self.run.nitp_config
+
+    @property
     def world_size(self) -> int:
-        a = self.args
-        return (a.tensor_model_parallel_size * a.pipeline_model_parallel_size
-                * a.expert_model_parallel_size)
+        r = self.run
+        return (r.tensor_model_parallel_size * r.pipeline_model_parallel_size
+                * r.expert_model_parallel_size)
 
 
-def compact_layer_freq(moe_layers: List[bool]) -> str:
+def moe_layer_freq_value(moe_layers: List[bool]) -> Union[int, List[int]]:
     """megatron's --moe-layer-freq for a per-layer pattern: the int N when the pattern is
     megatron's "every Nth layer" (so the engine's default 1 matches an all-MoE model), else the
     list."""
     for n in range(1, len(moe_layers) + 1):
         if moe_layers == moe_layer_pattern(n, len(moe_layers)):
-            return str(n)
-    return "[" + ",".join(str(int(m)) for m in moe_layers) + "]"
+            return n
+    return [int(m) for m in moe_layers]
 
 
-def _arch_flags(s: ModelShape, padded_vocab: int) -> List[str]:
-    flags = ["--num-layers", s.num_layers, "--hidden-size", s.hidden_size,
-             "--ffn-hidden-size", s.ffn_hidden_size, "--num-attention-heads", s.num_attention_heads]
+def compact_layer_freq(moe_layers: List[bool]) -> str:
+    """moe_layer_freq_value as the flag's text."""
+    freq = moe_layer_freq_value(moe_layers)
+    return str(freq) if isinstance(freq, int) else "[" + ",".join(map(str, freq)) + "]"
+
+
+# What the import chooses for training and a flag may change; every other value of
+# _arch_values is the HF model's and a flag that disagrees is refused.
+_TRAINING_CHOICES = ("attention_dropout", "hidden_dropout", "moe_router_dtype")
+
+
+def _arch_values(s: ModelShape) -> dict:
+    """The run configuration (flag dests, typed) of the HF model's architecture."""
+    if s.rope_theta != int(s.rope_theta):
+        raise ConversionError(f"config.json: rope_theta {s.rope_theta} is not an integer "
+                              "(Megatron-LM's --rotary-base is one)")
+    values = dict(num_layers=s.num_layers, hidden_size=s.hidden_size,
+                  ffn_hidden_size=s.ffn_hidden_size, num_attention_heads=s.num_attention_heads)
     if s.mla:  # the KV latent replaces the KV heads
-        flags += deepseek_arch_flags(s)
+        values.update(deepseek_arch_values(s))
     else:
-        flags += ["--group-query-attention", "--num-query-groups", s.num_query_groups,
-                  "--kv-channels", s.head_dim]
-    flags += ["--normalization", "RMSNorm", "--swiglu",
-             "--position-embedding-type", "rope", "--norm-epsilon", s.norm_eps,
-             "--max-position-embeddings", s.max_position_embeddings,
-             # Llama / Qwen2 have none of Megatron-LM's default biases and no dropout at train
-             "--disable-bias-linear", "--attention-dropout", "0", "--hidden-dropout", "0"]
-    if not s.tied:
-        flags.append("--untie-embeddings-and-output-weights")
-    if s.qk_layernorm and not s.mla:
-        flags.append("--qk-layernorm")
+        values.update(group_query_attention=True, num_query_groups=s.num_query_groups,
+                      kv_channels=s.head_dim, qk_layernorm=s.qk_layernorm)
+    values.update(normalization="RMSNorm", swiglu=True, position_embedding_type="rope",
+                  norm_epsilon=float(s.norm_eps), rotary_base=int(s.rope_theta),
+                  max_position_embeddings=s.max_position_embeddings,
+                  untie_embeddings_and_output_weights=not s.tied,
+                  # Llama / Qwen2 have none of Megatron-LM's default biases and no dropout at train
+                  add_bias_linear=False, attention_dropout=0.0, hidden_dropout=0.0)
     if s.num_experts:
-        flags.append("--no-moe-router-pre-softmax" if s.norm_topk_prob
-                     else "--moe-router-pre-softmax")
-        flags += ["--num-experts", s.num_experts, "--moe-router-topk", s.topk,
-                  "--moe-ffn-hidden-size", s.moe_ffn_hidden_size,
-                  "--moe-layer-freq", compact_layer_freq(s.moe_layers)]
+        values.update(num_experts=s.num_experts, moe_router_topk=s.topk,
+                      moe_router_pre_softmax=not s.norm_topk_prob,
+                      moe_ffn_hidden_size=s.moe_ffn_hidden_size,
+                      moe_layer_freq=moe_layer_freq_value(s.moe_layers))
         if s.shared_expert_size:
-            flags += ["--moe-shared-expert-intermediate-size", s.shared_expert_size]
-    return [str(f) for f in flags]
+            values["moe_shared_expert_intermediate_size"] = s.shared_expert_size
+    return values
+
+
+_LAYOUT = ("tensor_model_parallel_size", "pipeline_model_parallel_size",
+           "expert_model_parallel_size")
+
+
+def _refuse_flags_against_the_model(args, fixed: dict, s: ModelShape) -> None:
+    """A given flag (or --config key) that disagrees with what config.json, the HF directory or
+    the tool's layout flags fix would build another model: one line naming it."""
+    for dest in sorted(set(fixed) & args.explicit_dests):
+        given, want = getattr(args, dest), fixed[dest]
+        if dest == "moe_layer_freq":
+            try:
+                same = moe_layer_pattern(given, s.num_layers) == s.moe_layers
+            except ConversionError:
+                same = False
+            want = compact_layer_freq(s.moe_layers)
+        else:
+            same = given == want
+        flag = f"--{dest.replace('_', '-')}"
+        if same:
+            continue
+        if dest in _LAYOUT:
+            raise ConversionError(f"{flag} {given} in the extra flags: the layout is "
+                                  f"hf-to-megatron's own {flag} ({want})")
+        raise ConversionError(f"{flag} {given}: the Hugging Face model has {want} (the "
+                              "architecture and tokenizer come from its directory; drop the flag)")
 
 
 def _check_layout(s: ModelShape, tp: int, pp: int, ep: int, vpp_layers: Optional[int]):
@@ -155,29 +202,24 @@ def _check_layout(s: ModelShape, tp: int, pp: int, ep: int, vpp_layers: Optional
         raise ConversionError("layout does not fit the model: " + "; ".join(problems))
 
 
-def _nitp_from_argv(extra_argv: List[str], hf_dir: str, notes: List[str]) -> List[str]:
-    """With neither --nitp nor --no-nitp given, nitp_head.json (if any) turns NITP on with the
-    exported head's settings."""
-    if "--nitp" in extra_argv or "--no-nitp" in extra_argv:
-        return []
+def _nitp_head_values(hf_dir: str, notes: List[str]) -> dict:
+    """nitp_head.json (if any): NITP on with the exported head's settings (run-config values)."""
     path = os.path.join(hf_dir, "nitp_head.json")
     if not os.path.isfile(path):
-        return []
+        return {}
     with open(path) as f:
         head = json.load(f)
     notes.append(f"NITP on from {path} (target layer {head['target_layer']})")
-    flags = ["--nitp", "--nitp-target-layer", str(head["target_layer"]),
-             "--nitp-shift", str(head["shift"]), "--nitp-loss-type", head["loss_type"],
-             "--nitp-loss-weight", str(head["loss_weight"]),
-             "--nitp-head-ffn-multiplier", str(head["head_ffn_multiplier"])]
-    if not head.get("stop_grad", True):
-        flags.append("--nitp-no-stop-grad")
-    return flags
+    return dict(nitp=True, nitp_target_layer=int(head["target_layer"]),
+                nitp_shift=int(head["shift"]), nitp_loss_type=head["loss_type"],
+                nitp_loss_weight=float(head["loss_weight"]),
+                nitp_head_ffn_multiplier=int(head["head_ffn_multiplier"]),
+                nitp_no_stop_grad=not head.get("stop_grad", True))
 
 
 def _tokenizer_entry(hf_dir: str, save_dir: str, provenance: dict, hf_vocab: int,
                      notes: List[str]):
-    """(run_config tokenizer entry, megatron-nitp tokenizer flags)."""
+    """(run_config tokenizer entry, the run's tokenizer values: flag dests)."""
     tok = (provenance or {}).get("tokenizer") or {}
     present = [n for n in _TOKENIZER_FILES if os.path.isfile(os.path.join(hf_dir, n))]
     if tok.get("type") == "NullTokenizer" or (not present and not tok):
@@ -186,14 +228,14 @@ def _tokenizer_entry(hf_dir: str, save_dir: str, provenance: dict, hf_vocab: int
             notes.append("no tokenizer files: NullTokenizer over the model's vocabulary")
         # The engine's NullTokenizer adds the end-of-document id to --vocab-size.
         return ({"type": "NullTokenizer", "model": None},
-                ["--tokenizer-type", "NullTokenizer", "--vocab-size", str(int(vocab) - 1)])
+                dict(tokenizer_type="NullTokenizer", vocab_size=int(vocab) - 1))
     target = os.path.abspath(os.path.join(save_dir, TOKENIZER_DIR))
     if tok.get("type") == "SentencePieceTokenizer" and "tokenizer.model" in present:
         model, kind = os.path.join(target, "tokenizer.model"), "SentencePieceTokenizer"
     else:
         model, kind = target, "HuggingFaceTokenizer"
     return ({"type": kind, "model": model, "copy_from": hf_dir, "files": present},
-            ["--tokenizer-type", kind, "--tokenizer-model", model])
+            dict(tokenizer_type=kind, tokenizer_model=model))
 
 
 def _tokenizer_vocab(hf_dir: str, entry: dict) -> Optional[int]:
@@ -210,54 +252,63 @@ def _tokenizer_vocab(hf_dir: str, entry: dict) -> Optional[int]:
         return None
 
 
-def plan_import(hf_dir: str, save_dir: str, tp: int, pp: int, ep: int,
-                extra_argv: List[str]) -> ImportPlan:
-    """Everything but building models: read, validate, map. One-line ConversionErrors."""
-    from ..nitp.config import NITPConfig, NITPConfigError
+def _parse(extra_argv: List[str], defaults: dict):
     from ..training.arguments import parse_args
 
+    try:
+        return parse_args(extra_argv, defaults=defaults)
+    except SystemExit as e:  # argparse already printed the usage error
+        raise ConversionError(f"bad extra flags: {' '.join(extra_argv)}" if e.code != 0 else "") from None
+
+
+def plan_import(hf_dir: str, save_dir: str, tp: int, pp: int, ep: int,
+                extra_argv: List[str]) -> ImportPlan:
+    """Everything but building models: read, validate, map. One-line ConversionErrors.
+
+    The run configuration: the HF architecture, tokenizer and layout as the parser's defaults
+    under the user's flags (megatron-nitp's own flags, parsed as the engine parses them), then
+    frozen; what the weights decide (bf16, the vocabulary padding) is set by replace()."""
     cfg = read_hf_config(hf_dir)
     shape = shape_from_hf_config(cfg)
     notes: List[str] = []
-    vpp_layers = None
-    if "--num-layers-per-virtual-pipeline-stage" in extra_argv:
-        vpp_layers = int(extra_argv[extra_argv.index("--num-layers-per-virtual-pipeline-stage") + 1])
-    _check_layout(shape, tp, pp, ep, vpp_layers)
+    provenance = cfg.get(CONFIG_KEY) or {}
+    hf_vocab = shape.vocab_size
+    tok_entry, tok_values = _tokenizer_entry(hf_dir, save_dir, provenance, hf_vocab, notes)
+    fixed = dict(_arch_values(shape), **tok_values, **dict(zip(_LAYOUT, (tp, pp, ep))))
+    args = _parse(extra_argv, fixed)
+    if "nitp" not in args.explicit_dests:  # neither --nitp nor --no-nitp: the exported head's
+        head_values = _nitp_head_values(hf_dir, notes)
+        if head_values:
+            args = _parse(extra_argv, dict(fixed, **head_values))
+    _refuse_flags_against_the_model(
+        args, {k: v for k, v in fixed.items() if k not in _TRAINING_CHOICES}, shape)
+    _check_layout(shape, tp, pp, ep, args.num_layers_per_virtual_pipeline_stage)
     from ..models.builder import padded_vocab_size  # imports megatron-core: after the checks
     hf = read_hf_tensors(hf_dir)
     shape.shared_expert_size = effective_shared_expert_size(hf, shape)
     sd = hf_to_megatron(hf, shape)
-    provenance = cfg.get(CONFIG_KEY) or {}
-    hf_vocab = shape.vocab_size
     padded = ((hf_vocab + tp - 1) // tp) * tp
-    tok_entry, tok_flags = _tokenizer_entry(hf_dir, save_dir, provenance, hf_vocab, notes)
-    nitp_flags = _nitp_from_argv(extra_argv, hf_dir, notes)
+    changes = {}
     dtype = sd["embedding.word_embeddings.weight"].dtype
-    if dtype == torch.bfloat16 and "--bf16" not in extra_argv:
-        nitp_flags.append("--bf16")  # keep bf16 weights bf16 (the engine's --bf16 run format)
-    elif dtype not in (torch.float32, torch.bfloat16):
+    if dtype == torch.bfloat16:
+        changes["bf16"] = True  # keep bf16 weights bf16 (the engine's --bf16 run format)
+    elif dtype != torch.float32:
         notes.append(f"{dtype} weights stored as float32")
-    argv = (list(extra_argv) + nitp_flags + tok_flags + _arch_flags(shape, padded)
-            + ["--tensor-model-parallel-size", str(tp), "--pipeline-model-parallel-size", str(pp),
-               "--expert-model-parallel-size", str(ep)])
-    try:
-        args = parse_args(argv)
-    except SystemExit as e:  # argparse already printed the usage error
-        raise ConversionError(f"bad extra flags: {' '.join(extra_argv)}" if e.code != 0 else "") from None
-    args.rotary_base = shape.rope_theta if shape.rope_theta != int(shape.rope_theta) \
-        else int(shape.rope_theta)
     # The engine sets vocab_size to the tokenizer's vocabulary and pads it; choose the divisor
     # that reproduces our padded size so `--load` passes its architecture check.
-    args.vocab_size = int(provenance.get("tokenizer", {}).get("vocab_size")
-                          or _tokenizer_vocab(hf_dir, tok_entry) or hf_vocab)
-    args.padded_vocab_size = padded
-    if "--make-vocab-size-divisible-by" not in extra_argv:
+    vocab = int(provenance.get("tokenizer", {}).get("vocab_size")
+                or _tokenizer_vocab(hf_dir, tok_entry) or hf_vocab)
+    if (tok_entry["type"] != "NullTokenizer" and "vocab_size" in args.explicit_dests
+            and args.vocab_size != vocab):
+        raise ConversionError(f"--vocab-size {args.vocab_size}: the vocabulary is the Hugging "
+                              f"Face tokenizer's ({vocab} ids); drop the flag")
+    divisor = args.make_vocab_size_divisible_by
+    if "make_vocab_size_divisible_by" not in args.explicit_dests:
         div = provenance.get("make_vocab_size_divisible_by")
         candidates = ([div] if div else []) + [128, 64, 32, 16, 8, 4, 2, 1]
-        args.make_vocab_size_divisible_by = next(
-            (d for d in candidates if padded_vocab_size(args.vocab_size, d, tp) == padded), 1)
-    if padded_vocab_size(args.vocab_size, args.make_vocab_size_divisible_by, tp) != padded:
-        notes.append(f"the engine will pad the tokenizer's vocabulary ({args.vocab_size}) to a "
+        divisor = next((d for d in candidates if padded_vocab_size(vocab, d, tp) == padded), 1)
+    if padded_vocab_size(vocab, divisor, tp) != padded:
+        notes.append(f"the engine will pad the tokenizer's vocabulary ({vocab}) to a "
                      f"size other than the checkpoint's {padded} rows at TP {tp}")
     if padded != hf_vocab:
         notes.append(f"vocabulary padded with zero rows {hf_vocab} -> {padded} (TP {tp})")
@@ -265,16 +316,19 @@ def plan_import(hf_dir: str, save_dir: str, tp: int, pp: int, ep: int,
             if name in sd:
                 t = sd[name]
                 sd[name] = torch.cat([t, t.new_zeros(padded - hf_vocab, t.shape[1])])
-    nitp = NITPConfig.from_args(args)
+    run = RunConfig.freeze(args).replace(
+        vocab_size=vocab, padded_vocab_size=padded, make_vocab_size_divisible_by=divisor,
+        **changes)
+    nitp = run.nitp_config
     try:
-        nitp.validate(args.num_layers, args.hidden_size, tp)
+        nitp.validate(run.num_layers, run.hidden_size, tp)
     except NITPConfigError as e:
         raise ConversionError(str(e)) from None
     if nitp.uses_head:
         head_file = os.path.join(hf_dir, "nitp_head.safetensors")
         if os.path.isfile(head_file) or os.path.isfile(head_file + ".index.json"):
             head = nitp_head_from_hf(read_hf_tensors(hf_dir, "nitp_head"))
-            want = 2 * nitp.head_ffn_multiplier * args.hidden_size
+            want = 2 * nitp.head_ffn_multiplier * run.hidden_size
             got = head["nitp_head.mlp.linear_fc1.weight"].shape[0]
             if got != want:
                 raise ConversionError(f"{head_file}: head width {got // 2} != "
@@ -283,31 +337,22 @@ def plan_import(hf_dir: str, save_dir: str, tp: int, pp: int, ep: int,
             notes.append("NITP head restored from nitp_head.safetensors")
         else:
             notes.append("NITP head freshly initialised (no nitp_head.safetensors)")
-    return ImportPlan(args, nitp, sd, shape, tok_entry, hf_vocab, notes)
+    return ImportPlan(run, sd, shape, tok_entry, hf_vocab, notes)
 
 
 def save_tp1_checkpoint(plan: ImportPlan, out_dir: str, seed: int) -> None:
     """Step 1 (one process): the plan's tensors into a TP1 model, saved as a dist checkpoint."""
-    import copy
-
     from megatron.core import dist_checkpointing
 
     from ..models.builder import build_model_chunks, transformer_config_from_args
-    from ..models.pipeline_layout import NO_PIPELINE_SPLIT
     from ..parallel.distributed import destroy_distributed_model_parallel, initialize_distributed
 
-    args1 = copy.copy(plan.args)
-    args1.tensor_model_parallel_size = args1.pipeline_model_parallel_size = 1
-    args1.expert_model_parallel_size = 1
-    for dest, value in NO_PIPELINE_SPLIT.items():  # virtual and uneven splits
-        setattr(args1, dest, value)
-    args1.sequence_parallel = False
-    args1.transformer_impl = "local"  # the state_dict names hf_mapping produces
-    args1.moe_token_dispatcher_type = "allgather"
+    # TP1/PP1, the local spec (the state_dict names hf_mapping produces), allgather dispatcher.
+    run = plan.run.replace(**one_process_changes())
     initialize_distributed(seed=seed)
     try:
-        config = transformer_config_from_args(args1)
-        (model,) = build_model_chunks(args1, config, plan.nitp)
+        config = transformer_config_from_args(run)
+        (model,) = build_model_chunks(run, config, run.nitp_config)
         template = model.state_dict()
         missing = [k for k in template if k not in plan.state_dict and not k.endswith("_extra_state")
                    and not k.startswith("nitp_head.")]
@@ -334,24 +379,19 @@ def reshard(staging_dir: str, out_dir: str) -> None:
 
     from ..models.builder import (build_model_chunks, transformer_config_from_args,
                                   virtual_pipeline_size)
-    from ..nitp.config import NITPConfig
     from ..parallel.distributed import destroy_distributed_model_parallel, initialize_distributed
-    from ..training.arguments import parse_args
-    from ..training.checkpoint_io import RUN_CONFIG, align_norm_keys
 
     with open(os.path.join(staging_dir, RUN_CONFIG)) as f:
-        run_config = json.load(f)
-    args = parse_args([])
-    for k, v in run_config["args"].items():
-        setattr(args, k, v)
-    args.transformer_impl = None
-    args.moe_grouped_gemm = False
-    initialize_distributed(args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
-                           virtual_pipeline_size(args), 1, args.expert_model_parallel_size,
-                           seed=args.seed)
-    config = transformer_config_from_args(args)
+        saved = json.load(f)
+    # This layout's own spec (Transformer Engine where it runs) and per-expert weights.
+    run = RunConfig.from_saved(saved["args"], saved["nitp"]).replace(
+        transformer_impl=None, moe_grouped_gemm=False)
+    initialize_distributed(run.tensor_model_parallel_size, run.pipeline_model_parallel_size,
+                           virtual_pipeline_size(run), 1, run.expert_model_parallel_size,
+                           seed=run.seed)
+    config = transformer_config_from_args(run)
     config.perform_initialization = False
-    chunks = build_model_chunks(args, config, NITPConfig(**run_config["nitp"]))
+    chunks = build_model_chunks(run, config, run.nitp_config)
     state = {f"model{i}": c.sharded_state_dict() for i, c in enumerate(chunks)}
     saved_keys = dist_checkpointing.load_tensors_metadata(staging_dir).keys()
     for chunk_state in state.values():  # staging is local-spec; this layout may use TE
@@ -370,8 +410,6 @@ def reshard(staging_dir: str, out_dir: str) -> None:
 
 def write_release_files(plan: ImportPlan, iter_dir: str, hf_dir: str, save_dir: str) -> None:
     """run_config.json (release, model only) and the tokenizer copy."""
-    from ..training.checkpoint_io import RUN_CONFIG, json_safe_args
-
     tok = dict(plan.tokenizer)
     src, files = tok.pop("copy_from", None), tok.pop("files", [])
     if src:
@@ -379,7 +417,7 @@ def write_release_files(plan: ImportPlan, iter_dir: str, hf_dir: str, save_dir: 
         os.makedirs(target, exist_ok=True)
         for name in files:
             shutil.copyfile(os.path.join(src, name), os.path.join(target, name))
-    config = {"args": json_safe_args(plan.args), "nitp": plan.nitp.to_dict(), "iteration": 0,
+    config = {"args": json_safe_args(plan.run), "nitp": plan.nitp.to_dict(), "iteration": 0,
               "consumed_samples": 0, "tokenizer": tok, "release": True, "model_only": True,
               "hf_vocab_size": plan.hf_vocab_size, "source": os.path.abspath(hf_dir)}
     with open(os.path.join(iter_dir, RUN_CONFIG), "w") as f:
@@ -392,8 +430,6 @@ def import_from_hf(hf_dir: str, save_dir: str, tp: int = 1, pp: int = 1, ep: int
                    log: Callable[[str], None] = print) -> dict:
     """Write the release checkpoint; `launch(nproc, staging, out)` runs `reshard` on nproc ranks
     (the tool re-executes itself under torchrun). Returns a summary dict."""
-    from ..training.checkpoint_io import TRACKER, iteration_dir
-
     extra_argv = list(extra_argv or [])
     if os.path.isdir(save_dir) and os.listdir(save_dir):
         raise ConversionError(f"{save_dir}: exists and is not empty (choose a new directory)")
@@ -403,8 +439,8 @@ def import_from_hf(hf_dir: str, save_dir: str, tp: int = 1, pp: int = 1, ep: int
     staging = os.path.join(save_dir, STAGING)
     os.makedirs(save_dir, exist_ok=True)
     try:
-        one = plan.world_size == 1 and not plan.args.num_layers_per_virtual_pipeline_stage
-        save_tp1_checkpoint(plan, tmp if one else staging, plan.args.seed)
+        one = plan.world_size == 1 and not plan.run.num_layers_per_virtual_pipeline_stage
+        save_tp1_checkpoint(plan, tmp if one else staging, plan.run.seed)
         write_release_files(plan, tmp if one else staging, hf_dir, save_dir)
         if not one:
             launch(plan.world_size, staging, tmp)
@@ -418,7 +454,7 @@ def import_from_hf(hf_dir: str, save_dir: str, tp: int = 1, pp: int = 1, ep: int
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    a = plan.args
+    a = plan.run
     return dict(
         architecture=plan.shape.architecture, save_dir=save_dir,
         parameters=sum(t.numel() for k, t in plan.state_dict.items() if not k.startswith("nitp_head.")),
@@ -430,7 +466,7 @@ def import_from_hf(hf_dir: str, save_dir: str, tp: int = 1, pp: int = 1, ep: int
 
 def _engine_flags(plan: ImportPlan) -> str:
     """The flags that make the engine's --load accept this checkpoint."""
-    a, tok = plan.args, plan.tokenizer
+    a, tok = plan.run, plan.tokenizer
     flags = [f"--make-vocab-size-divisible-by {a.make_vocab_size_divisible_by}",
              f"--tokenizer-type {tok['type']}"]
     if tok.get("model"):

@@ -83,30 +83,27 @@ def moe_layer_pattern(moe_layer_freq, num_layers: int) -> List[bool]:
 
 def family_option_problems(args) -> List[str]:
     """Options (models/options.py) that Llama / Qwen2-MoE / Qwen3(-MoE) cannot express: the
-    export would otherwise write a model that computes something else. getattr: checkpoints
-    saved before these flags existed have none of them (= the defaults)."""
-    def on(name, default=None):
-        return getattr(args, name, default)
-
+    export would otherwise write a model that computes something else. `args`: the run's
+    configuration (a RunConfig; a saved one has today's default for a flag added since)."""
+    a = args
     problems = [flag for flag, bad in (
-        ("--add-qkv-bias", on("add_qkv_bias")),
-        ("--add-bias-linear", on("add_bias_linear")),
-        ("--apply-layernorm-1p", on("layernorm_zero_centered_gamma")),
-        (f"--rotary-percent {on('rotary_percent')}", on("rotary_percent", 1.0) != 1.0),
+        ("--add-qkv-bias", a.add_qkv_bias),
+        ("--add-bias-linear", a.add_bias_linear),
+        ("--apply-layernorm-1p", a.layernorm_zero_centered_gamma),
+        (f"--rotary-percent {a.rotary_percent}", a.rotary_percent != 1.0),
     ) if bad]
-    if on("multi_latent_attention"):
-        experts = on("num_experts") or 0
+    if a.multi_latent_attention:
         return problems + deepseek_problems(
-            args, moe_layer_pattern(args.moe_layer_freq, args.num_layers) if experts else [])
-    if args.num_experts:
+            a, moe_layer_pattern(a.moe_layer_freq, a.num_layers) if a.num_experts else [])
+    if a.num_experts:
         problems += [flag for flag, bad in (
             ("--qk-layernorm with --moe-shared-expert-intermediate-size (Qwen3-MoE has no "
              "shared expert, Qwen2-MoE no q/k norm)",
-             on("qk_layernorm") and on("moe_shared_expert_intermediate_size")),
-            ("--moe-router-score-function sigmoid", on("moe_router_score_function") == "sigmoid"),
-            ("--moe-router-enable-expert-bias", on("moe_router_enable_expert_bias")),
-            ("--moe-router-topk-scaling-factor", on("moe_router_topk_scaling_factor")),
-            ("--moe-router-group-topk", on("moe_router_group_topk")),
+             a.qk_layernorm and a.moe_shared_expert_intermediate_size),
+            ("--moe-router-score-function sigmoid", a.moe_router_score_function == "sigmoid"),
+            ("--moe-router-enable-expert-bias", a.moe_router_enable_expert_bias),
+            ("--moe-router-topk-scaling-factor", a.moe_router_topk_scaling_factor),
+            ("--moe-router-group-topk", a.moe_router_group_topk),
         ) if bad]
     return problems
 
@@ -124,11 +121,10 @@ def shape_from_args(args) -> ModelShape:
     if problems:
         raise ConversionError("this model has no Hugging Face equivalent here: " + "; ".join(problems))
     experts = args.num_experts or 0
-    mla = bool(getattr(args, "multi_latent_attention", False))
-    routing = dict(num_groups=getattr(args, "moe_router_num_groups", None),
-                   group_topk=getattr(args, "moe_router_group_topk", None),
-                   scaling_factor=getattr(args, "moe_router_topk_scaling_factor", None),
-                   expert_bias=bool(getattr(args, "moe_router_enable_expert_bias", False)))
+    mla = bool(args.multi_latent_attention)
+    routing = dict(num_groups=args.moe_router_num_groups, group_topk=args.moe_router_group_topk,
+                   scaling_factor=args.moe_router_topk_scaling_factor,
+                   expert_bias=bool(args.moe_router_enable_expert_bias))
     return ModelShape(
         num_layers=args.num_layers, hidden_size=args.hidden_size,
         num_attention_heads=args.num_attention_heads,
@@ -142,8 +138,8 @@ def shape_from_args(args) -> ModelShape:
         moe_ffn_hidden_size=(args.moe_ffn_hidden_size or 0) if experts else 0,
         shared_expert_size=(args.moe_shared_expert_intermediate_size or 0) if experts else 0,
         topk=args.moe_router_topk if experts else 0,
-        qk_layernorm=bool(getattr(args, "qk_layernorm", False)),
-        norm_topk_prob=bool(experts) and not getattr(args, "moe_router_pre_softmax", True),
+        qk_layernorm=bool(args.qk_layernorm),
+        norm_topk_prob=bool(experts) and not args.moe_router_pre_softmax,
         mla=mla_shape_fields(args) if mla else {}, routing=routing if mla and experts else {},
     )
 

@@ -616,9 +616,18 @@ def _switch_for(parser, action, given):
     return "" if action.default == (not action.const) else None
 
 
-def parse_args(argv=None, model_family="gpt"):
-    """Parse flags (and --config files) into a Namespace with Megatron-LM dest names."""
+def parse_args(argv=None, model_family="gpt", defaults=None):
+    """Parse flags (and --config files) into a Namespace with Megatron-LM dest names.
+
+    `defaults` (dest -> typed value) replace the parser's defaults, e.g. an imported model's
+    architecture (convert/hf_import.py): the derived defaults follow them and a flag still wins.
+    """
     parser = build_parser(model_family)
+    if defaults:
+        unknown = set(defaults) - {a.dest for a in parser._actions}
+        if unknown:
+            raise ValueError(f"parse_args defaults: no flag has the dest(s) {sorted(unknown)}")
+        parser.set_defaults(**defaults)
     argv = list(sys.argv[1:] if argv is None else argv)
     pre, _ = parser.parse_known_args(argv)
     argv = _yaml_to_argv(pre.config, parser) + argv
