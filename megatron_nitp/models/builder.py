@@ -1,7 +1,5 @@
 """From arguments to megatron-core configs and NITP model chunks (one per virtual stage)."""
 
-import dataclasses
-
 import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state
@@ -10,33 +8,13 @@ from megatron.core.transformer import MLATransformerConfig, TransformerConfig
 from ..nitp.config import NITPConfig
 from ..parallel.precision import transformer_precision_config
 from ..parallel.speed import speed_settings
+from ..training.run_config import fields_by_name
 from .param_count import padded_vocab_size  # noqa: F401  (re-exported for the engine)
 from .gpt_nitp import NITPGPTModel
 from .moe_parallel import expert_tensor_parallel_size
 from .options import attention_config, mla_config, moe_routing_config
 from .pipeline_layout import pipeline_config, virtual_pipeline_size  # noqa: F401  (re-exported)
 from .specs import get_layer_spec, get_mtp_block_spec, resolve_transformer_impl
-
-
-def fields_by_name(config_class, args) -> dict:
-    """Megatron-LM's rule (core_transformer_config_from_args, get_megatron_optimizer_config):
-    every field of the megatron-core config whose name is a flag's dest takes that flag's value,
-    so a TransformerConfig-backed flag reaches megatron-core by construction. A flag left None
-    keeps the field's own default when that is not None (e.g. --recompute-modules); the
-    Megatron-LM flags this project accepts as documented no-ops (training/megatron_compat.py)
-    stay no-ops."""
-    from ..training.run_config import flag_sections
-
-    sections = flag_sections()
-    out = {}
-    for f in dataclasses.fields(config_class):
-        if not f.init or sections.get(f.name) in (None, "compat") or not hasattr(args, f.name):
-            continue
-        value = getattr(args, f.name)
-        if value is None and f.default is not None:
-            continue
-        out[f.name] = value
-    return out
 
 
 def transformer_config_from_args(args) -> TransformerConfig:

@@ -10,9 +10,8 @@ pins the list, so a new flag that lands on a field is a decision, not an acciden
   Megatron-LM, fp8_recipe (the distributed optimizer shards fp8 parameters by it) and
   overlap_param_gather (read there only with MXFP8 buffer reuse, not a flag here).
 - DistributedDataParallelConfig: overlap_grad_reduce, overlap_param_gather,
-  use_distributed_optimizer, fp8_param_gather; the Megatron-FSDP fields use_megatron_fsdp,
-  data_parallel_sharding_strategy, nccl_ub, fsdp_double_buffer reach it only at their defaults
-  (training/megatron_compat.py refuses them otherwise).
+  use_distributed_optimizer, fp8_param_gather. The Megatron-LM flags accepted as no-ops or
+  refused (training/megatron_compat.py: the Megatron-FSDP ones among them) are not taken.
 
 Derived after, overriding what came by name:
 - precision (parallel/precision.py): fp16/bf16/params_dtype and loss scaling for the optimizer;
@@ -26,28 +25,20 @@ Derived after, overriding what came by name:
 The decoupled-lr param groups are the optimizer's overrides (training/decoupled_lr.py).
 """
 
-import dataclasses
-
 from megatron.core.distributed import DistributedDataParallelConfig
 from megatron.core.optimizer import AdamOptimizerConfig
 
 from ..parallel.precision import ddp_precision_config, optimizer_precision_config
-
-
-def fields_from_args(config_class, args) -> dict:
-    """{field: args.field} for every init field of `config_class` that args has (Megatron-LM's
-    rule)."""
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(config_class)
-            if f.init and hasattr(args, f.name)}
+from .run_config import fields_by_name
 
 
 def optimizer_config_from_args(args) -> AdamOptimizerConfig:
-    kwargs = fields_from_args(AdamOptimizerConfig, args)
+    kwargs = fields_by_name(AdamOptimizerConfig, args)
     kwargs.update(optimizer="adam", **optimizer_precision_config(args))
     return AdamOptimizerConfig(**kwargs)
 
 
 def ddp_config_from_args(args) -> DistributedDataParallelConfig:
-    kwargs = fields_from_args(DistributedDataParallelConfig, args)
+    kwargs = fields_by_name(DistributedDataParallelConfig, args)
     kwargs.update(ddp_precision_config(args))
     return DistributedDataParallelConfig(**kwargs)
