@@ -12,7 +12,8 @@ from .decoupled_lr import check_decoupled_lr_on_resume
 from .log import get_logger, rank
 from .output_paths import probe_output_paths
 from .profiling import check_profile_args
-from .resume_changes import check_optimizer_layout, report_nitp_changes
+from .resume_changes import (check_optimizer_layout, report_model_setting_changes,
+                             report_nitp_changes)
 from .run_config import RunConfig
 from .sample_schedule import continue_sample_plan
 from .schedule_resume import check_schedule_on_resume
@@ -24,7 +25,10 @@ ARCH_FIELDS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_he
                "untie_embeddings_and_output_weights", "normalization", "swiglu",
                "position_embedding_type", "padded_vocab_size",
                # biases are on by default (Megatron-LM's): a checkpoint without them says so
-               "add_bias_linear")
+               "add_bias_linear", "add_qkv_bias", "qk_layernorm",
+               # MLA's projections (their weights' shapes)
+               "multi_latent_attention", "q_lora_rank", "kv_lora_rank", "qk_head_dim",
+               "qk_pos_emb_head_dim", "v_head_dim")
 
 
 def resolve_run(args: ParsedArgs, log=None):
@@ -90,6 +94,7 @@ def _check_resume_target(args, vocab_size_known, nitp_config=None, log=None):
     from .checkpointing import continues_schedule, loads_optimizer_state, verify_checkpoint_files
 
     verify_checkpoint_files(iteration_dir(args.load, it))
+    report_model_setting_changes(saved, args, log)
     if nitp_config is not None:
         report_nitp_changes(run_config.get("nitp", {}), nitp_config.to_dict(), log)
         if loads_optimizer_state(run_config, nitp_config) and not (args.finetune

@@ -2,6 +2,9 @@
 
 - NITP settings: legal to change (an ablation that continues a run), never silent: one notice
   naming each field, the checkpoint's value and the new one (NITP on -> off drops the head).
+- Model settings that keep every weight's shape but change what the model computes (RoPE base
+  and scaling, norm epsilon, routing): legal (a long-context continuation raises the RoPE base),
+  never silent: one notice naming each.
 - Optimizer layout: megatron-core 0.16.1 cannot load one optimizer's state into the other
   (the distributed optimizer's fully-reshardable state holds fp32 master copies,
   `optimizer.state.param.*`, that the plain optimizer never saves; the plain optimizer's
@@ -34,6 +37,20 @@ def report_nitp_changes(saved_nitp: dict, current: dict, log=info):
     if ("enabled", True, False) in changes:
         extra = " (the checkpoint's NITP head is not loaded: this run trains NTP only)"
     log(f"notice: resume changes NITP: {listed}{extra}")
+
+
+# Flags (dests) a checkpoint's weights do not fix but its training assumed.
+MODEL_SETTINGS = ("rotary_base", "rotary_percent", "rotary_scaling_factor", "mscale",
+                  "mscale_all_dim", "norm_epsilon", "moe_router_score_function",
+                  "moe_router_pre_softmax", "moe_router_topk_scaling_factor")
+
+
+def report_model_setting_changes(saved_args: dict, args, log=info):
+    changes = [f"--{k.replace('_', '-')} {saved_args[k]} -> {getattr(args, k)}"
+               for k in MODEL_SETTINGS if k in saved_args and saved_args[k] != getattr(args, k)]
+    if changes:
+        log(f"notice: resume changes model settings the checkpoint was trained with: "
+            f"{'; '.join(changes)}")
 
 
 def check_optimizer_layout(saved_args: dict, args, load_dir: str):

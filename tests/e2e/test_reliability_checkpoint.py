@@ -156,6 +156,24 @@ def test_checkpoint_of_a_different_architecture_names_the_field(tmp_path, refere
         _check_resume_target(args, vocab_size_known=False)
 
 
+def test_checkpoint_with_other_weight_shapes_or_model_settings(tmp_path, reference):
+    """qk-layernorm (weights the checkpoint lacks) is an architecture change; a RoPE base is a
+    setting a continuation may change (long context), said in one notice."""
+    from tests.helpers import suite_parse_args as parse_args
+    from megatron_nitp.training.resolve import _check_resume_target
+    from megatron_nitp.training.validation import ConfigError
+
+    args = parse_args(TINY + ["--load", str(reference.ckpt), "--qk-layernorm"])
+    with pytest.raises(ConfigError, match="qk_layernorm = False in the checkpoint, True here"):
+        _check_resume_target(args, vocab_size_known=False)
+    notices = []
+    args = parse_args(TINY + ["--load", str(reference.ckpt), "--rotary-base", "500000"])
+    _check_resume_target(args, vocab_size_known=False, log=notices.append)
+    assert [n for n in notices if "model settings" in n] == [
+        "notice: resume changes model settings the checkpoint was trained with: "
+        "--rotary-base 10000 -> 500000"]
+
+
 def test_truncated_shard_through_the_cli_exits_2_with_one_line_and_writes_nothing(tmp_path,
                                                                                   reference):
     ckpt = _damaged_copy(reference, tmp_path, lambda c, it: _truncate(it / "__0_1.distcp"))
