@@ -241,6 +241,9 @@ class RunConfig:
     def __copy__(self):
         return self
 
+    def __reduce__(self):  # pickling (a spawned worker): rebuilt, and checked, from the values
+        return _rebuild, (dict(self._values), self.nitp_config, self.explicit_dests)
+
     def __deepcopy__(self, memo):
         return self
 
@@ -251,3 +254,8 @@ class RunConfig:
         return isinstance(other, RunConfig) and self._values == other._values
 
     __hash__ = None
+
+
+def _rebuild(values, nitp_config, explicit):
+    return RunConfig._build(values, nitp_config, explicit)
+

@@ -45,6 +45,16 @@ def test_frozen_after_resolution():
     assert run.data_parallel_size == 1  # resolved by validation, then frozen with the flags
 
 
+def test_pickles_and_copies_as_itself():
+    import copy
+    import pickle
+
+    run = _run(["--nitp", "--lr", "1e-3"])
+    again = pickle.loads(pickle.dumps(run))
+    assert again == run and again.nitp_config == run.nitp_config and again.lr == 1e-3
+    assert copy.deepcopy(run) is run  # read-only: a copy is the same object
+
+
 def test_replace_checks_types_and_rebuilds_nitp():
     run = _run(["--nitp"])
     other = run.replace(lr=1e-3, nitp_target_layer=2)
