@@ -9,14 +9,13 @@ class Variant:
 
     def __init__(self, name, args, device, seed):
         from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
-        from megatron_nitp.nitp.config import NITPConfig
         from megatron_nitp.training.model_setup import build_model_and_optimizer
 
         # Same seed for every variant: identical backbones (the head is built after them).
         torch.manual_seed(seed)
         model_parallel_cuda_manual_seed(seed, force_reset_rng=True)
         self.name, self.args, self.device = name, args, device
-        self.nitp = NITPConfig.from_args(args)
+        self.nitp = args.nitp_config  # args: a RunConfig (shapes.variant_args)
         built = build_model_and_optimizer(args, self.nitp)  # on the GPU when there is one
         self.config, self.chunks, self.model = built.config, built.chunks, built.model
         self.optimizer, self.scheduler = built.optimizer, built.scheduler

@@ -160,7 +160,6 @@ def load_model_single_process(ckpt_dir: str, iteration=None, drop_nitp_head: boo
     from megatron.core import dist_checkpointing
 
     from ..models.builder import build_model_chunks, transformer_config_from_args
-    from ..nitp.config import NITPConfig
     from ..parallel.distributed import initialize_distributed
 
     if not os.path.isdir(ckpt_dir):
@@ -175,7 +174,7 @@ def load_model_single_process(ckpt_dir: str, iteration=None, drop_nitp_head: boo
     if not dist_checkpointing.check_is_distributed_checkpoint(path):
         raise CheckpointError(f"{path}: not a megatron dist checkpoint (no metadata.json)")
     args = single_process_config(run_config)
-    nitp_config = NITPConfig(**run_config.get("nitp", {}))
+    nitp_config = args.nitp_config
     if drop_nitp_head:
         nitp_config = dataclasses.replace(nitp_config, enabled=False)
     initialize_distributed(seed=args.seed)
