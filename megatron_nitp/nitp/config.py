@@ -23,7 +23,7 @@ class NITPConfigError(UserError, ValueError):
     """A bad NITP setting; the message names the command-line option."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class NITPConfig:
     """Next Implicit Token Prediction.
 

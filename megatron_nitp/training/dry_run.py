@@ -40,7 +40,7 @@ def _prefixes(paths):
 
 
 def data_needs(args):
-    if getattr(args, "mock_data", False) or getattr(args, "demo_data", False):
+    if args.mock_data or args.demo_data:
         return []
     prefixes = _prefixes(args.data_path)
     for split in ("train", "valid", "test"):
@@ -68,7 +68,7 @@ def resolve_vocab(args, needs):
 
     files = _tokenizer_files(args)
     missing = [(flag, path) for flag, path in files if not (path and os.path.exists(path))]
-    if not missing and not getattr(args, "demo_data", False):
+    if not missing and not args.demo_data:
         vocab = build_tokenizer(args.tokenizer_type, args.tokenizer_model, args.vocab_size,
                                 **tokenizer_options(args)).vocab_size
         return max(args.vocab_size or 0, vocab), None
@@ -124,7 +124,7 @@ def flops_line(args):
 
 
 def dry_run(args, nitp_config, log=print):
-    needs = list(getattr(args, "run_time_needs", ())) + moe_parallel_run_needs(args)
+    needs = list(args.run_time_needs or ()) + moe_parallel_run_needs(args)
     args, assumption = with_dry_run_vocab(args, needs)
     counts = count_parameters(args)
     needs += data_needs(args) + output_needs(args)

@@ -96,3 +96,24 @@ def test_transformer_config_takes_every_same_named_flag():
         wrong = {k: (v, getattr(config, k)) for k, v in taken.items()
                  if k not in derived and getattr(config, k) != v}
         assert not wrong
+
+
+def test_dry_run_of_a_run_with_nothing_to_install(monkeypatch, capsys):
+    """A value only resolution sets is None on every RunConfig when nothing set it (here: a dry
+    run needs nothing at run time with --transformer-impl local, as on a node with Transformer
+    Engine); the dry run must read it as "nothing", not crash."""
+    from megatron_nitp.training.engine import pretrain
+    from tests.helpers import suite_flags
+
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    argv = ["--dry-run", "--transformer-impl", "local", "--mock-data", "--vocab-size", "100"]
+    assert pretrain("gpt", suite_flags(argv) + argv) == 0
+    out = capsys.readouterr().out
+    assert "parameters: total" in out and "needs at run time" not in out
+
+
+def test_nitp_config_is_read_only_too():
+    run = _run(["--nitp"])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        run.nitp_config.enabled = False  # the run's NITP settings change only by replace()
+    assert run.replace(nitp_loss_weight=0.5).nitp_config.loss_weight == 0.5
