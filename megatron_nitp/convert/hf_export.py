@@ -24,6 +24,7 @@ from typing import Callable, Dict, Optional
 
 import torch
 
+from ..nitp.config import saved_head_in_use
 from . import ConversionError
 from .hf_deepseek import deepseek_config_kwargs
 from .hf_mapping import (DEEPSEEK_V3, LLAMA, QWEN3, QWEN3_MOE, ModelShape, hf_shared_expert_size, megatron_to_hf,
@@ -229,7 +230,7 @@ def _export(model, run, ckpt_dir, out_dir, keep_nitp_head, dtype, max_shard_size
     if mtp and not keep_mtp_layers:
         dropped.append(f"{run.mtp_num_layers} MTP layer(s) (training only; --keep-mtp-layers "
                        "writes them)")
-    if not keep_nitp_head and _had_head(run_config, nitp):
+    if not keep_nitp_head and saved_head_in_use(run_config.get("nitp")):
         dropped.append("NITP head (training only; --keep-nitp-head writes it)")
     summary = dict(
         architecture=shape.architecture, out_dir=out_dir, iteration=run.iteration,
@@ -239,12 +240,6 @@ def _export(model, run, ckpt_dir, out_dir, keep_nitp_head, dtype, max_shard_size
         dropped=dropped, warnings=warnings,
         saved_layout=run.saved_layout)
     return summary
-
-
-def _had_head(run_config, nitp) -> bool:
-    saved = run_config.get("nitp") or {}
-    return bool(saved.get("enabled")) and saved.get("projector", "swiglu") == "swiglu" \
-        and saved.get("loss_type") != "generic_cosine"
 
 
 def _add_legacy_rope_theta(out_dir: str, theta: float) -> None:

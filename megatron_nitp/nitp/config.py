@@ -19,6 +19,13 @@ def head_in_use(projector: str, loss_type: str) -> bool:
     return projector == "swiglu" and loss_type != "generic_cosine"
 
 
+def saved_head_in_use(saved_nitp) -> bool:
+    """Whether a checkpoint's run_config.json "nitp" entry had a head (so holds its weights)."""
+    saved = saved_nitp or {}
+    return bool(saved.get("enabled")) and head_in_use(saved.get("projector", "swiglu"),
+                                                      saved.get("loss_type", "cosine"))
+
+
 class NITPConfigError(UserError, ValueError):
     """A bad NITP setting; the message names the command-line option."""
 

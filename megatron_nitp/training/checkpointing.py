@@ -14,6 +14,7 @@ import time
 import torch
 from megatron.core import dist_checkpointing, parallel_state
 
+from ..nitp.config import saved_head_in_use
 from . import rng_state
 from .checkpoint_io import (
     RUN_CONFIG,
@@ -214,10 +215,7 @@ def verify_checkpoint_files(path):
 
 
 def _fresh_head(saved_run_config, nitp_config):
-    nitp = saved_run_config.get("nitp", {})
-    saved_head = nitp.get("enabled") and nitp.get("projector", "swiglu") == "swiglu" and \
-        nitp.get("loss_type") != "generic_cosine"
-    return nitp_config.uses_head and not saved_head
+    return nitp_config.uses_head and not saved_head_in_use(saved_run_config.get("nitp"))
 
 
 def loads_optimizer_state(saved_run_config, nitp_config) -> bool:

@@ -229,3 +229,17 @@ def test_each_override_file_changes_only_its_switch(path):
         assert changed == set()
     else:
         assert changed == {field}, (name, changed)
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+@pytest.mark.parametrize("projector", ["swiglu", "none"])
+@pytest.mark.parametrize("loss_type", ["cosine", "generic_cosine"])
+def test_a_saved_nitp_entry_has_a_head_exactly_when_its_config_does(enabled, projector,
+                                                                    loss_type):
+    """Resume (a fresh head means a fresh optimizer) and export (--keep-nitp-head) read a
+    checkpoint's "nitp" entry with the same rule as NITPConfig.uses_head."""
+    from megatron_nitp.nitp.config import saved_head_in_use
+
+    cfg = NITPConfig(enabled=enabled, projector=projector, loss_type=loss_type)
+    assert saved_head_in_use(cfg.to_dict()) == cfg.uses_head
+    assert not saved_head_in_use(None) and not saved_head_in_use({})
