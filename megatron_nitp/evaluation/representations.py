@@ -106,7 +106,7 @@ def validation_batches(run_args, num_batches: int, micro_batch_size: int,
     n = num_batches * micro_batch_size
     _, valid, _ = build_datasets(a.data_path, a.split, bool(a.mock_data), a.seq_length,
                                  tokenizer, a.seed, (1, n, 1),
-                                 getattr(a, "data_cache_path", None))
+                                 a.data_cache_path)
     if valid is None:
         raise ValueError(f"--split {a.split}: the run has no validation split")
     it = build_data_iterator(valid, micro_batch_size, 0, 1, 0)

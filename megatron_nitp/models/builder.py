@@ -71,7 +71,7 @@ def build_model_chunks(args, config: TransformerConfig, nitp_config: NITPConfig)
             share_embeddings_and_output_weights=not args.untie_embeddings_and_output_weights,
             position_embedding_type=args.position_embedding_type,
             rotary_base=args.rotary_base,
-            rotary_percent=getattr(args, "rotary_percent", 1.0),
+            rotary_percent=args.rotary_percent,
             vp_stage=vp_stage,
         )
         if torch.cuda.is_available():

@@ -22,7 +22,7 @@ def mtp_loss_names(num_layers):
 
 
 def mtp_errors(args):
-    n = getattr(args, "mtp_num_layers", None)
+    n = args.mtp_num_layers
     if n is None:
         return []
     if n < 1:

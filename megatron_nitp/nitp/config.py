@@ -114,5 +114,5 @@ class NITPConfig:
             start_step=args.nitp_start_step,
             projector="none" if args.nitp_no_projector else "swiglu",
             head_ffn_multiplier=args.nitp_head_ffn_multiplier,
-            head_recompute=getattr(args, "nitp_head_recompute", False),
+            head_recompute=args.nitp_head_recompute,
         )

@@ -46,7 +46,7 @@ _TE_GPU_FLAGS = (("--fp8-format", "fp8", None), ("--fp8-param-gather", "fp8_para
 
 def derive_precision_args(args) -> None:
     """Megatron-LM's validate_args derivations, applied once (idempotent)."""
-    if getattr(args, "recompute_activations", False):
+    if args.recompute_activations:
         args.recompute_granularity = "selective"
     if args.apply_query_key_layer_scaling:
         args.attention_softmax_in_fp32 = True

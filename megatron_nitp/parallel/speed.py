@@ -34,7 +34,7 @@ def _unavailable_fusions(args):
     """Fusions asked for whose kernel this machine lacks, by flag."""
     moe_kernels = [flag for flag, attr in (("--moe-grouped-gemm", "moe_grouped_gemm"),
                                            ("--moe-permute-fusion", "moe_permute_fusion"))
-                   if getattr(args, attr, False) and getattr(args, "num_experts", None)]
+                   if getattr(args, attr) and args.num_experts]
     if not torch.cuda.is_available():
         unused = "--bias-gelu-fusion" if args.swiglu else "--bias-swiglu-fusion"
         return [flag for flag, attr in FUSIONS.items() if getattr(args, attr) and flag != unused
@@ -80,7 +80,7 @@ def speed_settings(args):
         cross_entropy_loss_fusion=(args.cross_entropy_loss_fusion
                                    and "--cross-entropy-loss-fusion" not in off),
         moe_grouped_gemm=on("--moe-grouped-gemm", "moe_grouped_gemm"),
-        moe_permute_fusion=bool(getattr(args, "moe_permute_fusion", False))
+        moe_permute_fusion=args.moe_permute_fusion
         and "--moe-permute-fusion" not in off,
         overlap_grad_reduce=args.overlap_grad_reduce,
         overlap_param_gather=args.overlap_param_gather,

@@ -104,10 +104,10 @@ def _save_checkpoint(ckpt_dir, iteration, chunks, optimizer, scheduler, consumed
     start = time.time()
     model_state = _model_state(chunks)
     state = dict(model_state)
-    if not getattr(args, "no_save_optim", False):  # Megatron-LM: neither optimizer nor scheduler
+    if not args.no_save_optim:  # Megatron-LM: neither optimizer nor scheduler
         state["optimizer"] = _optimizer_state(optimizer, model_state, is_loading=False)
         state["opt_param_scheduler"] = scheduler.state_dict()
-    saves_rng = not getattr(args, "no_save_rng", False)
+    saves_rng = not args.no_save_rng
     if saves_rng:  # Megatron-LM's per-rank ShardedObject (training/rng_state.py)
         state[rng_state.KEY] = rng_state.sharded_for_save()
     state["iteration"] = iteration

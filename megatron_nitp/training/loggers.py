@@ -58,7 +58,7 @@ class RunLogger:
         self.tb_interval = args.tensorboard_log_interval
         self.timers_to_tb = args.log_timers_to_tensorboard
         self.validation_ppl = args.log_validation_ppl_to_tensorboard
-        self.ramp = getattr(args, "rampup_batch_size", None) is not None  # batch varies
+        self.ramp = args.rampup_batch_size is not None  # batch varies
         self.start = time.time()
         self.jsonl = None
         self.tb = None

@@ -194,7 +194,7 @@ LOSS_KEYS = ("lm loss", "nitp loss")
 
 def loss_keys(args):
     """LOSS_KEYS and, with --mtp-num-layers, Megatron-LM's "mtp_1 loss", ... (models/mtp.py)."""
-    return LOSS_KEYS + tuple(mtp_loss_names(getattr(args, "mtp_num_layers", None)))
+    return LOSS_KEYS + tuple(mtp_loss_names(args.mtp_num_layers))
 METRIC_KEYS = ("effective_rank", "pair_cosine")
 
 

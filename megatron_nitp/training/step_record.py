@@ -48,7 +48,7 @@ def step_record(args, nitp_enabled, iteration, result, seconds, lr, consumed, el
            "skipped": not result.ok, **result.metrics,
            # Megatron-LM's "mtp_1 loss", ... as mtp_1_loss, ...
            **{n.replace(" ", "_"): result.losses.get(n)
-              for n in mtp_loss_names(getattr(args, "mtp_num_layers", None))}}
+              for n in mtp_loss_names(args.mtp_num_layers)}}
     rec["iteration_time_s"] = seconds
     if args.log_throughput:
         rec["throughput_tflops"] = throughput_tflops(args, nitp_enabled, seconds,

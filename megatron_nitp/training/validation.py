@@ -246,7 +246,7 @@ def _validate_impl(args):
             impl = resolve_transformer_impl(impl)
         except ValueError as e:
             raise ConfigError(str(e))
-    elif getattr(args, "dry_run", False) and impl in (None, "transformer_engine"):
+    elif args.dry_run and impl in (None, "transformer_engine"):
         # A dry run plans the GPU run, which uses Transformer Engine (dry_run.py).
         impl = "transformer_engine"
         args.run_time_needs = ["Transformer Engine (--transformer-impl transformer_engine; "
