@@ -155,15 +155,19 @@ class RunConfig:
     @classmethod
     def from_saved(cls, saved_args: dict, nitp: Optional[dict] = None,
                    model_family: Optional[str] = None) -> "RunConfig":
-        """A checkpoint's run_config.json `args`: today's defaults for flags added since, the
-        saved values for the rest (keys no flag has any more are dropped)."""
+        """A checkpoint's run_config.json `args` (and `nitp`): today's defaults for flags (NITP
+        fields) added since, the saved values for the rest (keys no flag has any more are
+        dropped)."""
         family = model_family or saved_args.get("model_family") or "gpt"
         _, owner, defaults = _schema(family)
         resolved = {f.name for f in dataclasses.fields(Resolved)}
         values = dict(defaults)
         values.update({k: v for k, v in saved_args.items() if k in owner or k in resolved})
         values["model_family"] = family
-        return cls._build(values, NITPConfig(**nitp) if nitp is not None else None, frozenset())
+        if nitp is not None:  # the same rule for the NITP entry: fields added since default
+            known = {f.name for f in dataclasses.fields(NITPConfig)}
+            nitp = NITPConfig(**{k: v for k, v in nitp.items() if k in known})
+        return cls._build(values, nitp, frozenset())
 
     @classmethod
     def _build(cls, values: dict, nitp_config, explicit) -> "RunConfig":
@@ -250,8 +254,10 @@ class RunConfig:
     def __repr__(self):
         return f"RunConfig({', '.join(f'{k}={v!r}' for k, v in sorted(self._values.items()))})"
 
-    def __eq__(self, other):
-        return isinstance(other, RunConfig) and self._values == other._values
+    def __eq__(self, other):  # every value the run reads, the NITP objective included
+        if not isinstance(other, RunConfig):
+            return NotImplemented
+        return self._values == other._values and self.nitp_config == other.nitp_config
 
     __hash__ = None
 

@@ -117,3 +117,17 @@ def test_nitp_config_is_read_only_too():
     with pytest.raises(dataclasses.FrozenInstanceError):
         run.nitp_config.enabled = False  # the run's NITP settings change only by replace()
     assert run.replace(nitp_loss_weight=0.5).nitp_config.loss_weight == 0.5
+
+
+def test_equal_means_the_same_run_nitp_objective_included():
+    run = _run(["--nitp"])
+    backbone = run.replace(dataclasses.replace(run.nitp_config, enabled=False))
+    assert backbone != run and run.replace() == run
+    assert (run == object()) is False
+
+
+def test_from_saved_drops_nitp_fields_removed_since():
+    run = _run(["--nitp"])
+    nitp = dict(run.nitp_config.to_dict(), a_field_removed_since=1)
+    del nitp["head_recompute"]  # a checkpoint from before the field existed: its default
+    assert RunConfig.from_saved(run.to_dict(), nitp).nitp_config == run.nitp_config
