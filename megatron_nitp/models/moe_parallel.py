@@ -14,13 +14,8 @@ one notice (parallel/speed.py), so that a GPU config still dry-runs and debugs o
 import importlib.util
 
 
-def _get(args, name, default=None):
-    value = getattr(args, name, default)
-    return default if value is None else value
-
-
 def expert_tensor_parallel_size(args) -> int:
-    return _get(args, "expert_tensor_parallel_size") or _get(args, "tensor_model_parallel_size", 1)
+    return args.expert_tensor_parallel_size or args.tensor_model_parallel_size
 
 
 def _cuda() -> bool:
@@ -38,48 +33,45 @@ def _flex_backend_available(backend: str) -> bool:
 def moe_parallel_notices(args):
     """Expert flags on a dense model: no effect, as in Megatron-LM (its dense example scripts
     give --expert-tensor-parallel-size 1), said once each; and the benchmarking router."""
-    if _get(args, "num_experts", 0):
-        if _get(args, "moe_router_force_load_balancing", False):
+    if args.num_experts:
+        if args.moe_router_force_load_balancing:
             return ["notice: --moe-router-force-load-balancing: the router picks experts from "
                     "random logits (Megatron-LM's benchmarking mode): the run measures speed, "
                     "its model is not one to keep"]
         return []
     given = [f for f, v in (
-        ("--expert-tensor-parallel-size", getattr(args, "expert_tensor_parallel_size", None)
-         is not None),
-        ("--moe-permute-fusion", _get(args, "moe_permute_fusion", False)),
+        ("--expert-tensor-parallel-size", args.expert_tensor_parallel_size is not None),
+        ("--moe-permute-fusion", args.moe_permute_fusion),
     ) if v]
     return [f"notice: {flag}: no effect without --num-experts (a dense model)" for flag in given]
 
 
 def moe_parallel_run_needs(args):
     """What a --dry-run's job will need at run time (dry_run.py)."""
-    if (_get(args, "num_experts", 0)
-            and _get(args, "moe_token_dispatcher_type", "alltoall") == "flex"):
-        backend = _get(args, "moe_flex_dispatcher_backend", "deepep")
+    if args.num_experts and args.moe_token_dispatcher_type == "flex":
+        backend = args.moe_flex_dispatcher_backend
         return [f"--moe-token-dispatcher-type flex: CUDA with the {backend} backend "
                 "(--moe-flex-dispatcher-backend)"]
     return []
 
 
 def moe_parallel_errors(args, transformer_impl):
-    experts = _get(args, "num_experts", 0)
+    experts = args.num_experts
     if not experts:
         return
     etp = expert_tensor_parallel_size(args)
     if etp < 1:
         yield f"--expert-tensor-parallel-size {etp}: must be >= 1"
         return
-    ep, pp = _get(args, "expert_model_parallel_size", 1), _get(args, "pipeline_model_parallel_size", 1)
-    dp = getattr(args, "data_parallel_size", None)
+    ep, pp = args.expert_model_parallel_size, args.pipeline_model_parallel_size
+    dp = getattr(args, "data_parallel_size", None)  # a resolved value: not on parsed flags
     if dp:  # set by validate_args from the world size
-        world = (dp * _get(args, "tensor_model_parallel_size", 1) * pp
-                 * _get(args, "context_parallel_size", 1))
+        world = dp * args.tensor_model_parallel_size * pp * args.context_parallel_size
         if world % (etp * ep * pp):
             yield (f"--expert-tensor-parallel-size {etp}: expert-TP x --expert-model-parallel-size "
                    f"{ep} x --pipeline-model-parallel-size {pp} = {etp * ep * pp} must divide the "
                    f"world size {world} (megatron-core's expert layout)")
-    tp = _get(args, "tensor_model_parallel_size", 1)
+    tp = args.tensor_model_parallel_size
     if etp != tp and ep == 1:
         # megatron-core 0.16.1 marks expert weights as expert-parallel (reduced over the expert
         # data-parallel group, which expert-TP defines) only when EP > 1; at EP 1 they are reduced
@@ -88,13 +80,13 @@ def moe_parallel_errors(args, transformer_impl):
         yield (f"--expert-tensor-parallel-size {etp}: differs from --tensor-model-parallel-size "
                f"{tp}, which megatron-core 0.16.1 reduces correctly only with "
                f"--expert-model-parallel-size > 1; use EP > 1 or expert-TP = TP")
-    width = _get(args, "moe_ffn_hidden_size") or _get(args, "ffn_hidden_size")
+    width = args.moe_ffn_hidden_size or args.ffn_hidden_size
     if width and width % etp:
         yield (f"--expert-tensor-parallel-size {etp}: must divide the expert width "
                f"(--moe-ffn-hidden-size) {width}")
-    if (_get(args, "moe_token_dispatcher_type", "alltoall") == "flex"
-            and not getattr(args, "dry_run", False)):  # a dry run: moe_parallel_run_needs
-        backend = _get(args, "moe_flex_dispatcher_backend", "deepep")
+    if (args.moe_token_dispatcher_type == "flex"
+            and not args.dry_run):  # a dry run: moe_parallel_run_needs
+        backend = args.moe_flex_dispatcher_backend
         if not _cuda() or not _flex_backend_available(backend):
             yield (f"--moe-token-dispatcher-type flex: needs CUDA with the {backend} backend "
                    f"installed (--moe-flex-dispatcher-backend); use alltoall or allgather here")
