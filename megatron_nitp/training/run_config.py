@@ -207,7 +207,10 @@ class RunConfig:
 
     def replace(self, nitp_config: Optional[NITPConfig] = None, **changes) -> "RunConfig":
         """A copy with `changes` (dests or resolved names), checked as at freeze. The NITP
-        config is `nitp_config` if given, else rebuilt from the flags when one of them changes."""
+        config is `nitp_config` if given, else rebuilt from the flags when one of them changes.
+        Nothing is re-derived: `replace(num_layers=8)` keeps the resolved --nitp-target-layer
+        and --ffn-hidden-size; a change that should move derived values names them too (or
+        resolves a new argv)."""
         values = dict(self._values)
         values.update(changes)
         if nitp_config is None and not any(k.startswith("nitp") for k in changes):
