@@ -15,86 +15,78 @@ NITP: the head P (3 mult d^2 parameters, TP-sharded, on the last pipeline stage)
 bytes per parameter; its activations per microbatch are the stored input, gate/up outputs and
 SwiGLU output (2 bytes each: s b d (1 + 3 mult) / TP), only the input with --nitp-head-recompute,
 and the detached target z_{t+1} (s b d, 2 bytes).
+
+Input: the run's RunConfig (its resolved data_parallel_size and padded_vocab_size included), read
+plainly as in param_count.py.
 """
 
-from .param_count import get_arg, moe_layer_pattern, nitp_uses_head
+from .param_count import moe_layer_pattern, nitp_uses_head
 
 MIB = 1024 * 1024
 
 
 def _virtual_pipeline_size(args):
-    chunk = get_arg(args, "num_layers_per_virtual_pipeline_stage")
+    chunk = args.num_layers_per_virtual_pipeline_stage
     if not chunk:
         return None
-    pp = get_arg(args, "pipeline_model_parallel_size", 1)
-    return get_arg(args, "num_layers") // pp // chunk
+    return args.num_layers // args.pipeline_model_parallel_size // chunk
 
 
 def megatron_layer_params(args):
     """(dense layer, MoE layer) parameters as Megatron-LM's report counts them (no biases)."""
-    d = get_arg(args, "hidden_size")
-    nh = get_arg(args, "num_attention_heads")
-    hd = get_arg(args, "kv_channels", d // nh)
-    groups = get_arg(args, "num_query_groups", nh) if get_arg(args, "group_query_attention",
-                                                             False) else nh
-    norm = 1 if get_arg(args, "normalization", "RMSNorm") == "RMSNorm" else 2
-    glu = 1.5 if get_arg(args, "swiglu", True) else 1.0
-    if get_arg(args, "multi_latent_attention", False):
-        qk = get_arg(args, "qk_head_dim", 128) + get_arg(args, "qk_pos_emb_head_dim", 64)
-        q_lora = get_arg(args, "q_lora_rank")
-        kv_lora = get_arg(args, "kv_lora_rank", 32)
+    d, nh, hd = args.hidden_size, args.num_attention_heads, args.kv_channels
+    groups = args.num_query_groups if args.group_query_attention else nh
+    norm = 1 if args.normalization == "RMSNorm" else 2
+    glu = 1.5 if args.swiglu else 1.0
+    if args.multi_latent_attention:
+        qk = args.qk_head_dim + args.qk_pos_emb_head_dim
+        q_lora, kv_lora = args.q_lora_rank, args.kv_lora_rank
         q = d * nh * qk if q_lora is None else q_lora * (d + nh * qk + norm)
-        kv = kv_lora * (d + nh * (get_arg(args, "qk_head_dim", 128)
-                                  + get_arg(args, "v_head_dim", 128)) + norm)
-        attention = (q + kv + d * get_arg(args, "qk_pos_emb_head_dim", 64)
-                     + nh * get_arg(args, "v_head_dim", 128) * d)
+        kv = kv_lora * (d + nh * (args.qk_head_dim + args.v_head_dim) + norm)
+        attention = q + kv + d * args.qk_pos_emb_head_dim + nh * args.v_head_dim * d
     else:
         # Q and O (nh hd each) plus K and V (groups hd each), relative to d x d.
         attention = 2 * d * d * (1 + groups / nh) * (nh * hd / d)
-    ffn = get_arg(args, "ffn_hidden_size", 4 * d)
+    ffn = args.ffn_hidden_size
     dense = 2 * d * (ffn * glu + norm) + attention
-    experts = get_arg(args, "num_experts", 0) or 1
-    moe_ffn = get_arg(args, "moe_ffn_hidden_size", ffn) if get_arg(args, "num_experts") else 0
-    shared = get_arg(args, "moe_shared_expert_intermediate_size", 0)
+    experts = args.num_experts or 1
+    moe_ffn = args.moe_ffn_hidden_size if args.num_experts else 0
+    shared = args.moe_shared_expert_intermediate_size or 0
     moe = 2 * d * (moe_ffn * experts * glu + shared * glu + norm) + attention
     return dense, moe
 
 
 def megatron_weight_and_optimizer(args):
     """(parameters on the most loaded shard, their bytes with grads and optimizer state)."""
-    L = get_arg(args, "num_layers")
-    d = get_arg(args, "hidden_size")
-    tp = get_arg(args, "tensor_model_parallel_size", 1)
-    pp = get_arg(args, "pipeline_model_parallel_size", 1)
-    dp = get_arg(args, "data_parallel_size", 1)
-    norm = 1 if get_arg(args, "normalization", "RMSNorm") == "RMSNorm" else 2
+    L, d = args.num_layers, args.hidden_size
+    tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
+    norm = 1 if args.normalization == "RMSNorm" else 2
     dense, moe = megatron_layer_params(args)
-    pattern = (moe_layer_pattern(get_arg(args, "moe_layer_freq", 1), L)
-               if get_arg(args, "num_experts") else [0] * L)
+    pattern = moe_layer_pattern(args.moe_layer_freq, L) if args.num_experts else [0] * L
     n_moe = sum(pattern)
     block = dense * (L - n_moe) + moe * n_moe + norm * d
-    mtp = get_arg(args, "mtp_num_layers", 0)
-    mtp_block = mtp * (moe if pattern[-1] else dense)
-    embedding = d * get_arg(args, "padded_vocab_size")
+    mtp_block = (args.mtp_num_layers or 0) * (moe if pattern[-1] else dense)
+    embedding = d * args.padded_vocab_size
     shard = (block / pp + mtp_block + embedding) / tp
-    if get_arg(args, "untie_embeddings_and_output_weights", False) and pp == 1:
+    if args.untie_embeddings_and_output_weights and pp == 1:
         shard += embedding / tp
-    per_param = 6 + 12 / dp if get_arg(args, "use_distributed_optimizer", False) else 18
-    return shard, shard * per_param
+    return shard, shard * _bytes_per_param(args)
+
+
+def _bytes_per_param(args):
+    """bf16 weight + fp32 grad + fp32 master, Adam m, v; the last 12 over DP when distributed."""
+    return 6 + 12 / args.data_parallel_size if args.use_distributed_optimizer else 18
 
 
 def megatron_activation(args, num_microbatches=None):
     """Activation bytes of the first pipeline stage, Megatron-LM's choice of formula."""
-    s, b = get_arg(args, "seq_length"), get_arg(args, "micro_batch_size", 1)
-    d, L = get_arg(args, "hidden_size"), get_arg(args, "num_layers")
-    tp = get_arg(args, "tensor_model_parallel_size", 1)
-    pp = get_arg(args, "pipeline_model_parallel_size", 1)
+    s, b = args.seq_length, args.micro_batch_size
+    d, L = args.hidden_size, args.num_layers
+    tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
     vpp = _virtual_pipeline_size(args)
-    ffn = get_arg(args, "ffn_hidden_size", 4 * d)
-    vocab = get_arg(args, "padded_vocab_size")
+    ffn, vocab = args.ffn_hidden_size, args.padded_vocab_size
     sbh = s * b * d
-    with_sp = (get_arg(args, "sequence_parallel", False)
-               and get_arg(args, "recompute_granularity") == "selective")
+    with_sp = args.sequence_parallel and args.recompute_granularity == "selective"
     per_layer = sbh * (18 + 4 * ffn / d) if with_sp else sbh * (10 + 24 / tp)
     total = per_layer * L + 8 * s * b * pp + sbh * pp  # + embedding input and its dropout
     if vpp is not None:
@@ -112,16 +104,14 @@ def megatron_activation(args, num_microbatches=None):
 
 def nitp_overhead(args):
     """What the NITP head adds on the last pipeline stage (zeros when there is no head)."""
-    if not (get_arg(args, "nitp", False) and nitp_uses_head(args)):
+    if not (args.nitp and nitp_uses_head(args)):
         return dict(params_per_rank=0, weight_and_optimizer_bytes=0, activation_bytes=0)
-    d, m = get_arg(args, "hidden_size"), get_arg(args, "nitp_head_ffn_multiplier", 4)
-    tp, dp = get_arg(args, "tensor_model_parallel_size", 1), get_arg(args, "data_parallel_size", 1)
-    s, b = get_arg(args, "seq_length"), get_arg(args, "micro_batch_size", 1)
+    d, m = args.hidden_size, args.nitp_head_ffn_multiplier
+    tp, s, b = args.tensor_model_parallel_size, args.seq_length, args.micro_batch_size
     params = 3 * m * d * d / tp
-    per_param = 6 + 12 / dp if get_arg(args, "use_distributed_optimizer", False) else 18
-    stored = 1 if get_arg(args, "nitp_head_recompute", False) else 1 + 3 * m
+    stored = 1 if args.nitp_head_recompute else 1 + 3 * m
     activation = 2 * s * b * d * stored / tp + 2 * s * b * d  # + the detached target
-    return dict(params_per_rank=params, weight_and_optimizer_bytes=params * per_param,
+    return dict(params_per_rank=params, weight_and_optimizer_bytes=params * _bytes_per_param(args),
                 activation_bytes=activation)
 
 
@@ -130,9 +120,8 @@ def layout_parameters(args, counts) -> float:
     layer split): layers over PP and TP, routed experts over PP, EP and TP (expert TP = TP),
     the embedding over TP (and the untied output layer when PP = 1). Unlike Megatron-LM's
     report, the experts are divided by EP."""
-    tp = get_arg(args, "tensor_model_parallel_size", 1)
-    pp = get_arg(args, "pipeline_model_parallel_size", 1)
-    ep = get_arg(args, "expert_model_parallel_size", 1)
+    tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
+    ep = args.expert_model_parallel_size
     layers = (counts["attention"] + counts["norms"] + counts["dense_mlp"] + counts["router"]
               + counts["shared_experts"])
     rank = layers / pp / tp + counts["routed_experts"] / pp / (ep * tp)

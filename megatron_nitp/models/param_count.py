@@ -2,8 +2,9 @@
 
 Used by the paper configs' tests (sizes must match the model names), the FLOPs report and the
 config table in examples/README.md, so that a 45B config can be sized without allocating it.
-Input: an argparse.Namespace from `megatron_nitp.training.arguments.parse_args` or a plain dict
-with the same dest names; a field that is absent takes our CLI's default (arguments.py).
+Input: the run's RunConfig or parse_args' Namespace, read as Megatron-LM's `args`: every flag is
+there with the parser's (Megatron-LM's) default, so nothing here has a default of its own. None
+keeps Megatron-LM's meaning (no experts, no MTP, no shared expert, a full-rank MLA query).
 
 The count is exact for megatron-core 0.16.1's GPTModel built from `get_gpt_decoder_block_spec`
 (local or Transformer Engine spec: TE fuses the norms into the following linear layers, but the
@@ -21,15 +22,6 @@ import math
 from .layer_pattern import moe_layer_pattern  # noqa: F401 (re-exported)
 
 
-def get_arg(args, name, default=None):
-    """args.name or args[name]; `default` when absent or None (a Namespace or a dict)."""
-    if isinstance(args, dict):
-        value = args.get(name, default)
-    else:
-        value = getattr(args, name, default)
-    return default if value is None else value
-
-
 def padded_vocab_size(vocab_size, make_vocab_size_divisible_by=128, tensor_model_parallel_size=1):
     """Megatron-LM's `_vocab_size_with_padding`: round up to a multiple of divisor x TP, so each
     TP rank holds an equal, aligned slice of the embedding and output layer."""
@@ -45,10 +37,8 @@ def _mlp_params(d, f, swiglu, bias):
 def _mla_layer(args, d, nh, bias, layernorm_has_bias, qk_layernorm):
     """(projection params, q/kv-layernorm params) of one megatron-core MLASelfAttention: the
     down/up projections have no bias whatever the flags; only linear_proj follows them."""
-    q_lora = get_arg(args, "q_lora_rank", None)
-    kv_lora = get_arg(args, "kv_lora_rank", 32)
-    qk, pos = get_arg(args, "qk_head_dim", 128), get_arg(args, "qk_pos_emb_head_dim", 64)
-    v = get_arg(args, "v_head_dim", 128)
+    q_lora, kv_lora = args.q_lora_rank, args.kv_lora_rank
+    qk, pos, v = args.qk_head_dim, args.qk_pos_emb_head_dim, args.v_head_dim
     q = nh * (qk + pos) * (q_lora if q_lora else d) + (q_lora * d if q_lora else 0)
     kv = (kv_lora + pos) * d + nh * (qk + v) * kv_lora
     proj = d * nh * v + (d if bias else 0)
@@ -60,12 +50,23 @@ def nitp_uses_head(args):
     """The head exists unless --nitp-no-projector or the generic cosine baseline (no target)."""
     from ..nitp.config import head_in_use
 
-    return head_in_use("none" if get_arg(args, "nitp_no_projector", False) else "swiglu",
-                       get_arg(args, "nitp_loss_type", "cosine"))
+    return head_in_use("none" if args.nitp_no_projector else "swiglu", args.nitp_loss_type)
+
+
+def resolved_padded_vocab_size(args):
+    """The run's padded vocabulary (resolved: a RunConfig), else the one resolution pads the
+    flags' --vocab-size to (parse_args' Namespace holds no resolved values yet)."""
+    vocab = getattr(args, "padded_vocab_size", None)
+    if vocab:
+        return vocab
+    if not args.vocab_size:
+        raise ValueError("count_parameters needs vocab_size (or padded_vocab_size)")
+    return padded_vocab_size(args.vocab_size, args.make_vocab_size_divisible_by,
+                             args.tensor_model_parallel_size)
 
 
 def count_parameters(args) -> dict:
-    """Parameter counts of the model described by `args` (dest names as in parse_args).
+    """Parameter counts of the model described by `args` (a RunConfig or parse_args' Namespace).
 
     Returns a dict with
       total      all backbone parameters (what an exported checkpoint holds; no NITP head)
@@ -78,32 +79,22 @@ def count_parameters(args) -> dict:
     and a breakdown: attention, norms, dense_mlp, router, shared_experts, routed_experts,
     routed_experts_active, output_layer, padded_vocab_size, num_moe_layers, num_dense_layers.
     """
-    L = get_arg(args, "num_layers")
-    d = get_arg(args, "hidden_size")
-    nh = get_arg(args, "num_attention_heads")
-    f = get_arg(args, "ffn_hidden_size", 4 * d)
-    gqa = get_arg(args, "group_query_attention", False)
-    ng = get_arg(args, "num_query_groups", nh) if gqa else nh
-    hd = get_arg(args, "kv_channels", d // nh)
-    swiglu = get_arg(args, "swiglu", True)
-    layernorm_has_bias = get_arg(args, "normalization", "RMSNorm") == "LayerNorm"
-    # Linear biases are off by default here (--add-bias-linear turns them on; Megatron-LM's
-    # --disable-bias-linear restates the default). Biases everywhere include the QKV ones.
-    bias = bool(get_arg(args, "add_bias_linear", False))
-    qkv_bias = bias or bool(get_arg(args, "add_qkv_bias", False))
-    qk_layernorm = bool(get_arg(args, "qk_layernorm", False))
-    tp = get_arg(args, "tensor_model_parallel_size", 1)
-    vocab = get_arg(args, "padded_vocab_size")
-    if not vocab:
-        if not get_arg(args, "vocab_size"):
-            raise ValueError("count_parameters needs vocab_size (or padded_vocab_size)")
-        vocab = padded_vocab_size(
-            get_arg(args, "vocab_size"), get_arg(args, "make_vocab_size_divisible_by", 128), tp)
-    tied = not get_arg(args, "untie_embeddings_and_output_weights", False)
+    L, d, nh = args.num_layers, args.hidden_size, args.num_attention_heads
+    f = args.ffn_hidden_size
+    ng = args.num_query_groups if args.group_query_attention else nh
+    hd = args.kv_channels
+    swiglu = args.swiglu
+    layernorm_has_bias = args.normalization == "LayerNorm"
+    # Biases everywhere (--add-bias-linear, Megatron-LM's default) include the QKV ones.
+    bias = bool(args.add_bias_linear)
+    qkv_bias = bias or bool(args.add_qkv_bias)
+    qk_layernorm = bool(args.qk_layernorm)
+    vocab = resolved_padded_vocab_size(args)
+    tied = not args.untie_embeddings_and_output_weights
 
-    num_experts = get_arg(args, "num_experts", 0)
+    num_experts = args.num_experts or 0
     if num_experts:
-        pattern = moe_layer_pattern(get_arg(args, "moe_layer_freq", 1), L)
+        pattern = moe_layer_pattern(args.moe_layer_freq, L)
     else:
         pattern = [0] * L
     n_moe = sum(pattern)
@@ -115,7 +106,7 @@ def count_parameters(args) -> dict:
     attn_layer += q_out * d + (d if bias else 0)
     qk_norm_layer = 2 * hd * (2 if layernorm_has_bias else 1) if qk_layernorm else 0
 
-    if get_arg(args, "multi_latent_attention", False):
+    if args.multi_latent_attention:
         attn_layer, qk_norm_layer = _mla_layer(args, d, nh, bias, layernorm_has_bias,
                                                qk_layernorm)
 
@@ -125,33 +116,31 @@ def count_parameters(args) -> dict:
 
     router = shared = routed = routed_active = 0
     if n_moe:
-        f_moe = get_arg(args, "moe_ffn_hidden_size", f)
-        topk = get_arg(args, "moe_router_topk", 2)
-        f_shared = get_arg(args, "moe_shared_expert_intermediate_size", 0)
+        f_moe, topk = args.moe_ffn_hidden_size, args.moe_router_topk
+        f_shared = args.moe_shared_expert_intermediate_size
         expert = _mlp_params(d, f_moe, swiglu, bias)
         router = n_moe * (num_experts * d + (num_experts if bias else 0))
         routed = n_moe * num_experts * expert
         routed_active = n_moe * topk * expert
-        if f_shared:
-            gate = d if get_arg(args, "moe_shared_expert_gate", False) else 0
-            shared = n_moe * (_mlp_params(d, f_shared, swiglu, bias) + gate)
+        if f_shared:  # ungated: no flag sets TransformerConfig.moe_shared_expert_gate
+            shared = n_moe * _mlp_params(d, f_shared, swiglu, bias)
 
     embedding = vocab * d
-    if get_arg(args, "position_embedding_type", "rope") == "learned_absolute":
-        embedding += get_arg(args, "max_position_embeddings", get_arg(args, "seq_length")) * d
+    if args.position_embedding_type == "learned_absolute":
+        embedding += args.max_position_embeddings * d
     output_layer = 0 if tied else vocab * d
 
     # MTP layers (models/mtp.py), training only like the head: enorm, hnorm, eh_proj (2d -> d),
     # one layer built like the last decoder layer, final norm; embedding and output are shared.
-    n_mtp = get_arg(args, "mtp_num_layers", None) or 0
+    n_mtp = args.mtp_num_layers or 0
     last_mlp = _mlp_params(d, f, swiglu, bias)
     if pattern and pattern[-1]:
         last_mlp = (router + shared + routed) // n_moe
     mtp = n_mtp * (3 * norm + 2 * d * d + attn_layer + 2 * norm + qk_norm_layer + last_mlp)
 
     common = attention + norms + dense_mlp + router + shared + embedding + output_layer
-    nitp_on = get_arg(args, "nitp", False) and nitp_uses_head(args)
-    mult = get_arg(args, "nitp_head_ffn_multiplier", 4)
+    nitp_on = args.nitp and nitp_uses_head(args)
+    mult = args.nitp_head_ffn_multiplier
     return {
         "total": common + routed,
         "active": common + routed_active,

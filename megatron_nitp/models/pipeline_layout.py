@@ -8,7 +8,6 @@ then places the layers (get_num_layers_to_build / get_transformer_layer_offset);
 carrier (parallel/pipeline.py) reads the same placement, so layer k may sit on any stage.
 """
 
-from types import SimpleNamespace
 
 # megatron-core is imported inside the functions: validation runs before it is needed.
 
@@ -118,13 +117,8 @@ def pipeline_errors(args):
 def chunk_layer_counts(args):
     """Decoder layers of every model chunk in pipeline order (vp-major), from the flags alone
     (FLOPs and --dry-run; megatron-core's placement rules, checked against it by the suite)."""
-    from .param_count import get_arg
-
-    def get(name):
-        return get_arg(args, name)
-
-    pp = get_arg(args, "pipeline_model_parallel_size", 1)
-    L, layout = get("num_layers"), get("pipeline_model_parallel_layout")
+    pp, L = args.pipeline_model_parallel_size, args.num_layers
+    layout = args.pipeline_model_parallel_layout
     if layout:
         from megatron.core.transformer.pipeline_parallel_layer_layout import (
             PipelineParallelLayerLayout,
@@ -134,11 +128,8 @@ def chunk_layer_counts(args):
 
         return [stage.count(LayerType.decoder)
                 for stage in PipelineParallelLayerLayout.parse_str_to_list(layout)]
-    vp = virtual_pipeline_size(SimpleNamespace(
-        pipeline_model_parallel_size=pp, num_layers=L,
-        num_virtual_stages_per_pipeline_rank=get("num_virtual_stages_per_pipeline_rank"),
-        num_layers_per_virtual_pipeline_stage=get("num_layers_per_virtual_pipeline_stage"))) or 1
-    first, last = get("decoder_first_pipeline_num_layers"), get("decoder_last_pipeline_num_layers")
+    vp = virtual_pipeline_size(args) or 1
+    first, last = args.decoder_first_pipeline_num_layers, args.decoder_last_pipeline_num_layers
     if pp == 1:
         return [L]
     middle = L - (first or 0) - (last or 0)

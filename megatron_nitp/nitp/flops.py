@@ -32,8 +32,7 @@ communication volume, reported in bytes, not FLOPs.
 """
 
 from megatron_nitp.models.layer_pattern import moe_layer_pattern
-from megatron_nitp.models.param_count import count_parameters, get_arg, nitp_uses_head
-from megatron_nitp.nitp.config import default_target_layer
+from megatron_nitp.models.param_count import count_parameters, nitp_uses_head
 
 
 def paper_g3_flops(d, de, k, L, V, mult=4):
@@ -64,21 +63,21 @@ def _owner_and_chunks(args, target):
 
 def nitp_head_params(args):
     """3 mult d^2 (gate, up, down; no bias), or 0 when there is no head."""
-    d = get_arg(args, "hidden_size")
-    return 3 * get_arg(args, "nitp_head_ffn_multiplier", 4) * d * d if nitp_uses_head(args) else 0
+    d = args.hidden_size
+    return 3 * args.nitp_head_ffn_multiplier * d * d if nitp_uses_head(args) else 0
 
 
 def nitp_head_flops(args):
     """6 x head parameters; 8 x when the head's forward is recomputed in backward."""
-    return (8 if get_arg(args, "nitp_head_recompute", False) else 6) * nitp_head_params(args)
+    return (8 if args.nitp_head_recompute else 6) * nitp_head_params(args)
 
 
 def mtp_layer_matmul_params(args, counts):
     """(matmul parameters a token passes through in one MTP layer, excluding the output layer;
     its router parameters). The layer is built like the last decoder layer (models/mtp.py)."""
-    d, L = get_arg(args, "hidden_size"), get_arg(args, "num_layers")
+    d, L = args.hidden_size, args.num_layers
     attention = counts["attention"] // L
-    if counts["num_moe_layers"] and moe_layer_pattern(get_arg(args, "moe_layer_freq", 1), L)[-1]:
+    if counts["num_moe_layers"] and moe_layer_pattern(args.moe_layer_freq, L)[-1]:
         n = counts["num_moe_layers"]
         mlp = (counts["shared_experts"] + counts["routed_experts_active"]) // n
         return 2 * d * d + attention + mlp, counts["router"] // n
@@ -86,7 +85,7 @@ def mtp_layer_matmul_params(args, counts):
 
 
 def training_flops_per_token(args) -> dict:
-    """Per-token training FLOPs of `args` (a parse_args Namespace or a dict of dest names).
+    """Per-token training FLOPs of `args` (a RunConfig or parse_args' Namespace, read plainly).
 
     Returns baseline_flops_per_token (the run without NITP: NTP, plus the MTP layers when
     --mtp-num-layers), nitp_flops_per_token (what NITP adds; computed whether or not args.nitp
@@ -98,21 +97,16 @@ def training_flops_per_token(args) -> dict:
     pipeline_carry_bytes_per_microbatch_per_boundary.
     """
     c = count_parameters(args)
-    d = get_arg(args, "hidden_size")
-    s = get_arg(args, "seq_length")
-    nh = get_arg(args, "num_attention_heads")
-    hd = get_arg(args, "kv_channels", d // nh)
-    L = get_arg(args, "num_layers")
+    d, s, nh, L = args.hidden_size, args.seq_length, args.num_attention_heads, args.num_layers
     # Scores (q.k) and context (p.v) per head: MLA's q/k heads carry the RoPE part too.
-    qk_dim, v_dim = hd, hd
-    if get_arg(args, "multi_latent_attention", False):
-        qk_dim = get_arg(args, "qk_head_dim", 128) + get_arg(args, "qk_pos_emb_head_dim", 64)
-        v_dim = get_arg(args, "v_head_dim", 128)
+    qk_dim = v_dim = args.kv_channels
+    if args.multi_latent_attention:
+        qk_dim, v_dim = args.qk_head_dim + args.qk_pos_emb_head_dim, args.v_head_dim
 
     attention_proj = 6 * c["attention"]
     mlp = 6 * (c["dense_mlp"] + c["shared_experts"] + c["routed_experts_active"])
     output_layer = 6 * c["padded_vocab_size"] * d
-    n_mtp = get_arg(args, "mtp_num_layers", 0)
+    n_mtp = args.mtp_num_layers or 0
     mtp_matmul, mtp_router = mtp_layer_matmul_params(args, c) if n_mtp else (0, 0)
     mtp = n_mtp * (6 * mtp_matmul + output_layer)
     baseline = attention_proj + mlp + output_layer + mtp
@@ -121,13 +115,12 @@ def training_flops_per_token(args) -> dict:
     loss = 18 * d
     nitp = head + loss
 
-    target = get_arg(args, "nitp_target_layer", default_target_layer(L))
-    owner, chunks = _owner_and_chunks(args, target)
-    uses_target = get_arg(args, "nitp_loss_type", "cosine") != "generic_cosine"
+    owner, chunks = _owner_and_chunks(args, args.nitp_target_layer)
+    uses_target = args.nitp_loss_type != "generic_cosine"
     # pipeline.py doubles every boundary once z has to travel at all (one p2p shape).
     boundaries = chunks - 1 if uses_target and owner != chunks - 1 else 0
-    dtype_bytes = 2 if get_arg(args, "bf16", False) else 4
-    mbs = get_arg(args, "micro_batch_size", 1)
+    dtype_bytes = 2 if args.bf16 else 4
+    mbs = args.micro_batch_size
     return {
         "baseline_flops_per_token": baseline,
         "nitp_flops_per_token": nitp,

@@ -54,7 +54,7 @@ def ramp_ahead(ramp, consumed):
 
 def rampup_errors(args):
     """One message for a ramp megatron-core would assert on (or divide by zero with) before or
-    during the run; else sets args.train_iters from the plan."""
+    during the run (a check: the run's iterations are sample_schedule.derive_train_iters')."""
     start, increment, samples = args.rampup_batch_size
     gbs, unit = args.global_batch_size, args.micro_batch_size * args.data_parallel_size
     usage = f"{FLAG} <start batch size> <batch size increment> <ramp-up samples>"
@@ -81,4 +81,3 @@ def rampup_errors(args):
                        f"data-parallel size {args.data_parallel_size} = {unit}")
                 return
             consumed += size
-        args.train_iters = rampup_plan(args)[0]

@@ -8,11 +8,13 @@ validate_args does): arguments._fill_defaults (ffn/kv/query groups, max position
 layer, --split, lr decay length, the MoE layer pattern) and --use-checkpoint-args
 (checkpoint_flags); validation (the data-parallel size, the global batch, sequence parallel off at
 TP1, a dry run's needs), precision.derive_precision_args (--recompute-activations,
---apply-query-key-layer-scaling, the bf16 gradient accumulation), sample_schedule /
-batch_rampup (--train-iters from samples); here: data_args (the data lists), --demo-data's
-corpus and tokenizer, the tokenizer's vocabulary and its padding, --pretrained-checkpoint, a
---load that is also an empty --save, and on resume the checkpoint's padded vocabulary, schedule
-(schedule_resume: --use-checkpoint-opt-param-scheduler) and sample plan.
+--apply-query-key-layer-scaling, the bf16 gradient accumulation),
+sample_schedule.derive_train_iters (--train-iters from --train-samples, the ramp's plan with
+--rampup-batch-size; called by validation once the schedule checks pass: the *_errors checks
+only check); here: data_args (the data lists), --demo-data's corpus and tokenizer, the
+tokenizer's vocabulary and its padding, --pretrained-checkpoint, a --load that is also an empty
+--save, and on resume the checkpoint's padded vocabulary, schedule (schedule_resume:
+--use-checkpoint-opt-param-scheduler) and sample plan.
 """
 
 import os

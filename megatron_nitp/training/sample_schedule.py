@@ -19,8 +19,8 @@ from .batch_rampup import rampup_errors, rampup_plan
 
 
 def sample_schedule_errors(args):
-    """One message per inconsistent schedule flag; with --train-samples, sets args.train_iters
-    (validation calls it once the global and data-parallel batch sizes are known)."""
+    """One message per inconsistent schedule flag (a check: it changes nothing; validation calls
+    it once the global and data-parallel batch sizes are known, then derive_train_iters)."""
     if args.train_samples is None:
         if args.lr_decay_samples is not None or args.lr_warmup_samples:
             flag = "--lr-decay-samples" if args.lr_decay_samples is not None else \
@@ -44,12 +44,18 @@ def sample_schedule_errors(args):
         yield "--lr-decay-style WSD with --train-samples: not supported (--lr-wsd-decay-samples " \
               "is not implemented); use --train-iters"
     elif args.rampup_batch_size is not None:
-        yield from rampup_errors(args)  # sets train_iters from the ramp's plan
+        yield from rampup_errors(args)
     elif args.train_samples < args.global_batch_size:
         yield (f"--train-samples {args.train_samples}: less than one global batch "
                f"({args.global_batch_size})")
-    else:
-        args.train_iters = args.train_samples // args.global_batch_size
+
+
+def derive_train_iters(args):
+    """--train-samples: --train-iters is the plan from sample 0 (Megatron-LM's update_train_iters:
+    whole global batches, or the ramp's steps then whole batches). Resolution derives it once
+    sample_schedule_errors has passed, before anything reads train_iters."""
+    if args.train_samples is not None:
+        args.train_iters = sample_plan(args)[0]
 
 
 def schedule_lengths(args):

@@ -21,7 +21,7 @@ from .flag_ranges import range_errors
 from .megatron_defaults import deviation_notices, required_errors
 from .megatron_compat import check_megatron_compat
 from .decoupled_lr import decoupled_lr_errors, decoupled_lr_notices
-from .sample_schedule import sample_schedule_errors, schedule_lengths
+from .sample_schedule import derive_train_iters, sample_schedule_errors, schedule_lengths
 
 
 class ConfigError(UserError, ValueError):
@@ -113,6 +113,7 @@ def validate_args(args, world_size=None):
                           f"--num-attention-heads and be divisible by TP {tp}")
     _validate_moe(args)
     _validate_schedule(args)
+    derive_train_iters(args)  # --train-samples: its iterations, now that the schedule is valid
     _validate_impl(args)
     _validate_exits(args)
     nitp = NITPConfig.from_args(args)
@@ -171,7 +172,7 @@ def _wandb_api_key() -> bool:
 
 def _validate_schedule(args):
     """megatron's OptimizerParamScheduler asserts these; say it in terms of the flags."""
-    for message in sample_schedule_errors(args):  # also sets train_iters from train_samples
+    for message in sample_schedule_errors(args):
         raise ConfigError(message)
     for message in decoupled_lr_errors(args):
         raise ConfigError(message)

@@ -16,33 +16,42 @@ import pytest
 
 from megatron_nitp.models.param_count import count_parameters, moe_layer_pattern, padded_vocab_size
 
+# Each case's flags, parsed as a run's (tests/helpers.suite_parse_args: the suite's explicit
+# RMSNorm / SwiGLU / rope / no-bias family unless the case's own flags say otherwise).
+_SHAPE = ["--num-layers", "2", "--hidden-size", "64", "--ffn-hidden-size", "96",
+          "--num-attention-heads", "4", "--group-query-attention", "--num-query-groups", "2",
+          "--vocab-size", "1000"]
 CASES = {
-    "dense_gqa_tied": dict(num_layers=2, hidden_size=64, ffn_hidden_size=96, num_attention_heads=4,
-                           group_query_attention=True, num_query_groups=2, kv_channels=24,
-                           vocab_size=1000, untie_embeddings_and_output_weights=False),
-    "moe_dense_first_shared_untied": dict(
-        num_layers=3, hidden_size=64, ffn_hidden_size=96, num_attention_heads=4,
-        group_query_attention=True, num_query_groups=2, kv_channels=16, vocab_size=1000,
-        num_experts=6, moe_router_topk=2, moe_ffn_hidden_size=40,
-        moe_shared_expert_intermediate_size=24, moe_layer_freq="([0]*1+[1]*2)",
-        untie_embeddings_and_output_weights=True),
-    "layernorm_bias_learned_pos_gelu": dict(
-        num_layers=2, hidden_size=32, ffn_hidden_size=80, num_attention_heads=2,
-        vocab_size=500, normalization="LayerNorm", add_bias_linear=True, swiglu=False,
-        position_embedding_type="learned_absolute", max_position_embeddings=64,
-        num_experts=4, moe_router_topk=2, moe_ffn_hidden_size=16, moe_layer_freq=2),
+    "dense_gqa_tied": _SHAPE + ["--kv-channels", "24"],
+    "moe_dense_first_shared_untied": [
+        "--num-layers", "3", *_SHAPE[2:], "--kv-channels", "16", "--num-experts", "6",
+        "--moe-router-topk", "2", "--moe-ffn-hidden-size", "40",
+        "--moe-shared-expert-intermediate-size", "24", "--moe-layer-freq", "([0]*1+[1]*2)",
+        "--untie-embeddings-and-output-weights"],
+    "layernorm_bias_learned_pos_gelu": [
+        "--num-layers", "2", "--hidden-size", "32", "--ffn-hidden-size", "80",
+        "--num-attention-heads", "2", "--vocab-size", "500", "--normalization", "LayerNorm",
+        "--add-bias-linear", "--no-swiglu", "--position-embedding-type", "learned_absolute",
+        "--max-position-embeddings", "64", "--num-experts", "4", "--moe-router-topk", "2",
+        "--moe-ffn-hidden-size", "16", "--moe-layer-freq", "2"],
     # Qwen3-like: GQA, per-head q/k RMSNorm (hd each), untied output.
-    "qwen3_qk_layernorm_untied": dict(
-        num_layers=2, hidden_size=64, ffn_hidden_size=96, num_attention_heads=4,
-        group_query_attention=True, num_query_groups=2, kv_channels=24, vocab_size=1000,
-        qk_layernorm=True, untie_embeddings_and_output_weights=True),
+    "qwen3_qk_layernorm_untied": _SHAPE + ["--kv-channels", "24", "--qk-layernorm",
+                                           "--untie-embeddings-and-output-weights"],
     # Qwen2-like QKV-only biases; LayerNorm q/k norms carry a bias too.
-    "qkv_bias_layernorm_qk_norm": dict(
-        num_layers=2, hidden_size=32, ffn_hidden_size=64, num_attention_heads=4,
-        group_query_attention=True, num_query_groups=2, vocab_size=500,
-        normalization="LayerNorm", add_qkv_bias=True, qk_layernorm=True,
-        num_experts=4, moe_router_topk=2, moe_ffn_hidden_size=16, moe_layer_freq=2),
+    "qkv_bias_layernorm_qk_norm": [
+        "--num-layers", "2", "--hidden-size", "32", "--ffn-hidden-size", "64",
+        "--num-attention-heads", "4", "--group-query-attention", "--num-query-groups", "2",
+        "--vocab-size", "500", "--normalization", "LayerNorm", "--add-qkv-bias",
+        "--qk-layernorm", "--num-experts", "4", "--moe-router-topk", "2",
+        "--moe-ffn-hidden-size", "16", "--moe-layer-freq", "2"],
 }
+
+
+def parsed(name, *flags):
+    from tests.helpers import suite_parse_args
+
+    return suite_parse_args(CASES[name] + list(flags))
+
 
 _BUILD = textwrap.dedent("""
     import json, os, sys, warnings
@@ -53,38 +62,40 @@ _BUILD = textwrap.dedent("""
     from megatron.core.models.gpt import GPTModel
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_decoder_block_spec
     from megatron_nitp.models.param_count import moe_layer_pattern, padded_vocab_size
+    from tests.helpers import suite_parse_args as parse_args
     dist.init_process_group("gloo", rank=0, world_size=1)
     ps.initialize_model_parallel(1, 1)
     out = {}
-    for name, a in json.loads(sys.argv[1]).items():
-        gqa = a.get("group_query_attention", False)
-        kw = dict(num_layers=a["num_layers"], hidden_size=a["hidden_size"],
-                  ffn_hidden_size=a["ffn_hidden_size"], num_attention_heads=a["num_attention_heads"],
-                  num_query_groups=a["num_query_groups"] if gqa else None,
-                  kv_channels=a.get("kv_channels"), normalization=a.get("normalization", "RMSNorm"),
-                  gated_linear_unit=a.get("swiglu", True), add_bias_linear=a.get("add_bias_linear", False),
-                  add_qkv_bias=a.get("add_qkv_bias", False), qk_layernorm=a.get("qk_layernorm", False),
+    # The parsed flags mapped onto megatron-core by hand (independent of our builder).
+    for name, argv in json.loads(sys.argv[1]).items():
+        a = parse_args(argv)
+        kw = dict(num_layers=a.num_layers, hidden_size=a.hidden_size,
+                  ffn_hidden_size=a.ffn_hidden_size, num_attention_heads=a.num_attention_heads,
+                  num_query_groups=a.num_query_groups if a.group_query_attention else None,
+                  kv_channels=a.kv_channels, normalization=a.normalization,
+                  gated_linear_unit=a.swiglu, add_bias_linear=a.add_bias_linear,
+                  add_qkv_bias=a.add_qkv_bias, qk_layernorm=a.qk_layernorm,
                   use_cpu_initialization=True)
-        if a.get("num_experts"):
-            kw.update(num_moe_experts=a["num_experts"], moe_router_topk=a["moe_router_topk"],
-                      moe_ffn_hidden_size=a["moe_ffn_hidden_size"],
-                      moe_shared_expert_intermediate_size=a.get("moe_shared_expert_intermediate_size"),
-                      moe_layer_freq=moe_layer_pattern(a["moe_layer_freq"], a["num_layers"]))
+        if a.num_experts:
+            kw.update(num_moe_experts=a.num_experts, moe_router_topk=a.moe_router_topk,
+                      moe_ffn_hidden_size=a.moe_ffn_hidden_size,
+                      moe_shared_expert_intermediate_size=a.moe_shared_expert_intermediate_size,
+                      moe_layer_freq=moe_layer_pattern(a.moe_layer_freq, a.num_layers))
         cfg = TransformerConfig(**kw)
         spec = get_gpt_decoder_block_spec(cfg, use_transformer_engine=False,
                                           normalization=cfg.normalization)
-        model = GPTModel(cfg, spec, vocab_size=padded_vocab_size(a["vocab_size"]),
-                         max_sequence_length=a.get("max_position_embeddings", 64),
-                         position_embedding_type=a.get("position_embedding_type", "rope"),
-                         share_embeddings_and_output_weights=not a.get(
-                             "untie_embeddings_and_output_weights", False))
+        model = GPTModel(cfg, spec, vocab_size=padded_vocab_size(
+                             a.vocab_size, a.make_vocab_size_divisible_by),
+                         max_sequence_length=a.max_position_embeddings,
+                         position_embedding_type=a.position_embedding_type,
+                         share_embeddings_and_output_weights=not
+                         a.untie_embeddings_and_output_weights)
         out[name] = sum(p.numel() for p in model.parameters())
     # The same flags through our CLI and builder (proves the flags reach megatron-core).
     from megatron_nitp.models.builder import build_model_chunks, transformer_config_from_args
     from megatron_nitp.nitp.config import NITPConfig
     from megatron_nitp.parallel.distributed import (destroy_distributed_model_parallel,
                                                     initialize_distributed)
-    from tests.helpers import suite_parse_args as parse_args
     ps.destroy_model_parallel()
     initialize_distributed(1, 1)  # with the CPU compatibility layer the builder relies on
     for name, argv in json.loads(sys.argv[2]).items():
@@ -137,7 +148,7 @@ def built_counts():
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_count_equals_built_megatron_model(name, built_counts):
-    assert count_parameters(CASES[name])["total"] == built_counts[name]
+    assert count_parameters(parsed(name))["total"] == built_counts[name]
 
 
 @pytest.mark.parametrize("name", sorted(FAMILY_ARGV))
@@ -163,19 +174,19 @@ def test_family_flags_change_the_count():
 
 
 def test_active_counts_topk_routed_experts_only():
-    a = CASES["moe_dense_first_shared_untied"]
+    a = parsed("moe_dense_first_shared_untied")
     c = count_parameters(a)
-    one_expert = 3 * a["hidden_size"] * a["moe_ffn_hidden_size"]
-    unused = 2 * (a["num_experts"] - a["moe_router_topk"]) * one_expert  # 2 MoE layers
+    one_expert = 3 * a.hidden_size * a.moe_ffn_hidden_size
+    unused = 2 * (a.num_experts - a.moe_router_topk) * one_expert  # 2 MoE layers
     assert c["total"] - c["active"] == unused
 
 
 def test_nitp_head_is_twelve_d_squared_and_not_in_total():
-    a = dict(CASES["dense_gqa_tied"], nitp=True)
-    with_head = count_parameters(a)
+    with_head = count_parameters(parsed("dense_gqa_tied", "--nitp"))
     assert with_head["nitp_head"] == 12 * 64 * 64
-    assert with_head["total"] == count_parameters(CASES["dense_gqa_tied"])["total"]
-    assert count_parameters(dict(a, nitp_no_projector=True))["nitp_head"] == 0
+    assert with_head["total"] == count_parameters(parsed("dense_gqa_tied"))["total"]
+    assert count_parameters(parsed("dense_gqa_tied", "--nitp",
+                                   "--nitp-no-projector"))["nitp_head"] == 0
 
 
 def test_vocab_padding_follows_megatron_divisor_times_tp():

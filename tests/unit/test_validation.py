@@ -207,6 +207,23 @@ def test_sequence_parallel_without_tp_warns_and_is_disabled(capsys):
     assert "warning: --sequence-parallel" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("ramp,iters", [
+    ([], 10),  # 40 samples / global batch 4
+    # batches 2, 2, 2, 2 (consumed 0..6), then 4 at 8 <= the ramp's 8 samples: 5 steps, 12
+    # samples; then (40 - 12) // 4 = 7 whole batches (Megatron-LM's update_train_iters)
+    (["--rampup-batch-size", "2", "2", "8"], 12),
+])
+def test_schedule_checks_change_nothing_and_validation_derives_train_iters(ramp, iters):
+    from megatron_nitp.training.sample_schedule import sample_schedule_errors
+
+    args = parse_args(BASE + ["--train-samples", "40", "--global-batch-size", "4", *ramp])
+    args.data_parallel_size = 1  # what validation derives before the schedule checks
+    before = dict(vars(args))
+    assert list(sample_schedule_errors(args)) == [] and vars(args) == before
+    validate_args(args, world_size=1)
+    assert args.train_iters == iters
+
+
 def test_preemption_exit_without_save_warns(capsys):
     validate_args(parse_args(BASE + ["--exit-signal-handler"]), world_size=1)
     assert "warning: --exit-signal-handler without --save" in capsys.readouterr().out
