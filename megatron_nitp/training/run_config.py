@@ -124,20 +124,13 @@ def flag_sections(model_family: str = "gpt") -> dict:
 def fields_by_name(config_class, args) -> dict:
     """Megatron-LM's rule (core_transformer_config_from_args, get_megatron_optimizer_config):
     every field of the megatron-core config whose name is a flag's dest takes that flag's value,
-    so a TransformerConfig-backed flag reaches megatron-core by construction. A flag left None
-    keeps the field's own default when that is not None (e.g. --recompute-modules); the
-    Megatron-LM flags this project accepts as documented no-ops (training/megatron_compat.py)
-    stay no-ops."""
+    None included (MLA's --q-lora-rank None is a full-rank query, not the field's 512), so a
+    TransformerConfig-backed flag reaches megatron-core by construction. The Megatron-LM flags
+    this project accepts as documented no-ops or refuses (training/megatron_compat.py) are not
+    taken: they stay no-ops."""
     sections = flag_sections()
-    out = {}
-    for f in dataclasses.fields(config_class):
-        if not f.init or sections.get(f.name) in (None, "compat") or not hasattr(args, f.name):
-            continue
-        value = getattr(args, f.name)
-        if value is None and f.default is not None:
-            continue
-        out[f.name] = value
-    return out
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(config_class)
+            if f.init and sections.get(f.name) not in (None, "compat") and hasattr(args, f.name)}
 
 
 class RunConfig:

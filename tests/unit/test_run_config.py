@@ -93,6 +93,8 @@ def test_transformer_config_takes_every_same_named_flag():
         taken = fields_by_name(type(config), run)
         assert {"num_layers", "hidden_size", "moe_aux_loss_coeff", "mtp_num_layers"} <= set(taken)
         assert "attention_backend" not in taken  # a documented no-op stays one
+        if "--multi-latent-attention" in extra:  # None taken as is: a full-rank query
+            assert taken["q_lora_rank"] is None and config.q_lora_rank is None
         wrong = {k: (v, getattr(config, k)) for k, v in taken.items()
                  if k not in derived and getattr(config, k) != v}
         assert not wrong
