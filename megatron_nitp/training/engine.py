@@ -7,6 +7,7 @@ evaluator.Evaluator, checkpointer.Checkpointer, stop_policy.StopPolicy, profilin
 """
 
 import contextlib
+import gc
 import sys
 import time
 import traceback
@@ -332,11 +333,21 @@ class Trainer:
         self.skipped_since_log = 0  # Megatron-LM counts the skipped ones per logged line
         self.logger.train(rec, self.args.train_iters, start_iteration)
 
+    def _release_data(self):
+        """Stop the DataLoader workers here, in plain code. The Trainer sits in a reference
+        cycle (its iterator builder closes over it), so left alone the iterators are collected
+        at some later garbage collection - at exit, inside torch.distributed's teardown import
+        of tabulate - where the workers' shutdown message waits on the import lock and each
+        join times out: 5 s per worker, measured 10-12 s added to every --num-workers 2 run."""
+        self.train_iter = self.valid_ds = self._iters = None
+        gc.collect()
+
     def _finish(self, code, profiler=None):
         """Close the profiler and the logs; with --plot, draw the run's JSONL (rank 0; a
         plotting failure only warns: the training itself succeeded)."""
         if profiler is not None:
             profiler.stop()
+        self._release_data()
         self.logger.close()
         if self.args.plot and self.logger.enabled:
             from .plotting import plot_runs

@@ -17,16 +17,15 @@ COMMON = ["--nitp", "--train-iters", str(ITERS), "--global-batch-size", "4"]
 DENSE = TINY_GPT + ["--num-layers", "4"] + COMMON  # (the last flag wins)
 MOE = TINY_MOE + COMMON
 LAST_STAGE_K = ["--nitp-target-layer", "3"]  # layers 3-4 live on the last of 2 stages
-# name: (model, extra flags, processes); k = 1 (first stage) unless LAST_STAGE_K.
+# name: (model, extra flags, processes); k = 1 (first stage) unless LAST_STAGE_K. PP2 with k on
+# the first stage (z carried) and TP2 x PP2 are the equivalence suite's in-process layouts; here
+# pp2_vpp2 carries z through the CLI.
 LAYOUTS = {
     "tp2_sp": ("dense", ["--tensor-model-parallel-size", "2", "--sequence-parallel"], 2),
-    "pp2_k_on_first_stage": ("dense", ["--pipeline-model-parallel-size", "2"], 2),
     "pp2_k_on_last_stage": ("dense", ["--pipeline-model-parallel-size", "2"] + LAST_STAGE_K, 2),
     "pp2_vpp2": ("dense", ["--pipeline-model-parallel-size", "2",
                            "--num-layers-per-virtual-pipeline-stage", "1"], 2),
     "dp2_distributed_optimizer": ("dense", ["--use-distributed-optimizer"], 2),
-    "tp2_pp2": ("dense", ["--tensor-model-parallel-size", "2",
-                          "--pipeline-model-parallel-size", "2"], 4),
     "moe_ep2": ("moe", ["--expert-model-parallel-size", "2"], 2),
 }
 REL = 1e-5
