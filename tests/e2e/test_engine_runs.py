@@ -64,3 +64,25 @@ def test_moe_two_processes_expert_parallel_logs_nitp_and_metrics(tmp_path):
     check_eval_log(valid, [2], nitp=True)
     if not metrics:
         pytest.skip("megatron_nitp/nitp/metrics.py has not landed: metrics not checked")
+
+
+def test_dataloader_workers_are_stopped_when_the_run_ends(tmp_path):
+    """With --num-workers 2 the run stops its workers itself when training ends: left to a later
+    garbage collection (the Trainer is in a reference cycle) their shutdown ran inside
+    torch.distributed's teardown import, where every join timed out (10-12 s per run)."""
+    import subprocess
+    import sys
+
+    from tests.e2e.engine_runner import REPO_ROOT, engine_env
+    from tests.helpers import suite_flags
+
+    argv = TINY_GPT + ["--nitp", "--train-iters", "2", "--eval-iters", "0"]
+    argv = suite_flags(argv) + argv + ["--num-workers", "2"]  # the last flag wins
+    code = ("import multiprocessing, sys\n"
+            "from megatron_nitp.training.engine import pretrain\n"
+            f"assert pretrain('gpt', {argv!r}) == 0\n"
+            "print('workers alive:', len(multiprocessing.active_children()))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, env=engine_env(), cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "workers alive: 0" in proc.stdout, proc.stdout[-2000:]
