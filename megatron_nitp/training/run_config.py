@@ -169,14 +169,10 @@ class RunConfig:
         unknown = set(values) - set(owner) - resolved_names
         if unknown:
             raise TypeError(f"run config: no flag or resolved value {sorted(unknown)}")
-        per = {s: {} for s in classes}
-        for name, value in values.items():
-            if name in owner:
-                per[owner[name]][name] = value
         self = object.__new__(cls)
         sections = {}
-        for s, klass in classes.items():
-            kwargs = {f.name: per[s].get(f.name, defaults[f.name])
+        for s, klass in classes.items():  # a dest names one flag, in one section
+            kwargs = {f.name: values.get(f.name, defaults[f.name])
                       for f in dataclasses.fields(klass)}
             for f in dataclasses.fields(klass):
                 _check(f.name, f.type, kwargs[f.name])
